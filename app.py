@@ -1,0 +1,106 @@
+"""streamapp's entry point.
+
+* ``gunicorn -c gunicorn.conf.py app:app`` — production (``DATABASE_URL`` set).
+* ``python app.py [--host H] [--port P]`` — development: without
+  ``DATABASE_URL`` it starts an embedded PostgreSQL under ``./var/``, migrates
+  it, creates a development user on a fresh ``./var/`` and prints its token
+  once, then serves through gunicorn's gevent worker on 127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import secrets
+import sys
+from pathlib import Path
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from streamapp import create_app
+from streamapp import migrate
+from streamapp.config import ConfigError
+from streamapp.config import Settings
+from streamapp.config import load_settings
+from streamapp.embedded import EmbeddedError
+from streamapp.state import current_state
+
+HERE = Path(__file__).resolve().parent
+DEV_EMAIL = "dev@streamapp.local"
+
+
+def _settings() -> Settings:
+    from_env = load_settings(check=False)
+    if from_env.database_url:
+        return load_settings()
+    # No DATABASE_URL: a development set-up on the embedded PostgreSQL.
+    from streamapp import embedded
+
+    var_dir = Path(from_env.var_dir).resolve()
+    return load_settings(
+        defaults={"env": "development", "secret_key": embedded.secret_key(var_dir)},
+        database_url=embedded.start(var_dir),
+    )
+
+
+def _build() -> Flask:
+    try:
+        return create_app(_settings())
+    except (ConfigError, EmbeddedError) as exc:
+        sys.exit(f"streamapp: {exc}")
+
+
+app = _build()
+
+
+def _create_dev_user() -> None:
+    from streamapp import accounts
+
+    with app.app_context(), current_state().db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM users")
+        if cur.fetchone()[0]:
+            return
+        password = secrets.token_urlsafe(12)
+        user = accounts.create_user(cur, DEV_EMAIL, password, admin=True)
+        token = accounts.create_token(cur, user.id, ["read", "publish"])
+    print(f"development user: {DEV_EMAIL} password {password}", flush=True)
+    print(f"development token: {token}", flush=True)
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn with gunicorn.conf.py, serving the app built above."""
+
+    def __init__(self, bind: str) -> None:
+        self.bind = bind
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in runpy.run_path(str(HERE / "gunicorn.conf.py")).items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+        self.cfg.set("bind", self.bind)
+        self.cfg.set("workers", 1)
+
+    def load(self) -> Flask:
+        return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run streamapp for development.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    with app.app_context():
+        state = current_state()
+        for name in migrate.upgrade(state.db):
+            print(f"applied migration {name}", flush=True)
+    _create_dev_user()
+    # Connections opened here must not be shared with the forked worker.
+    state.db.close()
+    print(f"serving on http://{args.host}:{args.port}", flush=True)
+    _Gunicorn(f"{args.host}:{args.port}").run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""gunicorn settings for streamapp: gevent workers sized for long-lived streams (SPEC §9).
+
+Run: ``gunicorn -c gunicorn.conf.py app:app``. gunicorn's own flags and
+``GUNICORN_CMD_ARGS`` override these (``--bind``, ``--workers``).
+"""
+
+import multiprocessing
+
+bind = "127.0.0.1:8000"
+worker_class = "gevent"
+workers = multiprocessing.cpu_count()
+# Each open stream is one connection; leave room above the per-worker stream
+# limit (STREAMAPP_MAX_STREAMS_PER_WORKER, 12,000) for API calls.
+worker_connections = 13000
+# Streams end themselves on shutdown (the hook below), well inside this.
+graceful_timeout = 15
+timeout = 30
+keepalive = 5
+# The pool and the hub are made in each worker, never in the master.
+preload_app = False
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def post_fork(server, worker):
+    # psycopg2 yields to other greenlets only through a wait callback.
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+
+
+def post_worker_init(worker):
+    # gunicorn's gevent worker waits graceful_timeout for open requests and then
+    # kills them; end the streams at once instead (clients resume elsewhere).
+    import gevent
+
+    state = worker.wsgi.extensions.get("streamapp") if hasattr(worker.wsgi, "extensions") else None
+    if state is None:
+        return
+
+    def stop_streams_on_shutdown():
+        while worker.alive:
+            gevent.sleep(0.25)
+        state.hub.stop()
+
+    gevent.spawn(stop_streams_on_shutdown)

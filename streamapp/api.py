@@ -1,0 +1,163 @@
+"""Executions and events over HTTP (SPEC §2)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import typing as t
+
+from flask import Blueprint
+from flask import Response
+from flask import jsonify
+from flask import request
+from flask import url_for
+from marshmallow import ValidationError
+
+from . import accounts
+from . import catalog
+from . import producer
+from . import storage
+from .auth import require
+from .auth import require_json_body
+from .auth import visible_execution
+from .errors import BadRequest
+from .errors import Forbidden
+from .errors import Invalid
+from .errors import NotFound
+from .schemas import AppendOut
+from .schemas import EventsAppend
+from .schemas import ExecutionCreate
+from .schemas import ExecutionOut
+from .schemas import ListQuery
+from .state import current_state
+
+bp = Blueprint("streamapp_api", __name__)
+
+_KIND_SEGMENTS = {"workflows": "workflow", "agents": "agent", "tasks": "task"}
+_execution_out = ExecutionOut()
+
+
+def kind_of(segment: str) -> str:
+    """The execution kind named by a URL segment.
+
+    :raises NotFound: an unknown segment.
+    """
+    kind = _KIND_SEGMENTS.get(segment)
+    if kind is None:
+        raise NotFound()
+    return kind
+
+
+def _document(execution: dict[str, t.Any]) -> dict[str, t.Any]:
+    segment = execution["kind"] + "s"
+    stream_url = url_for("streamapp_stream.stream", kind=segment, exec_id=execution["exec_id"])
+    return t.cast(dict[str, t.Any], _execution_out.dump({**execution, "stream_url": stream_url}))
+
+
+def _with_body_limit() -> t.Any:
+    request.max_content_length = current_state().settings.max_body_bytes
+    return require_json_body()
+
+
+def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
+    """Who a new execution belongs to; only an admin's publish token may choose (SPEC §2)."""
+    if owner is None:
+        return str(user.get_id())
+    is_service = getattr(user, "is_admin", False) and getattr(user, "token_prefix", None) is not None
+    if not is_service:
+        raise Forbidden("only an admin's publish token may set owner")
+    if not current_state().own_users:
+        return owner
+    found = accounts.find_user(cur, owner) if "@" in owner else (
+        accounts.get_user(cur, int(owner)) if owner.isdigit() else None
+    )
+    if found is None:
+        raise Invalid("owner: no such user")
+    return found.get_id()
+
+
+@bp.post("/executions/<segment>")
+def create_execution(segment: str) -> tuple[Response, int]:
+    kind = kind_of(segment)
+    user = require("publish")
+    body = ExecutionCreate().load(_with_body_limit())
+    with current_state().db.transaction() as cur:
+        owner_id = _owner_for(cur, user, body["owner"])
+        execution = producer.create_execution(
+            cur,
+            kind,
+            body["name"],
+            owner_id,
+            exec_id=body["exec_id"],
+            input=body["input"],
+            output_schema=body["output_schema"],
+        )
+    return jsonify(_document(execution)), 201
+
+
+@bp.get("/executions/<segment>/<exec_id>")
+def get_execution(segment: str, exec_id: str) -> Response:
+    kind = kind_of(segment)
+    user = require("read")
+    with current_state().db.transaction() as cur:
+        execution = visible_execution(cur, kind, exec_id, user)
+    return jsonify(_document(execution))
+
+
+def _encode_cursor(execution: dict[str, t.Any]) -> str:
+    raw = f"{execution['created_at'].isoformat()}|{execution['exec_id']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, exec_id = raw.split("|", 1)
+        datetime.datetime.fromisoformat(ts)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("cursor: not a cursor this endpoint returned") from None
+    return ts, exec_id
+
+
+@bp.get("/executions/<segment>")
+def list_executions(segment: str) -> Response:
+    kind = kind_of(segment)
+    user = require("read")
+    try:
+        query = ListQuery().load(request.args.to_dict())
+    except ValidationError as exc:
+        raise _bad_query(exc) from None
+    after = _decode_cursor(query["cursor"]) if query["cursor"] else None
+    owner_id = None if getattr(user, "is_admin", False) else str(user.get_id())
+    with current_state().db.transaction() as cur:
+        rows = storage.list_executions(cur, kind, owner_id=owner_id, limit=query["limit"] + 1, after=after)
+    page, more = rows[: query["limit"]], len(rows) > query["limit"]
+    return jsonify(
+        {"items": [_document(r) for r in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
+    )
+
+
+def _bad_query(exc: ValidationError) -> BadRequest:
+    from .errors import flatten_messages
+
+    return BadRequest("; ".join(flatten_messages(exc.messages)))
+
+
+@bp.post("/executions/<segment>/<exec_id>/events")
+def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
+    kind = kind_of(segment)
+    user = require("read")
+    body = EventsAppend().load(_with_body_limit())
+    state = current_state()
+    with state.db.transaction() as cur:
+        visible_execution(cur, kind, exec_id, user)
+    # Visibility first (404 hides existence), then the scope (403).
+    require("publish")
+    result = state.producer.append_events(exec_id, body["events"], kind=kind)
+    return jsonify(AppendOut().dump(result)), 201
+
+
+@bp.get("/events/catalog")
+def event_catalog() -> Response:
+    require("read")
+    return jsonify(catalog.describe())

@@ -1,0 +1,85 @@
+"""``flask db|users|tokens`` commands (SPEC §9). Output is the result only."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+
+from . import accounts
+from . import migrate
+from .errors import StreamappError
+from .state import current_state
+
+db_group = AppGroup("db", help="Database schema.")
+users_group = AppGroup("users", help="Users of the standalone service.")
+tokens_group = AppGroup("tokens", help="API tokens.")
+GROUPS = (db_group, users_group, tokens_group)
+
+
+class _Failed(click.ClickException):
+    """A command that could not do its job (exit 1), with the reason."""
+
+
+def _run(action):  # type: ignore[no-untyped-def]
+    try:
+        with current_state().db.transaction() as cur:
+            return action(cur)
+    except StreamappError as exc:
+        raise _Failed(exc.message) from None
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations."""
+    applied = migrate.upgrade(current_state().db)
+    click.echo("\n".join(f"applied {name}" for name in applied) or "already up to date")
+
+
+@users_group.command("create")
+@click.argument("email")
+@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--admin", is_flag=True, help="May read every execution.")
+def users_create(email: str, password: str, admin: bool) -> None:
+    """Create a user."""
+    user = _run(lambda cur: accounts.create_user(cur, email, password, admin=admin))
+    click.echo(f"created user {user.email} (id {user.id}{', admin' if user.is_admin else ''})")
+
+
+@users_group.command("disable")
+@click.argument("email")
+def users_disable(email: str) -> None:
+    """Disable a user: their sessions and tokens stop working."""
+    _run(lambda cur: accounts.disable_user(cur, email))
+    click.echo(f"disabled {email}")
+
+
+def _scopes(ctx: click.Context, param: click.Parameter, value: str) -> frozenset[str]:
+    try:
+        return accounts.expand_scopes(value.split(","))
+    except StreamappError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+@tokens_group.command("create")
+@click.argument("email")
+@click.option("--scope", "scopes", default="read", callback=_scopes, help="read, publish or read,publish")
+def tokens_create(email: str, scopes: frozenset[str]) -> None:
+    """Create a token; it is printed once, alone on the last line."""
+
+    def create(cur):  # type: ignore[no-untyped-def]
+        user = accounts.find_user(cur, email)
+        if user is None:
+            raise _Failed(f"no user with email {email}")
+        return accounts.create_token(cur, user.id, scopes)
+
+    token = _run(create)
+    click.echo(f"token for {email} with scopes {','.join(sorted(scopes))} (shown once):")
+    click.echo(token)
+
+
+@tokens_group.command("revoke")
+@click.argument("prefix")
+def tokens_revoke(prefix: str) -> None:
+    """Revoke a token by its prefix."""
+    _run(lambda cur: accounts.revoke_token(cur, prefix))
+    click.echo(f"revoked {prefix}")

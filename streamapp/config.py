@@ -1,0 +1,204 @@
+"""Settings: the one place that reads the environment (SPEC §9).
+
+Every variable has one parser with its rule. All problems are gathered and
+raised together as one :class:`ConfigError`, naming each variable and the rule
+it broke, never the value (it may be a secret).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+from collections.abc import Callable
+from collections.abc import Mapping
+
+ENVIRONMENTS = ("production", "development")
+
+
+class ConfigError(Exception):
+    """One or more configuration values are invalid; ``problems`` lists them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one streamapp instance."""
+
+    database_url: str | None = None
+    listen_database_url: str | None = None
+    secret_key: str | None = None
+    env: str = "production"
+    heartbeat_s: float = 15.0
+    retry_ms: int = 3000
+    stream_lifetime_s: float = 600.0
+    max_streams_per_worker: int = 12000
+    max_streams_per_user: int = 100
+    ticket_ttl_s: int = 60
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_event_bytes: int = 256 * 1024
+    redact_keys: tuple[str, ...] = ()
+    pool_size: int = 8
+    poll_ms: int = 500
+    notify: bool = True
+    send_timeout_s: float = 30.0
+    max_concurrent_replays: int = 32
+    var_dir: str = "var"
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def listen_url(self) -> str | None:
+        return self.listen_database_url or self.database_url
+
+    def replace(self, **changes: t.Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a number greater than 0")
+    return value
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError("must be one of " + ", ".join(options))
+        return raw
+
+    return parse
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be one of 1, 0, true, false, yes, no, on, off")
+
+
+def _url(raw: str) -> str:
+    if not raw.startswith(("postgres://", "postgresql://")) and "=" not in raw:
+        raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+    return raw
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ValueError("must be comma-separated origins like https://app.example.com")
+    return origins
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(w.strip() for w in raw.split(",") if w.strip())
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
+    return raw
+
+
+def _seconds(raw: str) -> float:
+    return _positive_float(raw)
+
+
+#: variable name -> (Settings field, parser). The rule text comes from the parser's error.
+_VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
+    "DATABASE_URL": ("database_url", _url),
+    "STREAMAPP_LISTEN_DATABASE_URL": ("listen_database_url", _url),
+    "SECRET_KEY": ("secret_key", _secret),
+    "STREAMAPP_ENV": ("env", _choice(ENVIRONMENTS)),
+    "STREAMAPP_HEARTBEAT_S": ("heartbeat_s", _seconds),
+    "STREAMAPP_RETRY_MS": ("retry_ms", _int_range(0, 600_000)),
+    "STREAMAPP_STREAM_LIFETIME_S": ("stream_lifetime_s", _seconds),
+    "STREAMAPP_MAX_STREAMS_PER_WORKER": ("max_streams_per_worker", _int_range(1)),
+    "STREAMAPP_MAX_STREAMS_PER_USER": ("max_streams_per_user", _int_range(1)),
+    "STREAMAPP_TICKET_TTL_S": ("ticket_ttl_s", _int_range(1, 3600)),
+    "STREAMAPP_CORS_ORIGINS": ("cors_origins", _origins),
+    "STREAMAPP_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1024)),
+    "STREAMAPP_MAX_EVENT_BYTES": ("max_event_bytes", _int_range(256)),
+    "STREAMAPP_REDACT_KEYS": ("redact_keys", _words),
+    "STREAMAPP_POOL_SIZE": ("pool_size", _int_range(1, 100)),
+    "STREAMAPP_POLL_MS": ("poll_ms", _int_range(250, 2000)),
+    "STREAMAPP_NOTIFY": ("notify", _boolean),
+    "STREAMAPP_SEND_TIMEOUT_S": ("send_timeout_s", _seconds),
+    "STREAMAPP_MAX_CONCURRENT_REPLAYS": ("max_concurrent_replays", _int_range(1, 10_000)),
+    "STREAMAPP_VAR_DIR": ("var_dir", str),
+}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    defaults: Mapping[str, t.Any] | None = None,
+    check: bool = True,
+    **overrides: t.Any,
+) -> Settings:
+    """Read and validate settings from ``environ`` (default ``os.environ``).
+
+    ``defaults`` fill fields the environment leaves unset; ``overrides`` win
+    over it; ``check=False`` skips the checks across fields (values are still
+    parsed).
+
+    :raises ConfigError: naming every variable that breaks its rule.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, t.Any] = dict(defaults or {})
+    problems: list[str] = []
+    for name, (field, parse) in _VARIABLES.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            problems.append(f"{name} {exc}")
+    values.update(overrides)
+    settings = Settings(**values)
+    if check:
+        problems.extend(_cross_checks(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    problems = []
+    if not settings.secret_key and not settings.development:
+        problems.append("SECRET_KEY is required unless STREAMAPP_ENV=development")
+    if settings.heartbeat_s >= settings.stream_lifetime_s:
+        problems.append("STREAMAPP_HEARTBEAT_S must be smaller than STREAMAPP_STREAM_LIFETIME_S")
+    if settings.max_event_bytes > settings.max_body_bytes:
+        problems.append("STREAMAPP_MAX_EVENT_BYTES must not exceed STREAMAPP_MAX_BODY_BYTES")
+    return problems
+
+
+def variables() -> list[str]:
+    """Names of every variable :func:`load_settings` reads (for docs and tests)."""
+    return list(_VARIABLES)

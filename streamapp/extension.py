@@ -1,0 +1,108 @@
+"""``StreamApp``: mounts streamapp on a Flask app, ours or a host's (SPEC §1, §7)."""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from flask import Blueprint
+from flask import Flask
+from flask import Response
+from flask import jsonify
+
+from . import api
+from . import auth
+from . import cli
+from . import health
+from . import stream
+from .config import ConfigError
+from .config import Settings
+from .config import load_settings
+from .db import Database
+from .errors import problem
+from .hub import Hub
+from .producer import Producer
+from .state import EXTENSION_KEY
+from .state import Authorize
+from .state import State
+from .state import owner_or_admin
+
+log = logging.getLogger(__name__)
+
+
+def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+    body, status, headers = problem(exc)
+    if status == 500:
+        log.error("unhandled error", exc_info=exc)
+    return jsonify(body), status, headers
+
+
+class StreamApp:
+    """The Flask extension: ``StreamApp(app)`` or ``ext = StreamApp(); ext.init_app(app)``.
+
+    Per-app state lives in ``app.extensions["streamapp"]``, never on this object.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        settings: Settings | None = None,
+        url_prefix: str = "/api/v0",
+        authorize: Authorize | None = None,
+    ) -> None:
+        self.settings = settings
+        self.url_prefix = url_prefix
+        self.authorize = authorize
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, own_error_pages: bool = False) -> None:
+        """Register blueprints, error handlers, CLI groups, Flask-Login hooks and teardown.
+
+        :raises ConfigError: invalid settings, or no database configured.
+        """
+        settings = self.settings or load_settings()
+        if not settings.database_url:
+            raise ConfigError(["DATABASE_URL is required (python app.py starts an embedded PostgreSQL)"])
+        db = Database(settings.database_url, settings.pool_size)
+        own_users = getattr(app, "login_manager", None) is None
+        state = State(
+            settings=settings,
+            db=db,
+            producer=Producer(db, notify=settings.notify, max_event_bytes=settings.max_event_bytes),
+            hub=Hub(
+                db,
+                t.cast(str, settings.listen_url),
+                listen=settings.notify,
+                default_poll_ms=settings.poll_ms,
+                max_concurrent_replays=settings.max_concurrent_replays,
+            ),
+            authorize=self.authorize or owner_or_admin,
+            own_users=own_users,
+            url_prefix=self.url_prefix,
+        )
+        app.extensions[EXTENSION_KEY] = state
+        if own_users:
+            app.secret_key = app.secret_key or settings.secret_key
+            app.config.update(
+                SESSION_COOKIE_HTTPONLY=True,
+                SESSION_COOKIE_SAMESITE="Lax",
+                SESSION_COOKIE_SECURE=not settings.development,
+                REMEMBER_COOKIE_HTTPONLY=True,
+            )
+        auth.init_login(app, own_users)
+        blueprints: list[tuple[Blueprint, str | None]] = [
+            (api.bp, self.url_prefix),
+            (stream.bp, self.url_prefix),
+            (health.bp, None),
+        ]
+        if own_users:
+            blueprints.append((auth.bp, self.url_prefix))
+        for bp, prefix in blueprints:
+            bp.register_error_handler(Exception, _handle)
+            app.register_blueprint(bp, url_prefix=prefix)
+        if own_error_pages:
+            app.register_error_handler(Exception, _handle)
+        for group in cli.GROUPS:
+            app.cli.add_command(group)

@@ -1,0 +1,104 @@
+"""marshmallow schemas for request bodies, query strings and response documents."""
+
+from __future__ import annotations
+
+import re
+import typing as t
+
+from marshmallow import RAISE
+from marshmallow import Schema
+from marshmallow import ValidationError
+from marshmallow import fields
+from marshmallow import validate
+from marshmallow import validates
+
+from .catalog import TYPE_PATTERN
+
+_CURSOR = re.compile(r"\d{1,18}")
+_EXEC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ExecutionCreate(_Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    input = fields.Raw(load_default=None, allow_none=True)
+    output_schema = fields.Dict(load_default=None, allow_none=True)
+    exec_id = fields.String(
+        load_default=None,
+        validate=validate.Regexp(_EXEC_ID, error="must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"),
+    )
+    owner = fields.String(load_default=None, validate=validate.Length(min=1, max=254))
+
+
+class EventIn(_Strict):
+    type = fields.String(required=True)
+    data = fields.Raw(load_default=dict)
+
+
+class EventsAppend(_Strict):
+    events = fields.List(
+        fields.Raw(), required=True, validate=validate.Length(min=1, max=1000, error="must hold 1 to 1000 events")
+    )
+
+
+class ListQuery(_Strict):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+class CursorField(fields.Field):
+    """A non-negative integer written in plain digits (``Last-Event-ID``)."""
+
+    def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> int:
+        if not isinstance(value, str) or not _CURSOR.fullmatch(value.strip()):
+            raise ValidationError("must be a non-negative integer")
+        return int(value)
+
+
+class TypeList(fields.Field):
+    """``a,b,c``: event type names, each matching the catalog pattern."""
+
+    def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> frozenset[str]:
+        names = [n.strip() for n in str(value).split(",")]
+        bad = [n for n in names if not TYPE_PATTERN.fullmatch(n)]
+        if bad:
+            raise ValidationError(f"{bad[0]!r} is not an event type name (^{TYPE_PATTERN.pattern}$)")
+        return frozenset(names)
+
+
+class StreamQuery(_Strict):
+    last_event_id = CursorField(load_default=None)
+    events = TypeList(load_default=None)
+    poll_ms = fields.Integer(load_default=None, validate=validate.Range(min=250, max=2000))
+    ticket = fields.String(load_default=None, validate=validate.Length(min=1, max=1000))
+
+
+class ExecutionOut(Schema):
+    exec_id = fields.String()
+    kind = fields.String()
+    name = fields.String()
+    status = fields.String()
+    input = fields.Raw()
+    output_schema = fields.Raw()
+    owner = fields.String(attribute="owner_id")
+    last_event_id = fields.Integer()
+    created_at = fields.DateTime(format="iso")
+    stream_url = fields.String()
+
+
+class AppendOut(Schema):
+    first_id = fields.Integer()
+    last_id = fields.Integer()
+    status = fields.String()
+
+
+def parse_cursor(value: str) -> int:
+    """Parse a ``Last-Event-ID`` header value.
+
+    :raises ValidationError: unless it is a non-negative integer.
+    """
+    return t.cast(int, CursorField().deserialize(value))

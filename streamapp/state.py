@@ -1,0 +1,39 @@
+"""Per-app state, kept in ``app.extensions["streamapp"]`` (never on a module)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+from collections.abc import Callable
+
+from flask import current_app
+
+if t.TYPE_CHECKING:
+    from .config import Settings
+    from .db import Database
+    from .hub import Hub
+    from .producer import Producer
+
+Authorize = Callable[[t.Any, dict[str, t.Any]], bool]
+EXTENSION_KEY = "streamapp"
+
+
+def owner_or_admin(user: t.Any, execution: dict[str, t.Any]) -> bool:
+    """The default authorization rule (SPEC §7): the owner, or an admin."""
+    return bool(getattr(user, "is_admin", False)) or execution["owner_id"] == str(user.get_id())
+
+
+@dataclasses.dataclass
+class State:
+    settings: Settings
+    db: Database
+    producer: Producer
+    hub: Hub
+    authorize: Authorize = owner_or_admin
+    own_users: bool = True
+    url_prefix: str = "/api/v0"
+
+
+def current_state() -> State:
+    """The streamapp state of the current Flask app."""
+    return t.cast(State, current_app.extensions[EXTENSION_KEY])

@@ -1,0 +1,209 @@
+"""Executions and events SQL: gap-free per-execution ids, NOTIFY (SPEC §3).
+
+Every function takes a cursor first and never commits: the caller owns the
+transaction, so a host app can commit its own state and an event atomically.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import psycopg2.errors
+import psycopg2.extras
+from psycopg2.extras import Json
+
+from .errors import Conflict
+
+if t.TYPE_CHECKING:
+    from psycopg2.extensions import cursor as Cursor
+
+#: The one channel every worker's listener LISTENs on; payload ``exec_id:last_id``.
+CHANNEL = "streamapp_events"
+
+_EXECUTION_COLUMNS = """
+    exec_id, kind, name, status, input, output_schema, owner_id, last_event_id,
+    last_sequence, terminal_event_id, created_at
+"""
+_COLUMN_NAMES = [c.strip() for c in _EXECUTION_COLUMNS.split(",")]
+
+_INSERT_EXECUTION = f"""
+INSERT INTO executions (exec_id, kind, name, input, output_schema, owner_id)
+VALUES (%(exec_id)s, %(kind)s, %(name)s, %(input)s, %(output_schema)s, %(owner_id)s)
+RETURNING {_EXECUTION_COLUMNS}
+"""
+
+
+def _row(row: tuple[t.Any, ...] | None) -> dict[str, t.Any] | None:
+    return None if row is None else dict(zip(_COLUMN_NAMES, row, strict=True))
+
+
+def insert_execution(
+    cur: Cursor,
+    *,
+    exec_id: str,
+    kind: str,
+    name: str,
+    owner_id: str,
+    input: t.Any = None,
+    output_schema: dict[str, t.Any] | None = None,
+) -> dict[str, t.Any]:
+    """Create an execution.
+
+    :raises Conflict: if ``exec_id`` is already in use.
+    """
+    cur.execute("SAVEPOINT insert_execution")
+    try:
+        cur.execute(
+            _INSERT_EXECUTION,
+            {
+                "exec_id": exec_id,
+                "kind": kind,
+                "name": name,
+                "input": None if input is None else Json(input),
+                "output_schema": None if output_schema is None else Json(output_schema),
+                "owner_id": owner_id,
+            },
+        )
+    except psycopg2.errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT insert_execution")
+        raise Conflict(f"exec_id {exec_id!r} is already in use") from None
+    row = _row(cur.fetchone())
+    cur.execute("RELEASE SAVEPOINT insert_execution")
+    return t.cast(dict[str, t.Any], row)
+
+
+_SELECT_EXECUTION = f"""
+SELECT {_EXECUTION_COLUMNS} FROM executions
+WHERE exec_id = %(exec_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+"""
+
+
+def get_execution(
+    cur: Cursor, kind: str | None, exec_id: str, *, lock: bool = False
+) -> dict[str, t.Any] | None:
+    """One execution (of this kind, unless ``None``) or ``None``; ``lock`` takes its row lock."""
+    cur.execute(_SELECT_EXECUTION + (" FOR UPDATE" if lock else ""), {"exec_id": exec_id, "kind": kind})
+    return _row(cur.fetchone())
+
+
+_LIST_EXECUTIONS = f"""
+SELECT {_EXECUTION_COLUMNS} FROM executions
+WHERE kind = %(kind)s
+  AND (%(owner_id)s::text IS NULL OR owner_id = %(owner_id)s)
+  AND (%(after_ts)s::timestamptz IS NULL OR (created_at, exec_id) < (%(after_ts)s, %(after_id)s))
+ORDER BY created_at DESC, exec_id DESC
+LIMIT %(limit)s
+"""
+
+
+def list_executions(
+    cur: Cursor,
+    kind: str,
+    *,
+    owner_id: str | None,
+    limit: int,
+    after: tuple[str, str] | None = None,
+) -> list[dict[str, t.Any]]:
+    """Executions newest first; ``owner_id=None`` lists everyone's; ``after`` is a keyset cursor."""
+    after_ts, after_id = after if after else (None, None)
+    cur.execute(
+        _LIST_EXECUTIONS,
+        {"kind": kind, "owner_id": owner_id, "after_ts": after_ts, "after_id": after_id, "limit": limit},
+    )
+    return [t.cast(dict[str, t.Any], _row(r)) for r in cur.fetchall()]
+
+
+_BUMP_COUNTER = """
+UPDATE executions
+SET last_event_id = last_event_id + %(count)s,
+    status = COALESCE(%(status)s, status),
+    last_sequence = GREATEST(last_sequence, %(last_sequence)s),
+    terminal_event_id = COALESCE(%(terminal_event_id)s, terminal_event_id),
+    updated_at = clock_timestamp()
+WHERE exec_id = %(exec_id)s
+"""
+_INSERT_EVENTS = "INSERT INTO events (exec_id, id, type, created_at, envelope) VALUES %s"
+
+
+def insert_events(
+    cur: Cursor,
+    exec_id: str,
+    rows: list[tuple[int, str, t.Any, str]],
+    *,
+    status: str | None,
+    last_sequence: int,
+    terminal_event_id: int | None,
+) -> None:
+    """Store rendered events ``(id, type, ts, envelope)`` and move the execution's counter.
+
+    The caller holds the execution's row lock (``get_execution(lock=True)``)
+    and chose the ids as ``last_event_id + 1 …``; the lock is what keeps ids
+    gap-free and in commit order across concurrent producers.
+    """
+    cur.execute(
+        _BUMP_COUNTER,
+        {
+            "count": len(rows),
+            "status": status,
+            "last_sequence": last_sequence,
+            "terminal_event_id": terminal_event_id,
+            "exec_id": exec_id,
+        },
+    )
+    psycopg2.extras.execute_values(
+        cur, _INSERT_EVENTS, [(exec_id, *row) for row in rows], page_size=1000
+    )
+
+
+def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
+    """Wake the streams of ``exec_id``; delivered when the transaction commits.
+
+    The payload carries only the id and the new last id, never event data (SPEC §3).
+    """
+    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{last_id}"))
+
+
+def notify_many(cur: Cursor, wakeups: dict[str, int]) -> None:
+    """Send several wake-ups in one statement (used after commit, coalesced)."""
+    cur.execute(
+        "SELECT pg_notify(%s, w) FROM unnest(%s::text[]) AS w",
+        (CHANNEL, [f"{exec_id}:{last_id}" for exec_id, last_id in wakeups.items()]),
+    )
+
+
+_SELECT_EVENTS_AFTER = """
+SELECT id, type, envelope FROM events
+WHERE exec_id = %(exec_id)s AND id > %(after)s
+ORDER BY id
+LIMIT %(limit)s
+"""
+
+
+def events_after(cur: Cursor, exec_id: str, after: int, limit: int) -> list[tuple[int, str, str]]:
+    """Up to ``limit`` stored events with ``id > after``, in id order: ``(id, type, envelope)``."""
+    cur.execute(_SELECT_EVENTS_AFTER, {"exec_id": exec_id, "after": after, "limit": limit})
+    return cur.fetchall()
+
+
+_SELECT_BOUNDS = """
+SELECT e.last_event_id, e.terminal_event_id, e.status,
+       (SELECT min(id) FROM events WHERE exec_id = e.exec_id)
+FROM executions e WHERE e.exec_id = %(exec_id)s
+"""
+
+
+def stream_bounds(cur: Cursor, exec_id: str) -> tuple[int, int | None, str, int | None] | None:
+    """``(newest_id, terminal_event_id, status, oldest_held_id)`` or ``None``."""
+    cur.execute(_SELECT_BOUNDS, {"exec_id": exec_id})
+    return cur.fetchone()
+
+
+_SELECT_LAST_IDS = """
+SELECT exec_id, last_event_id FROM executions WHERE exec_id = ANY(%(exec_ids)s)
+"""
+
+
+def last_event_ids(cur: Cursor, exec_ids: list[str]) -> dict[str, int]:
+    """The newest id of each execution, in one query (the hub's safety check)."""
+    cur.execute(_SELECT_LAST_IDS, {"exec_ids": exec_ids})
+    return dict(cur.fetchall())

@@ -1,0 +1,217 @@
+"""``GET …/{kind}s/{exec_id}/stream``: parameters, 204, prelude, replay, live (SPEC §5).
+
+The view validates, authenticates, authorizes and decides 404/204 first; the
+generator then gets plain values only (no ``request``, ``g`` or
+``current_user``), flushes its prelude before any database work, subscribes
+to the worker's hub, replays from the table and goes live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+import typing as t
+from collections.abc import Iterator
+
+from flask import Blueprint
+from flask import Response
+from flask import request
+from marshmallow import ValidationError
+
+from . import catalog
+from . import framing
+from . import storage
+from .api import _bad_query
+from .api import kind_of
+from .auth import refuse_token_in_url
+from .auth import require
+from .auth import visible_execution
+from .errors import BadRequest
+from .errors import Unavailable
+from .schemas import StreamQuery
+from .schemas import parse_cursor
+from .state import State
+from .state import current_state
+
+if t.TYPE_CHECKING:
+    from .hub import Hub
+    from .hub import Item
+    from .hub import Subscriber
+
+bp = Blueprint("streamapp_stream", __name__)
+
+REPLAY_PAGE = 5000
+HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a stream generator needs, as plain values."""
+
+    exec_id: str
+    cursor: int
+    types: frozenset[str] | None
+    poll_ms: int
+    reset: bytes | None
+    heartbeat_s: float
+    lifetime_s: float
+    retry_ms: int
+
+
+def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
+    try:
+        query = StreamQuery().load(request.args.to_dict())
+    except ValidationError as exc:
+        raise _bad_query(exc) from None
+    header = request.headers.get("Last-Event-ID")
+    if header is not None:
+        try:
+            return parse_cursor(header), query
+        except ValidationError:
+            raise BadRequest("Last-Event-ID: must be a non-negative integer") from None
+    return query["last_event_id"] or 0, query
+
+
+def _reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | None, int]:
+    """The ``stream_reset`` frame and the cursor to replay from, when the cursor is unusable."""
+    held_from = oldest if oldest is not None else newest + 1
+    if cursor > newest:
+        reason = "cursor_ahead"
+    elif oldest is not None and cursor < oldest - 1:
+        reason = "cursor_expired"
+    else:
+        return None, cursor
+    data = json.dumps({"reason": reason, "newest_id": newest, "oldest_id": oldest or 0})
+    return framing.event_frame(held_from - 1, "stream_reset", data), held_from - 1
+
+
+@bp.get("/executions/<kind>/<exec_id>/stream")
+def stream(kind: str, exec_id: str) -> Response:
+    kind_name = kind_of(kind)
+    refuse_token_in_url()
+    cursor, query = _cursor_and_query()
+    user = require("read")
+    state = current_state()
+    with state.db.transaction() as cur:
+        visible_execution(cur, kind_name, exec_id, user)
+        newest, terminal_id, _status, oldest = t.cast(tuple, storage.stream_bounds(cur, exec_id))
+    if terminal_id is not None and cursor >= terminal_id:
+        return Response(status=204)
+    reset, cursor = (None, cursor) if terminal_id is not None else _reset_frame(cursor, newest, oldest)
+    settings = state.settings
+    if state.hub.open_streams >= settings.max_streams_per_worker:
+        raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings.retry_ms))
+    plan = Plan(
+        exec_id=exec_id,
+        cursor=cursor,
+        types=query["events"],
+        poll_ms=query["poll_ms"] or settings.poll_ms,
+        reset=reset,
+        heartbeat_s=settings.heartbeat_s,
+        # Jitter: streams opened together must not all reconnect together.
+        lifetime_s=settings.stream_lifetime_s * random.uniform(0.85, 1.0),
+        retry_ms=settings.retry_ms,
+    )
+    _limit_send_time(request.environ, settings.send_timeout_s)
+    state.hub.open_streams += 1
+    response = Response(_generate(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS)
+    response.call_on_close(lambda: _release(state.hub))
+    return response
+
+
+def _retry_after(retry_ms: int) -> int:
+    return max(1, round(retry_ms / 1000 * random.uniform(1, 3)))
+
+
+def _release(hub: Hub) -> None:
+    hub.open_streams -= 1
+
+
+def _limit_send_time(environ: dict[str, t.Any], seconds: float) -> None:
+    # A client that stops reading blocks our writes; a socket timeout ends it
+    # instead of letting its frames pile up (issue 4).
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _wanted(plan: Plan, type_name: str) -> bool:
+    return plan.types is None or type_name in plan.types or type_name in catalog.TERMINAL_TYPES
+
+
+def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> tuple[list[bytes], int, bool]:
+    """Frames for items after ``last``, the new cursor and whether a terminal event was met."""
+    out: list[bytes] = []
+    for event_id, type_name, frame in items:
+        if event_id <= last:
+            continue  # already sent: replay and live overlap by design
+        last = event_id
+        if _wanted(plan, type_name):
+            out.append(frame)
+        if type_name in catalog.TERMINAL_TYPES:
+            return out, last, True
+    return out, last, False
+
+
+def _replay(state: State, plan: Plan, last: int) -> Iterator[tuple[bytes, int, bool]]:
+    """Read the table from ``last`` in pages; yield ``(chunk, new_last, ended)``."""
+    while True:
+        # The cap covers the read, not the client's pace: a slow reader holds no slot.
+        with state.hub.replays, state.db.transaction() as cur:
+            rows = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
+        items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
+        frames, last, ended = _frames(plan, items, last)
+        yield b"".join(frames), last, ended
+        if ended or len(rows) < REPLAY_PAGE:
+            return
+
+
+def _generate(state: State, plan: Plan) -> Iterator[bytes]:
+    yield framing.prelude(plan.retry_ms)
+    hub = state.hub
+    sub = hub.subscribe(plan.exec_id, plan.poll_ms)
+    try:
+        if plan.reset:
+            yield plan.reset
+        last = plan.cursor
+        for chunk, last, ended in _replay(state, plan, last):
+            if chunk:
+                yield chunk
+            if ended:
+                return
+        hub.caught_up(sub, last)
+        yield from _live(state, plan, sub, last)
+    finally:
+        hub.unsubscribe(sub)
+
+
+def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[bytes]:
+    started = time.monotonic()
+    next_ping = started + plan.heartbeat_s
+    end = started + plan.lifetime_s
+    while True:
+        now = time.monotonic()
+        if now >= end or sub.closing:
+            return
+        if now >= next_ping:
+            yield framing.PING
+            next_ping = now + plan.heartbeat_s
+        sub.wakeup.wait(timeout=min(next_ping, end) - now)
+        items, overflowed = sub.take()
+        if overflowed:
+            for chunk, last, ended in _replay(state, plan, last):
+                if chunk:
+                    yield chunk
+                if ended:
+                    return
+            continue
+        frames, last, ended = _frames(plan, items, last)
+        if frames:
+            yield b"".join(frames)
+        if ended:
+            return
