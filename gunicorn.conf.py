@@ -18,6 +18,8 @@ timeout = 30
 keepalive = 5
 # The pool and the hub are made in each worker, never in the master.
 preload_app = False
+# One shared control socket per user would make two instances on a machine collide.
+control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 

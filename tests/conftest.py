@@ -1,0 +1,237 @@
+"""Fixtures: a real PostgreSQL, the app, a live gunicorn, users and tokens.
+
+``DATABASE_URL`` points the suite at a server of your own (a database per
+xdist worker is created in it and dropped at the end); without it an
+embedded PostgreSQL is started under ``var/test-pg``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+import requests
+
+from streamapp import accounts
+from streamapp import create_app
+from streamapp import migrate
+from streamapp.config import Settings
+from streamapp.db import Database
+from streamapp.producer import Producer
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-key-" + "x" * 32
+
+
+def _admin_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    from streamapp import embedded
+
+    return embedded.start(ROOT / "var" / "test-pg")
+
+
+def _with_database(url: str, name: str) -> str:
+    dsn = psycopg2.extensions.parse_dsn(url)
+    dsn["dbname"] = name
+    return psycopg2.extensions.make_dsn(**dsn)
+
+
+@pytest.fixture(scope="session")
+def database(worker_id: str) -> t.Iterator[str]:
+    """A fresh, migrated database for this xdist worker; its URL."""
+    admin_url = _admin_url()
+    name = f"streamapp_tests_{worker_id}"
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(admin_url, name)
+    db = Database(url, 2)
+    migrate.upgrade(db)
+    db.close()
+    yield url
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def worker_id(request: pytest.FixtureRequest) -> str:
+    return getattr(request.config, "workerinput", {}).get("workerid", "main")
+
+
+@pytest.fixture(scope="session")
+def settings(database: str) -> Settings:
+    return Settings(database_url=database, secret_key=SECRET, env="development", pool_size=4)
+
+
+@pytest.fixture(scope="session")
+def db(settings: Settings) -> t.Iterator[Database]:
+    database = Database(t.cast(str, settings.database_url), 4)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["streamapp"].db.close()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):  # type: ignore[no-untyped-def]
+    return app.test_cli_runner()
+
+
+@dataclasses.dataclass
+class Account:
+    user: accounts.User
+    email: str
+    password: str
+    token: str  # read + publish
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class AuthActions:
+    """Makes users and tokens through the real accounts module."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def user(self, *, admin: bool = False) -> Account:
+        email = f"u{secrets.token_hex(6)}@example.com"
+        password = secrets.token_urlsafe(12)
+        with self.db.transaction() as cur:
+            user = accounts.create_user(cur, email, password, admin=admin)
+            token = accounts.create_token(cur, user.id, ["read", "publish"])
+        return Account(user, email, password, token)
+
+    def token(self, account: Account, scopes: t.Iterable[str]) -> str:
+        with self.db.transaction() as cur:
+            return accounts.create_token(cur, account.user.id, scopes)
+
+    @staticmethod
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def auth(db: Database) -> AuthActions:
+    return AuthActions(db)
+
+
+@pytest.fixture(scope="session")
+def producer(db: Database) -> Producer:
+    return Producer(db)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def api(self, path: str) -> str:
+        return f"{self.url}/api/v0{path}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def live_server(
+    database: str, tmp: Path, env: dict[str, str] | None = None, workers: int = 1
+) -> t.Iterator[LiveServer]:
+    """``gunicorn -c gunicorn.conf.py app:app`` on a free port, ready once /readyz answers."""
+    port = free_port()
+    log = tmp / f"gunicorn-{port}.log"
+    environ = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "SECRET_KEY": SECRET,
+        "STREAMAPP_ENV": "development",
+        "STREAMAPP_POOL_SIZE": "4",
+        **(env or {}),
+    }
+    cmd = [
+        sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--graceful-timeout", "5",
+    ]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(server: LiveServer, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{server.log_text()}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn not ready in {deadline_s} s:\n{server.log_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[LiveServer]:
+    """A shared live gunicorn with short heartbeats."""
+    env = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_POLL_MS": "250"}
+    with live_server(database, tmp_path_factory.mktemp("server"), env) as live:
+        yield live
+
+
+@pytest.fixture
+def account(auth: AuthActions) -> Account:
+    return auth.user()
+
+
+def new_exec_id() -> str:
+    return "t-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+def workflow(producer: Producer, account: Account) -> str:
+    """A new workflow execution owned by ``account``; its id."""
+    return t.cast(str, producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"])

@@ -1,0 +1,144 @@
+"""A small, strict SSE reader for tests: splits lines only at CR, LF or CRLF."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import typing as t
+
+import requests
+
+_LINE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclasses.dataclass
+class Frame:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+    @property
+    def json(self) -> t.Any:
+        return json.loads(self.data)
+
+
+def parse(raw: bytes) -> tuple[list[Frame], list[str]]:
+    """Parse a whole stream body into event frames and comments (``retry`` frames left out)."""
+    frames, comments = [], []
+    reader = Reader()
+    for item in reader.feed(raw) + reader.feed(b"", final=True):
+        if isinstance(item, str):
+            comments.append(item)
+        elif item.retry is None:
+            frames.append(item)
+    return frames, comments
+
+
+class Reader:
+    """Incremental parser: feed bytes, get frames (and comment strings) back."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.lines: list[bytes] = []
+
+    def feed(self, chunk: bytes, final: bool = False) -> list[t.Any]:
+        self.buffer += chunk
+        out: list[t.Any] = []
+        while True:
+            match = _LINE.search(self.buffer)
+            if not match:
+                break
+            # A CR at the end of the buffer may be the first half of a CRLF.
+            if match.group() == b"\r" and match.end() == len(self.buffer) and not final:
+                break
+            line, self.buffer = self.buffer[: match.start()], self.buffer[match.end() :]
+            out.extend(self._line(line))
+        return out
+
+    def _line(self, line: bytes) -> list[t.Any]:
+        if line:
+            if line.startswith(b":"):
+                return [line[1:].strip().decode()]
+            self.lines.append(line)
+            return []
+        if not self.lines:
+            return []
+        frame, data = Frame(), []
+        for raw in self.lines:
+            name, _, value = raw.decode().partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                frame.event = value
+            elif name == "id":
+                frame.id = value
+            elif name == "retry":
+                frame.retry = int(value)
+        self.lines = []
+        frame.data = "\n".join(data)
+        if not data and frame.retry is not None:
+            return [frame]
+        return [frame] if data else []
+
+
+class Stream:
+    """An open stream over real HTTP, read frame by frame with a deadline."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, params: dict[str, t.Any] | None = None):
+        self.response = requests.get(url, headers=headers or {}, params=params, stream=True, timeout=(5, 30))
+        self.reader = Reader()
+        self.pending: list[t.Any] = []
+        self._chunks = self.response.iter_content(chunk_size=None)
+        self.ended = False
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: t.Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def next_item(self, deadline_s: float = 10.0) -> t.Any:
+        end = time.monotonic() + deadline_s
+        while not self.pending:
+            if time.monotonic() > end:
+                raise TimeoutError("no frame before the deadline")
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self.ended = True
+                self.pending.extend(self.reader.feed(b"", final=True))
+                if not self.pending:
+                    raise EOFError("the stream ended") from None
+                break
+            self.pending.extend(self.reader.feed(chunk))
+        return self.pending.pop(0)
+
+    def next_frame(self, deadline_s: float = 10.0) -> Frame:
+        while True:
+            item = self.next_item(deadline_s)
+            if isinstance(item, Frame) and item.retry is None:
+                return item
+
+    def frames_until(self, predicate: t.Callable[[Frame], bool], deadline_s: float = 10.0) -> list[Frame]:
+        frames = []
+        while True:
+            frame = self.next_frame(deadline_s)
+            frames.append(frame)
+            if predicate(frame):
+                return frames
+
+    def rest(self) -> list[Frame]:
+        """Every remaining frame until the server ends the stream."""
+        frames = []
+        while True:
+            try:
+                frames.append(self.next_frame())
+            except EOFError:
+                return frames
