@@ -74,9 +74,11 @@ def upgrade(db: Database, directory: Path = MIGRATIONS_DIR) -> list[str]:
                         applied_now.append(version)
                         log.info("applied migration %s", version)
                 finally:
-                    if conn.info.transaction_status != 0:
-                        cur.execute("ROLLBACK")
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+                    if not conn.closed:
+                        if conn.info.transaction_status != 0:
+                            cur.execute("ROLLBACK")
+                        cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
         finally:
-            conn.autocommit = False
+            if not conn.closed:
+                conn.autocommit = False
     return applied_now

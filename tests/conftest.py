@@ -53,7 +53,8 @@ def _with_database(url: str, name: str) -> str:
 def database(worker_id: str) -> t.Iterator[str]:
     """A fresh, migrated database for this xdist worker; its URL."""
     admin_url = _admin_url()
-    name = f"streamapp_tests_{worker_id}"
+    # The pid keeps two suites on one server (two checkouts, two terminals) apart.
+    name = f"streamapp_tests_{worker_id}_{os.getpid()}"
     admin = psycopg2.connect(admin_url)
     admin.autocommit = True
     with admin.cursor() as cur:

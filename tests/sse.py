@@ -121,8 +121,10 @@ class Stream:
         return self.pending.pop(0)
 
     def next_frame(self, deadline_s: float = 10.0) -> Frame:
+        """The next event frame; comments (pings) do not extend the deadline."""
+        end = time.monotonic() + deadline_s
         while True:
-            item = self.next_item(deadline_s)
+            item = self.next_item(max(0.0, end - time.monotonic()))
             if isinstance(item, Frame) and item.retry is None:
                 return item
 

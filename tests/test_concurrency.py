@@ -1,0 +1,55 @@
+"""Concurrent producers and a reader that disconnects and resumes at random (SPEC §3)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from tests.sse import Stream
+
+PRODUCERS = 4
+EVENTS_EACH = 60
+
+
+def _produce(producer, exec_id: str, errors: list[BaseException]) -> None:
+    try:
+        for n in range(EVENTS_EACH):
+            producer.append_events(exec_id, [{"type": "progress", "data": {"n": n}}])
+    except BaseException as exc:  # surfaced by the test thread below
+        errors.append(exc)
+
+
+def _produce_then_complete(producer, exec_id: str, errors: list[BaseException]) -> None:
+    threads = [threading.Thread(target=_produce, args=(producer, exec_id, errors)) for _ in range(PRODUCERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    producer.append_events(exec_id, [{"type": "complete", "data": {"status": "SUCCESS"}}])
+
+
+def test_reader_gets_every_id_once_in_order(server, account, workflow, producer):
+    errors: list[BaseException] = []
+    producers = threading.Thread(target=_produce_then_complete, args=(producer, workflow, errors))
+    producers.start()
+    total = PRODUCERS * EVENTS_EACH + 1
+    received: list[int] = []
+    rng = random.Random(7)
+    url = server.api(f"/executions/workflows/{workflow}/stream")
+    reconnects = 0
+    while not received or received[-1] != total:
+        headers = {**account.headers, "Last-Event-ID": str(received[-1] if received else 0)}
+        with Stream(url, headers) as stream:
+            reconnects += 1
+            for _ in range(rng.randint(1, 40)):
+                try:
+                    frame = stream.next_frame(deadline_s=15)
+                except EOFError:
+                    break
+                received.append(int(frame.id))
+                if frame.event == "complete":
+                    break
+    producers.join()
+    assert not errors
+    assert received == list(range(1, total + 1))
+    assert reconnects > 3
