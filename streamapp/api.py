@@ -113,10 +113,14 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, exec_id = raw.split("|", 1)
-        datetime.datetime.fromisoformat(ts)
+        created_at = datetime.datetime.fromisoformat(ts)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("cursor: not a cursor this endpoint returned") from None
-    return ts, exec_id
+    # Python reads ISO forms PostgreSQL does not (week dates), and a NUL fails the query:
+    # pass on only what _encode_cursor could have written.
+    if created_at.tzinfo is None or not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+        raise BadRequest("cursor: not a cursor this endpoint returned")
+    return created_at.isoformat(), exec_id
 
 
 @bp.get("/executions/<segment>")
@@ -147,12 +151,12 @@ def _bad_query(exc: ValidationError) -> BadRequest:
 def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
     kind = kind_of(segment)
     user = require("read")
-    body = EventsAppend().load(_with_body_limit())
     state = current_state()
     with state.db.transaction() as cur:
         visible_execution(cur, kind, exec_id, user)
-    # Visibility first (404 hides existence), then the scope (403).
+    # Visibility first (404 hides existence), then the scope (403), then the content.
     require("publish")
+    body = EventsAppend().load(_with_body_limit())
     result = state.producer.append_events(exec_id, body["events"], kind=kind)
     return jsonify(AppendOut().dump(result)), 201
 

@@ -8,6 +8,9 @@ its ``authorize(user, execution)`` hook decides who reads what.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import typing as t
 
 from flask import Blueprint
@@ -21,11 +24,13 @@ from flask_login import login_user
 from flask_login import logout_user
 
 from . import accounts
+from . import cors
 from . import storage
 from .errors import BadRequest
 from .errors import Forbidden
 from .errors import NotAuthenticated
 from .errors import NotFound
+from .producer import EXEC_ID_PATTERN
 from .state import current_state
 
 if t.TYPE_CHECKING:
@@ -33,6 +38,8 @@ if t.TYPE_CHECKING:
 
 bp = Blueprint("streamapp_auth", __name__)
 URL_TOKEN_PARAMS = ("token", "access_token", "api_key")
+#: A \uD800-\uDFFF escape in a body: the only way a lone surrogate gets in.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def init_login(app: Flask, own_users: bool) -> None:
@@ -105,7 +112,8 @@ def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> dict
 
     :raises NotFound: unknown, or not visible to ``user`` (one answer for both).
     """
-    execution = storage.get_execution(cur, kind, exec_id)
+    # No stored id breaks the pattern; one with U+0000 would even make the query fail.
+    execution = storage.get_execution(cur, kind, exec_id) if EXEC_ID_PATTERN.fullmatch(exec_id) else None
     if execution is None or not current_state().authorize(user, execution):
         raise NotFound()
     return execution
@@ -117,14 +125,59 @@ def require_json_body() -> t.Any:
     A cookie-authenticated request must be ``application/json`` so a cross-site
     form cannot forge it (SPEC §7).
 
-    :raises Forbidden: a cookie-authenticated request that is not JSON.
+    :raises Forbidden: a cookie-authenticated request that is not JSON or comes from another origin.
     :raises BadRequest: a body that is not JSON.
     """
+    if authenticated_by_cookie():
+        refuse_cross_site()
     if not request.is_json:
-        if authenticated_by_cookie():
-            raise Forbidden("state-changing requests must be sent as Content-Type: application/json")
         raise BadRequest("send the body as JSON with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    return _strict_json(request.get_data(cache=True))
+
+
+def refuse_cross_site() -> None:
+    """Refuse a cookie-authenticated state change a cross-site page could forge (SPEC §7).
+
+    It must be ``application/json`` (a form cannot send that without a CORS
+    preflight) and an ``Origin`` header, when present, must be ours or allow-listed.
+
+    :raises Forbidden: otherwise.
+    """
+    if not request.is_json:
+        raise Forbidden("state-changing requests must be sent as Content-Type: application/json")
+    origin = request.headers.get("Origin")
+    if not cors.same_or_allowed_origin(origin, request.host_url, current_state().settings.cors_origins):
+        raise Forbidden(f"state-changing requests from origin {origin!r} are not allowed")
+
+
+def _not_json(value: str) -> t.NoReturn:
+    raise ValueError(f"{value} is not JSON")
+
+
+def _finite(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value} is out of range")
+    return number
+
+
+def _strict_json(raw: bytes) -> t.Any:
+    """Parse a JSON body as RFC 8259 defines it.
+
+    Python's parser also takes ``NaN``, ``Infinity`` and ``1e999``; stored in an
+    envelope they would reach every client as invalid JSON. A lone surrogate
+    cannot be encoded as UTF-8 for the database.
+
+    :raises BadRequest: for anything that is not valid JSON.
+    """
+    try:
+        body = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+        if _SURROGATE_ESCAPE.search(raw):
+            json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise BadRequest("the body holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
     if body is None:
         raise BadRequest("the body is not valid JSON")
     return body
@@ -134,6 +187,7 @@ def require_json_body() -> t.Any:
 def login() -> Response:
     if not request.is_json:
         raise Forbidden("log in with a JSON body and Content-Type: application/json")
+    refuse_cross_site()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("email"), str) or not isinstance(
         body.get("password"), str
@@ -149,5 +203,7 @@ def login() -> Response:
 
 @bp.post("/auth/logout")
 def logout() -> tuple[str, int]:
+    if authenticated_by_cookie():
+        refuse_cross_site()
     logout_user()
     return "", 204

@@ -71,8 +71,15 @@ CATALOG: dict[str, EventType] = {
         ),
         EventType(
             "agent_status", ("agent",),
-            (_f("status", "string", True, choices=STATUSES), _f("reason", "string")),
-            description="The agent's status changed (PENDING, RUNNING or PAUSED).",
+            (
+                _f("status", "string", True, choices=STATUSES),
+                _f("task_id", "string"),
+                _f("reason", "string"),
+            ),
+            description=(
+                "The agent's status changed (PENDING, RUNNING or PAUSED); "
+                "a step inside it carries task_id and may carry any status."
+            ),
         ),
         EventType(
             "task_status", ("task", "workflow"),

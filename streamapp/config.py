@@ -8,10 +8,12 @@ it broke, never the value (it may be a secret).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing as t
 from collections.abc import Callable
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("production", "development")
 
@@ -62,8 +64,12 @@ class Settings:
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
+    # float()'s own message repeats the value; the rule is all the message may say.
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise ValueError("must be a number greater than 0")
     return value
 
@@ -109,7 +115,9 @@ def _url(raw: str) -> str:
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
     for origin in origins:
-        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+        parts = urlsplit(origin)
+        bare = origin == f"{parts.scheme}://{parts.netloc}"  # no path, query or fragment
+        if parts.scheme not in ("http", "https") or not parts.hostname or not bare:
             raise ValueError("must be comma-separated origins like https://app.example.com")
     return origins
 

@@ -10,12 +10,26 @@ from marshmallow import Schema
 from marshmallow import ValidationError
 from marshmallow import fields
 from marshmallow import validate
-from marshmallow import validates
 
 from .catalog import TYPE_PATTERN
 
 _CURSOR = re.compile(r"\d{1,18}")
 _EXEC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _storable(value: t.Any) -> None:
+    """PostgreSQL's text and jsonb cannot hold U+0000: refuse it (422), do not fail at insert (500)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValidationError("must not contain the character U+0000")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 class _Strict(Schema):
@@ -24,14 +38,14 @@ class _Strict(Schema):
 
 
 class ExecutionCreate(_Strict):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    input = fields.Raw(load_default=None, allow_none=True)
-    output_schema = fields.Dict(load_default=None, allow_none=True)
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=200), _storable])
+    input = fields.Raw(load_default=None, allow_none=True, validate=_storable)
+    output_schema = fields.Dict(load_default=None, allow_none=True, validate=_storable)
     exec_id = fields.String(
         load_default=None,
         validate=validate.Regexp(_EXEC_ID, error="must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"),
     )
-    owner = fields.String(load_default=None, validate=validate.Length(min=1, max=254))
+    owner = fields.String(load_default=None, validate=[validate.Length(min=1, max=254), _storable])
 
 
 class EventIn(_Strict):

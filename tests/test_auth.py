@@ -1,0 +1,331 @@
+"""Sessions, bearer tokens, scopes and visibility (SPEC §7)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from streamapp import accounts
+from streamapp import create_app
+
+LOGIN = "/api/v0/auth/login"
+LOGOUT = "/api/v0/auth/logout"
+WORKFLOWS = "/api/v0/executions/workflows"
+WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
+
+
+@pytest.fixture(autouse=True)
+def _reusable_blueprints():
+    """Workaround: extension.py registers error handlers on the shared blueprints, so a second
+    ``create_app`` in one process fails in Flask 3; remove once it registers them once."""
+    from streamapp import api
+    from streamapp import auth
+    from streamapp import health
+    from streamapp import stream
+
+    for bp in (api.bp, auth.bp, health.bp, stream.bp):
+        bp._got_registered_once = False
+
+
+@pytest.fixture
+def make_client(settings, _reusable_blueprints):
+    """Clients of apps built with changed settings; their pools are closed at the end."""
+    apps = []
+
+    def make(**changes):
+        app = create_app(settings.replace(**changes))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["streamapp"].db.close()
+
+
+def _error(response, status: int, code: str) -> str:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body == {"error": {"code": code, "message": body["error"]["message"]}}
+    return body["error"]["message"]
+
+
+def _login(client, account, **kw):
+    return client.post(LOGIN, json={"email": account.email, "password": account.password}, **kw)
+
+
+def _create(client, account) -> str:
+    r = client.post(WORKFLOWS, json={"name": "job"}, headers=account.headers)
+    assert r.status_code == 201
+    return r.get_json()["exec_id"]
+
+
+def _disable(db, account) -> None:
+    with db.transaction() as cur:
+        accounts.disable_user(cur, account.email)
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+def test_login_answers_the_user(client, account):
+    r = _login(client, account)
+    assert r.status_code == 200
+    assert r.get_json() == {"id": account.user.get_id(), "email": account.email, "is_admin": False}
+
+
+def test_session_cookie_authenticates(client, account):
+    exec_id = _create(client, account)
+    _login(client, account)
+    assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
+
+
+def test_login_email_is_case_insensitive(client, account):
+    r = client.post(LOGIN, json={"email": account.email.upper(), "password": account.password})
+    assert r.status_code == 200
+
+
+def test_logout_ends_the_session(client, account):
+    _login(client, account)
+    assert client.get(WORKFLOWS).status_code == 200
+    r = client.post(LOGOUT, json={})
+    assert (r.status_code, r.data) == (204, b"")
+    _error(client.get(WORKFLOWS), 401, "not_authenticated")
+
+
+@pytest.mark.parametrize(
+    "data, content_type",
+    [("email=a%40b.c&password=x", "application/x-www-form-urlencoded"), ('{"email": "a@b.c"}', "text/plain")],
+)
+def test_login_must_be_json(client, data, content_type):
+    r = client.post(LOGIN, data=data, content_type=content_type)
+    assert "application/json" in _error(r, 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"email": "a@b.c"}, {"password": "x"}, {"email": 1, "password": "x"}, ["a@b.c", "x"], "a@b.c"]
+)
+def test_login_body_needs_email_and_password(client, body):
+    _error(client.post(LOGIN, json=body), 400, "bad_request")
+
+
+def test_wrong_password_and_unknown_email_look_the_same(client, account):
+    wrong = client.post(LOGIN, json={"email": account.email, "password": account.password + "x"})
+    unknown = client.post(LOGIN, json={"email": "nobody-" + account.email, "password": account.password})
+    _error(wrong, 401, "not_authenticated")
+    assert wrong.data == unknown.data and unknown.status_code == 401
+
+
+def test_disabled_user_cannot_log_in(client, account, db):
+    _disable(db, account)
+    _error(_login(client, account), 401, "not_authenticated")
+
+
+def test_disabled_users_session_stops_working(client, account, db):
+    _login(client, account)
+    _disable(db, account)
+    _error(client.get(WORKFLOWS), 401, "not_authenticated")
+
+
+def _set_cookie(response) -> str:
+    cookies = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
+    assert len(cookies) == 1
+    return cookies[0]
+
+
+def test_session_cookie_flags_in_development(client, account):
+    cookie = _set_cookie(_login(client, account))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie
+
+
+def test_session_cookie_is_secure_outside_development(make_client, account):
+    cookie = _set_cookie(_login(make_client(env="production"), account))
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+# -- cross-site requests --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://localhost.evil.example", "null"])
+def test_login_from_another_origin_is_403(client, account, origin):
+    _error(_login(client, account, headers={"Origin": origin}), 403, "forbidden")
+
+
+def test_login_from_own_origin(client, account):
+    assert _login(client, account, headers={"Origin": "http://localhost"}).status_code == 200
+
+
+def test_login_from_allow_listed_origin(make_client, account):
+    client = make_client(cors_origins=("https://app.example.com",))
+    assert _login(client, account, headers={"Origin": "https://app.example.com"}).status_code == 200
+
+
+def test_cookie_request_from_another_origin_is_403(client, account):
+    _login(client, account)
+    r = client.post(WORKFLOWS, json={"name": "x"}, headers={"Origin": "https://evil.example"})
+    _error(r, 403, "forbidden")
+    assert client.get(WORKFLOWS).get_json()["items"] == []
+
+
+def test_cookie_request_from_own_origin(client, account):
+    _login(client, account)
+    assert client.post(WORKFLOWS, json={"name": "x"}, headers={"Origin": "http://localhost"}).status_code == 201
+
+
+def test_bearer_request_from_any_origin(client, account):
+    r = client.post(WORKFLOWS, json={"name": "x"}, headers={**account.headers, "Origin": "https://elsewhere.example"})
+    assert r.status_code == 201
+
+
+def test_cross_site_logout_is_refused(client, account):
+    _login(client, account)
+    _error(client.post(LOGOUT, headers={"Origin": "https://evil.example"}, json={}), 403, "forbidden")
+    _error(client.post(LOGOUT, data="x", content_type="text/plain"), 403, "forbidden")
+    assert client.get(WORKFLOWS).status_code == 200
+
+
+# -- bearer tokens --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("get", WORKFLOWS), ("get", f"{WORKFLOWS}/x"), ("post", WORKFLOWS), ("post", f"{WORKFLOWS}/x/events"),
+     ("get", "/api/v0/events/catalog")],
+)
+def test_no_credentials_is_401(client, method, path):
+    _error(getattr(client, method)(path, json={}), 401, "not_authenticated")
+
+
+def _tampered(token: str) -> str:
+    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        lambda t: "Bearer nonsense",
+        lambda t: "Bearer sa_",
+        lambda t: "Bearer sa_000000000000_x",
+        lambda t: "Bearer " + _tampered(t),
+        lambda t: "Bearer " + t[:-1],
+        lambda t: "Bearer",
+        lambda t: "Basic " + t,
+        lambda t: t,
+    ],
+)
+def test_bad_token_is_401(client, account, header):
+    r = client.get(WORKFLOWS, headers={"Authorization": header(account.token)})
+    _error(r, 401, "not_authenticated")
+
+
+def test_scheme_is_case_insensitive(client, account):
+    assert client.get(WORKFLOWS, headers={"Authorization": f"bearer {account.token}"}).status_code == 200
+
+
+def test_revoked_token_is_401(client, auth, account, db):
+    token = auth.token(account, ["read"])
+    assert client.get(WORKFLOWS, headers=auth.bearer(token)).status_code == 200
+    with db.transaction() as cur:
+        accounts.revoke_token(cur, token)
+    _error(client.get(WORKFLOWS, headers=auth.bearer(token)), 401, "not_authenticated")
+    assert client.get(WORKFLOWS, headers=account.headers).status_code == 200
+
+
+def test_read_token_reads(client, auth, account):
+    exec_id = _create(client, account)
+    assert client.get(f"{WORKFLOWS}/{exec_id}", headers=auth.bearer(auth.token(account, ["read"]))).status_code == 200
+
+
+def test_read_token_appending_is_403(client, auth, account):
+    exec_id = _create(client, account)
+    r = client.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
+                    headers=auth.bearer(auth.token(account, ["read"])))
+    assert "publish" in _error(r, 403, "forbidden")
+
+
+@pytest.mark.parametrize("scopes", [["publish"], ["read", "publish"]])
+def test_publish_token_appends(client, auth, account, scopes):
+    exec_id = _create(client, account)
+    r = client.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
+                    headers=auth.bearer(auth.token(account, scopes)))
+    assert r.status_code == 201
+
+
+def test_publish_implies_read(client, auth, account):
+    assert client.get(WORKFLOWS, headers=auth.bearer(auth.token(account, ["publish"]))).status_code == 200
+
+
+def test_disabled_users_token_stops_working(client, account, db):
+    assert client.get(WORKFLOWS, headers=account.headers).status_code == 200
+    _disable(db, account)
+    _error(client.get(WORKFLOWS, headers=account.headers), 401, "not_authenticated")
+
+
+# -- visibility -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, suffix, body",
+    [("get", "", None), ("post", "/events", {"events": [WARNING]})],
+)
+def test_other_users_execution_looks_missing(client, auth, account, method, suffix, body):
+    exec_id = _create(client, account)
+    other = auth.user()
+    theirs = getattr(client, method)(f"{WORKFLOWS}/{exec_id}{suffix}", json=body, headers=other.headers)
+    missing = getattr(client, method)(f"{WORKFLOWS}/no-such-id{suffix}", json=body, headers=other.headers)
+    _error(theirs, 404, "not_found")
+    assert theirs.data == missing.data and missing.status_code == 404
+
+
+def test_other_users_read_token_sees_404_not_403(client, auth, account):
+    exec_id = _create(client, account)
+    other = auth.user()
+    r = client.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
+                    headers=auth.bearer(auth.token(other, ["read"])))
+    _error(r, 404, "not_found")
+
+
+def test_admin_reads_everyones(client, auth, account):
+    exec_id = _create(client, account)
+    admin = auth.user(admin=True)
+    r = client.get(f"{WORKFLOWS}/{exec_id}", headers=admin.headers)
+    assert r.status_code == 200 and r.get_json()["owner"] == account.user.get_id()
+
+
+def test_admin_session_reads_everyones(client, auth, account):
+    exec_id = _create(client, account)
+    _login(client, auth.user(admin=True))
+    assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
+
+
+# -- storage of tokens ----------------------------------------------------------------------------
+
+
+def _token_rows(db, account) -> list[tuple]:
+    with db.transaction() as cur:
+        cur.execute(
+            "SELECT prefix, token_hash, scopes::text, last_used_at FROM api_tokens WHERE user_id = %s ORDER BY id",
+            (account.user.id,),
+        )
+        return cur.fetchall()
+
+
+def test_tokens_are_stored_hashed(db, auth, account):
+    token = auth.token(account, ["read"])
+    secret = token.split("_", 2)[2]
+    prefix, token_hash, scopes, _ = _token_rows(db, account)[-1]
+    assert bytes(token_hash) == hashlib.sha256(token.encode()).digest()
+    assert token.startswith(f"sa_{prefix}_") and scopes == "{read}"
+    with db.transaction() as cur:
+        cur.execute("SELECT t::text FROM api_tokens t WHERE user_id = %s", (account.user.id,))
+        text = " ".join(row[0] for row in cur.fetchall())
+    assert token not in text and secret not in text
+
+
+def test_last_used_at_is_set_on_use(client, db, auth, account):
+    token = auth.token(account, ["read"])
+    assert _token_rows(db, account)[-1][3] is None
+    assert client.get(WORKFLOWS, headers=auth.bearer(token)).status_code == 200
+    assert _token_rows(db, account)[-1][3] is not None
