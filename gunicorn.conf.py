@@ -5,6 +5,9 @@ Run: ``gunicorn -c gunicorn.conf.py app:app``. gunicorn's own flags and
 """
 
 import multiprocessing
+import os
+import shutil
+import tempfile
 
 bind = "127.0.0.1:8000"
 worker_class = "gevent"
@@ -22,6 +25,26 @@ preload_app = False
 control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def on_starting(server):
+    # Workers write their metrics here; /metrics sums them (prometheus-client
+    # multiprocess mode). Set before any worker imports prometheus_client.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streamapp-metrics-")
+        server._streamapp_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    created = getattr(server, "_streamapp_metrics_dir", None)
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def post_fork(server, worker):

@@ -50,6 +50,7 @@ class Settings:
     send_timeout_s: float = 30.0
     max_concurrent_replays: int = 32
     var_dir: str = "var"
+    metrics_dir: str | None = None
 
     @property
     def development(self) -> bool:
@@ -158,6 +159,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_SEND_TIMEOUT_S": ("send_timeout_s", _seconds),
     "STREAMAPP_MAX_CONCURRENT_REPLAYS": ("max_concurrent_replays", _int_range(1, 10_000)),
     "STREAMAPP_VAR_DIR": ("var_dir", str),
+    # prometheus-client's own variable: where gunicorn workers share their metrics.
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", str),
 }
 
 

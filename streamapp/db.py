@@ -37,6 +37,24 @@ def connect(url: str, application_name: str = "streamapp") -> Connection:
     return psycopg2.connect(url, application_name=application_name)
 
 
+@contextlib.contextmanager
+def transaction_on(conn: Connection) -> Iterator[Cursor]:
+    """A cursor in one transaction on ``conn``: committed on success, rolled back on error.
+
+    Unlike ``with conn:``, a connection that died mid-transaction does not
+    replace the original error with "connection already closed".
+    """
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.rollback()
+        raise
+
+
 class Database:
     """A bounded pool of connections; connections open lazily and reopen when broken."""
 
@@ -60,10 +78,13 @@ class Database:
         try:
             conn = self._take()
             yield conn
-        except psycopg2.Error:
+        except psycopg2.Error as exc:
             if conn is not None and not conn.closed:
                 with contextlib.suppress(psycopg2.Error):
                     conn.rollback()
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                # The server likely restarted: the idle connections are dead too.
+                self.close()
             raise
         finally:
             self._give_back(conn)
@@ -72,7 +93,7 @@ class Database:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """A cursor inside one transaction: committed on success, rolled back on error."""
-        with self.connection() as conn, conn, conn.cursor() as cur:
+        with self.connection() as conn, transaction_on(conn) as cur:
             yield cur
 
     def _take(self) -> Connection:

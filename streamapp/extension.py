@@ -14,6 +14,7 @@ from . import api
 from . import auth
 from . import cli
 from . import health
+from . import metrics
 from . import stream
 from .config import ConfigError
 from .config import Settings
@@ -96,6 +97,7 @@ class StreamApp:
             (api.bp, self.url_prefix),
             (stream.bp, self.url_prefix),
             (health.bp, None),
+            (metrics.bp, None),
         ]
         if own_users:
             blueprints.append((auth.bp, self.url_prefix))

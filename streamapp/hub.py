@@ -31,6 +31,7 @@ import psycopg2
 import psycopg2.extensions
 
 from . import framing
+from . import metrics
 from . import storage
 from .db import PoolTimeout
 from .db import connect
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 Item = tuple[int, str, bytes]  # (event id, type, framed bytes)
 
 FETCH_PAGE = 1000
+#: Frames a stream may have queued before it must re-read from the table instead.
+QUEUE_BYTES = 1024 * 1024
 LISTENER_NAME = "streamapp-listener"
 _SAFETY_CHUNK = 5000
 
@@ -50,25 +53,29 @@ _SAFETY_CHUNK = 5000
 class Subscriber:
     """One stream's mailbox: bounded; on overflow it asks its stream to re-read the table."""
 
-    __slots__ = ("exec_id", "items", "wakeup", "overflowed", "closing", "limit", "poll_ms")
+    __slots__ = ("exec_id", "items", "queued_bytes", "wakeup", "overflowed", "closing", "limit", "poll_ms")
 
     def __init__(self, exec_id: str, limit: int, poll_ms: int) -> None:
         self.exec_id = exec_id
         self.items: collections.deque[Item] = collections.deque()
+        self.queued_bytes = 0
         self.wakeup = gevent.event.Event()
         self.overflowed = False
         self.closing = False
         self.limit = limit
         self.poll_ms = poll_ms
 
-    def push(self, batch: list[Item]) -> None:
+    def push(self, batch: list[Item], size: int) -> None:
         if not self.overflowed:
-            if len(self.items) + len(batch) > self.limit:
+            if len(self.items) + len(batch) > self.limit or self.queued_bytes + size > QUEUE_BYTES:
                 # Never drop a durable event: forget the queue, re-read from the cursor.
                 self.overflowed = True
                 self.items.clear()
+                self.queued_bytes = 0
+                metrics.OVERFLOWS.inc()
             else:
                 self.items.extend(batch)
+                self.queued_bytes += size
         self.wakeup.set()
 
     def take(self) -> tuple[list[Item], bool]:
@@ -76,6 +83,7 @@ class Subscriber:
         self.wakeup.clear()
         items, overflowed = list(self.items), self.overflowed
         self.items.clear()
+        self.queued_bytes = 0
         self.overflowed = False
         return items, overflowed
 
@@ -114,7 +122,6 @@ class Hub:
         self.replays = gevent.lock.BoundedSemaphore(max_concurrent_replays)
         self.open_streams = 0
         self.listener_healthy = False
-        self.stats: collections.Counter[str] = collections.Counter()
         self._topics: dict[str, _Topic] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
@@ -192,15 +199,16 @@ class Hub:
         try:
             while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
                 with self.db.transaction() as cur:
-                    rows = storage.events_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
-                self.stats["reads"] += 1
+                    rows, _ = storage.events_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
+                metrics.EVENT_READS.inc()
                 if not rows:
                     break
                 batch = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
+                size = sum(len(item[2]) for item in batch)
                 topic.cursor = rows[-1][0]
                 for sub in list(topic.subscribers):
-                    sub.push(batch)
-                self.stats["fanned_out"] += len(batch) * len(topic.subscribers)
+                    sub.push(batch, size)
+                metrics.DELIVERED.inc(len(batch) * len(topic.subscribers))
         except (psycopg2.Error, PoolTimeout):
             # The database is away; the safety check retries once it is back.
             log.warning("reading new events of one execution failed; will retry")
@@ -219,6 +227,7 @@ class Hub:
                 with conn.cursor() as cur:
                     cur.execute(f"LISTEN {storage.CHANNEL}")
                 self.listener_healthy = True
+                metrics.LISTENER_RECONNECTS.inc()
                 backoff = 0.1
                 # Notifications sent while we were away are lost: re-check everyone now.
                 self._recheck.set()
@@ -241,7 +250,7 @@ class Hub:
             conn.poll()
             while conn.notifies:
                 note = conn.notifies.pop(0)
-                self.stats["notifications"] += 1
+                metrics.NOTIFICATIONS.inc()
                 exec_id, _, last = note.payload.rpartition(":")
                 if last.isdigit():
                     self.wake(exec_id, int(last))
@@ -266,7 +275,7 @@ class Hub:
             for start in range(0, len(exec_ids), _SAFETY_CHUNK):
                 with self.db.transaction() as cur:
                     last_ids = storage.last_event_ids(cur, exec_ids[start : start + _SAFETY_CHUNK])
-                self.stats["safety_checks"] += 1
+                metrics.SAFETY_CHECKS.inc()
                 for exec_id, last_id in last_ids.items():
                     self.wake(exec_id, last_id)
         except (psycopg2.Error, PoolTimeout):

@@ -33,6 +33,7 @@ import psycopg2
 
 from . import catalog
 from . import storage
+from .db import transaction_on
 from .errors import Conflict
 from .errors import Invalid
 from .errors import NotFound
@@ -256,7 +257,7 @@ class _Wakeups:
     @staticmethod
     def _flush(conn: Connection, batch: dict[str, int]) -> None:
         try:
-            with conn, conn.cursor() as cur:
+            with transaction_on(conn) as cur:
                 # Wake-ups are not durable anyway; not waiting for a WAL flush keeps
                 # the database-wide notify lock held for microseconds.
                 cur.execute("SET LOCAL synchronous_commit TO off")
@@ -291,7 +292,7 @@ class Producer:
     def append_events(self, exec_id: str, events: Sequence[t.Any], *, kind: str | None = None) -> AppendResult:
         """Append a batch in its own transaction (see :func:`append_events` for errors)."""
         with self.db.connection() as conn:
-            with conn, conn.cursor() as cur:
+            with transaction_on(conn) as cur:
                 result = _append(cur, exec_id, events, kind, self.max_event_bytes, self.redact)
             if self.notify:
                 self._wakeups.send(conn, exec_id, result.last_id)

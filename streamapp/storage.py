@@ -171,18 +171,40 @@ def notify_many(cur: Cursor, wakeups: dict[str, int]) -> None:
     )
 
 
+#: A page of events stops once it holds this many bytes (always at least one event).
+PAGE_BYTES = 4 * 1024 * 1024
+
 _SELECT_EVENTS_AFTER = """
-SELECT id, type, envelope FROM events
-WHERE exec_id = %(exec_id)s AND id > %(after)s
+SELECT id, type, envelope, scanned FROM (
+    SELECT id, type, envelope, count(*) OVER () AS scanned,
+           sum(octet_length(envelope)) OVER (ORDER BY id) - octet_length(envelope) AS before
+    FROM (
+        SELECT id, type, envelope FROM events
+        WHERE exec_id = %(exec_id)s AND id > %(after)s
+        ORDER BY id
+        LIMIT %(limit)s
+    ) newest
+) page
+WHERE before < %(max_bytes)s
 ORDER BY id
-LIMIT %(limit)s
 """
 
 
-def events_after(cur: Cursor, exec_id: str, after: int, limit: int) -> list[tuple[int, str, str]]:
-    """Up to ``limit`` stored events with ``id > after``, in id order: ``(id, type, envelope)``."""
-    cur.execute(_SELECT_EVENTS_AFTER, {"exec_id": exec_id, "after": after, "limit": limit})
-    return cur.fetchall()
+def events_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[tuple[int, str, str]], bool]:
+    """Stored events with ``id > after`` in id order, ``(id, type, envelope)``, and whether more follow.
+
+    At most ``limit`` events and about :data:`PAGE_BYTES` bytes, so one page of
+    large events cannot balloon a worker's memory.
+    """
+    cur.execute(
+        _SELECT_EVENTS_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES}
+    )
+    rows = cur.fetchall()
+    if not rows:
+        return [], False
+    scanned = rows[0][3]
+    more = scanned == limit or len(rows) < scanned
+    return [row[:3] for row in rows], more
 
 
 _SELECT_BOUNDS = """

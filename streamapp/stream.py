@@ -22,6 +22,7 @@ from marshmallow import ValidationError
 
 from . import catalog
 from . import framing
+from . import metrics
 from . import storage
 from .api import _bad_query
 from .api import kind_of
@@ -105,6 +106,7 @@ def stream(kind: str, exec_id: str) -> Response:
     reset, cursor = (None, cursor) if terminal_id is not None else _reset_frame(cursor, newest, oldest)
     settings = state.settings
     if state.hub.open_streams >= settings.max_streams_per_worker:
+        metrics.STREAMS_REFUSED.labels("worker").inc()
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings.retry_ms))
     plan = Plan(
         exec_id=exec_id,
@@ -119,6 +121,8 @@ def stream(kind: str, exec_id: str) -> Response:
     )
     _limit_send_time(request.environ, settings.send_timeout_s)
     state.hub.open_streams += 1
+    metrics.OPEN_STREAMS.inc()
+    metrics.STREAMS_OPENED.inc()
     response = Response(_generate(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS)
     response.call_on_close(lambda: _release(state.hub))
     return response
@@ -130,6 +134,7 @@ def _retry_after(retry_ms: int) -> int:
 
 def _release(hub: Hub) -> None:
     hub.open_streams -= 1
+    metrics.OPEN_STREAMS.dec()
 
 
 def _limit_send_time(environ: dict[str, t.Any], seconds: float) -> None:
@@ -163,11 +168,11 @@ def _replay(state: State, plan: Plan, last: int) -> Iterator[tuple[bytes, int, b
     while True:
         # The cap covers the read, not the client's pace: a slow reader holds no slot.
         with state.hub.replays, state.db.transaction() as cur:
-            rows = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
+            rows, more = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
         items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
         frames, last, ended = _frames(plan, items, last)
         yield b"".join(frames), last, ended
-        if ended or len(rows) < REPLAY_PAGE:
+        if ended or not more:
             return
 
 
