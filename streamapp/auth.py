@@ -107,6 +107,15 @@ def refuse_token_in_url() -> None:
             )
 
 
+def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
+    """Who opens this stream: the session or bearer user with ``read``, or a ticket's user.
+
+    :raises NotAuthenticated: no credential, or a bad, expired or other-execution ticket.
+    :raises Forbidden: the credential lacks ``read``.
+    """
+    return require("read")
+
+
 def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> dict[str, t.Any]:
     """Look an execution up and check the user may read it.
 

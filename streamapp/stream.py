@@ -27,7 +27,7 @@ from . import storage
 from .api import _bad_query
 from .api import kind_of
 from .auth import refuse_token_in_url
-from .auth import require
+from .auth import stream_user
 from .auth import visible_execution
 from .errors import BadRequest
 from .errors import Unavailable
@@ -96,7 +96,7 @@ def stream(kind: str, exec_id: str) -> Response:
     kind_name = kind_of(kind)
     refuse_token_in_url()
     cursor, query = _cursor_and_query()
-    user = require("read")
+    user = stream_user(kind_name, exec_id, query["ticket"])
     state = current_state()
     with state.db.transaction() as cur:
         visible_execution(cur, kind_name, exec_id, user)
