@@ -11,6 +11,7 @@ import pytest
 
 from streamapp import catalog
 from streamapp import create_app
+from tests.blueprints import reusable_blueprints  # noqa: F401 (autouse fixture)
 
 SEGMENTS = ("workflows", "agents", "tasks")
 DOCUMENT_FIELDS = {
@@ -62,21 +63,8 @@ def _login(client, account) -> None:
     assert r.status_code == 200
 
 
-@pytest.fixture(autouse=True)
-def _reusable_blueprints():
-    """Workaround: extension.py registers error handlers on the shared blueprints, so a second
-    ``create_app`` in one process fails in Flask 3; remove once it registers them once."""
-    from streamapp import api
-    from streamapp import auth
-    from streamapp import health
-    from streamapp import stream
-
-    for bp in (api.bp, auth.bp, health.bp, stream.bp):
-        bp._got_registered_once = False
-
-
 @pytest.fixture
-def small_client(settings, _reusable_blueprints):
+def small_client(settings):
     """A client of an app with small body and event limits."""
     app = create_app(settings.replace(max_body_bytes=1024, max_event_bytes=256))
     app.config["TESTING"] = True

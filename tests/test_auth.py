@@ -8,6 +8,7 @@ import pytest
 
 from streamapp import accounts
 from streamapp import create_app
+from tests.blueprints import reusable_blueprints  # noqa: F401 (autouse fixture)
 
 LOGIN = "/api/v0/auth/login"
 LOGOUT = "/api/v0/auth/logout"
@@ -15,21 +16,8 @@ WORKFLOWS = "/api/v0/executions/workflows"
 WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
 
 
-@pytest.fixture(autouse=True)
-def _reusable_blueprints():
-    """Workaround: extension.py registers error handlers on the shared blueprints, so a second
-    ``create_app`` in one process fails in Flask 3; remove once it registers them once."""
-    from streamapp import api
-    from streamapp import auth
-    from streamapp import health
-    from streamapp import stream
-
-    for bp in (api.bp, auth.bp, health.bp, stream.bp):
-        bp._got_registered_once = False
-
-
 @pytest.fixture
-def make_client(settings, _reusable_blueprints):
+def make_client(settings):
     """Clients of apps built with changed settings; their pools are closed at the end."""
     apps = []
 

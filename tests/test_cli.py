@@ -8,22 +8,10 @@ import psycopg2
 import pytest
 
 from streamapp import create_app
+from tests.blueprints import reusable_blueprints  # noqa: F401 (autouse fixture)
 from tests.conftest import _with_database
 
 WORKFLOWS = "/api/v0/executions/workflows"
-
-
-@pytest.fixture(autouse=True)
-def _reusable_blueprints():
-    """Workaround: extension.py registers error handlers on the shared blueprints, so a second
-    ``create_app`` in one process fails in Flask 3; remove once it registers them once."""
-    from streamapp import api
-    from streamapp import auth
-    from streamapp import health
-    from streamapp import stream
-
-    for bp in (api.bp, auth.bp, health.bp, stream.bp):
-        bp._got_registered_once = False
 
 
 @pytest.fixture
@@ -71,7 +59,7 @@ def test_db_upgrade_on_a_migrated_database(runner):
         assert (result.exit_code, result.output) == (0, "already up to date\n")
 
 
-def test_db_upgrade_applies_then_is_idempotent(settings, empty_database, _reusable_blueprints):
+def test_db_upgrade_applies_then_is_idempotent(settings, empty_database):
     app = create_app(settings.replace(database_url=empty_database))
     runner = app.test_cli_runner()
     try:
