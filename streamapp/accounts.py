@@ -215,3 +215,20 @@ def revoke_token(cur: Cursor, prefix: str, *, user_id: int | None = None) -> Non
     cur.execute(_REVOKE_TOKEN, {"prefix": prefix, "user_id": user_id})
     if cur.rowcount == 0:
         raise NotFound("no live token with that prefix")
+
+
+_SELECT_REVOKED = """
+SELECT 'user', id::text FROM users WHERE id = ANY(%(user_ids)s::bigint[]) AND disabled_at IS NOT NULL
+UNION ALL
+SELECT 'token', prefix FROM api_tokens WHERE prefix = ANY(%(prefixes)s::text[]) AND revoked_at IS NOT NULL
+"""
+
+
+def revoked(cur: Cursor, user_ids: t.Iterable[str], prefixes: t.Iterable[str]) -> tuple[set[str], set[str]]:
+    """Of these users and token prefixes, the disabled users and the revoked tokens (one query)."""
+    ids = [u for u in user_ids if u.isdigit()]
+    cur.execute(_SELECT_REVOKED, {"user_ids": ids, "prefixes": list(prefixes)})
+    users, tokens = set(), set()
+    for what, key in cur.fetchall():
+        (users if what == "user" else tokens).add(key)
+    return users, tokens

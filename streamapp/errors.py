@@ -11,8 +11,9 @@
      ├── TooLarge          413
      ├── Invalid           422
      └── _RetryAfter
-          ├── TooManyStreams 429
-          └── Unavailable    503
+          ├── TooManyStreams   429
+          ├── TooManyAttempts  429
+          └── Unavailable      503
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ class TooManyStreams(_RetryAfter):
     default_message = "Too many open streams for this user."
 
 
+class TooManyAttempts(_RetryAfter):
+    """Too many failed logins for one account or from one address (SPEC §7)."""
+
+    status = 429
+    code = "too_many_attempts"
+    default_message = "Too many failed logins; retry later."
+
+
 class Unavailable(_RetryAfter):
     status = 503
     code = "unavailable"
@@ -135,6 +144,9 @@ def problem(exc: BaseException) -> tuple[dict[str, t.Any], int, dict[str, str]]:
     if isinstance(exc, ValidationError):
         message = "; ".join(flatten_messages(exc.messages)) or "invalid content"
         return problem_body(Invalid.code, message), Invalid.status, {}
+    if isinstance(exc, HTTPException) and exc.code == TooLarge.status:
+        # One code for "too large", whether werkzeug or the catalog said it.
+        return problem_body(TooLarge.code, "The request body is larger than this server accepts."), 413, {}
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")

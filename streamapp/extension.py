@@ -10,6 +10,7 @@ from flask import Flask
 from flask import Response
 from flask import jsonify
 
+from . import accounts
 from . import api
 from . import auth
 from . import cli
@@ -36,6 +37,12 @@ def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
     if status == 500:
         log.error("unhandled error", exc_info=exc)
     return jsonify(body), status, headers
+
+
+# Once, at import: Flask refuses setup calls on a blueprint already registered
+# on an app, and one process may build several apps (tests, several hosts).
+for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp):
+    _bp.register_error_handler(Exception, _handle)
 
 
 class StreamApp:
@@ -78,6 +85,9 @@ class StreamApp:
                 listen=settings.notify,
                 default_poll_ms=settings.poll_ms,
                 max_concurrent_replays=settings.max_concurrent_replays,
+                # Revoked credentials end their streams within one heartbeat (SPEC §7).
+                maintenance_s=settings.heartbeat_s,
+                revoked_check=accounts.revoked if own_users else None,
             ),
             authorize=self.authorize or owner_or_admin,
             own_users=own_users,
@@ -102,7 +112,6 @@ class StreamApp:
         if own_users:
             blueprints.append((auth.bp, self.url_prefix))
         for bp, prefix in blueprints:
-            bp.register_error_handler(Exception, _handle)
             app.register_blueprint(bp, url_prefix=prefix)
         if own_error_pages:
             app.register_error_handler(Exception, _handle)

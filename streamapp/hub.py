@@ -18,10 +18,14 @@ hub's cursor. Only this module holds process-wide mutable state (STYLE §4).
 
 from __future__ import annotations
 
-import collections
+import json
 import logging
+import os
 import random
+import secrets
+import socket
 import typing as t
+from collections.abc import Callable
 
 import gevent
 import gevent.event
@@ -30,62 +34,27 @@ import gevent.select
 import psycopg2
 import psycopg2.extensions
 
+from . import chunks
 from . import framing
 from . import metrics
+from . import slots
 from . import storage
 from .db import PoolTimeout
 from .db import connect
+from .subscriber import Subscriber
 
 if t.TYPE_CHECKING:
     from .db import Database
 
 log = logging.getLogger(__name__)
 
-Item = tuple[int, str, bytes]  # (event id, type, framed bytes)
-
 FETCH_PAGE = 1000
-#: Frames a stream may have queued before it must re-read from the table instead.
-QUEUE_BYTES = 1024 * 1024
 LISTENER_NAME = "streamapp-listener"
 _SAFETY_CHUNK = 5000
+#: Checks credentials of open streams and refreshes slots this often by default.
+MAINTENANCE_S = 15.0
 
-
-class Subscriber:
-    """One stream's mailbox: bounded; on overflow it asks its stream to re-read the table."""
-
-    __slots__ = ("exec_id", "items", "queued_bytes", "wakeup", "overflowed", "closing", "limit", "poll_ms")
-
-    def __init__(self, exec_id: str, limit: int, poll_ms: int) -> None:
-        self.exec_id = exec_id
-        self.items: collections.deque[Item] = collections.deque()
-        self.queued_bytes = 0
-        self.wakeup = gevent.event.Event()
-        self.overflowed = False
-        self.closing = False
-        self.limit = limit
-        self.poll_ms = poll_ms
-
-    def push(self, batch: list[Item], size: int) -> None:
-        if not self.overflowed:
-            if len(self.items) + len(batch) > self.limit or self.queued_bytes + size > QUEUE_BYTES:
-                # Never drop a durable event: forget the queue, re-read from the cursor.
-                self.overflowed = True
-                self.items.clear()
-                self.queued_bytes = 0
-                metrics.OVERFLOWS.inc()
-            else:
-                self.items.extend(batch)
-                self.queued_bytes += size
-        self.wakeup.set()
-
-    def take(self) -> tuple[list[Item], bool]:
-        """Queued items and whether the stream must re-read the table instead."""
-        self.wakeup.clear()
-        items, overflowed = list(self.items), self.overflowed
-        self.items.clear()
-        self.queued_bytes = 0
-        self.overflowed = False
-        return items, overflowed
+RevokedCheck = Callable[[t.Any, set[str], set[str]], tuple[set[str], set[str]]]
 
 
 class _Topic:
@@ -112,6 +81,8 @@ class Hub:
         queue_limit: int = 10_000,
         max_concurrent_replays: int = 32,
         probe_s: float = 5.0,
+        maintenance_s: float = MAINTENANCE_S,
+        revoked_check: RevokedCheck | None = None,
     ) -> None:
         self.db = db
         self.listen_url = listen_url
@@ -126,6 +97,10 @@ class Hub:
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._recheck = gevent.event.Event()
+        self.maintenance_s = maintenance_s
+        self.revoked_check = revoked_check
+        self.worker_id = ""
+        self._reassembler = chunks.Reassembler()
 
     # -- life cycle -------------------------------------------------------
 
@@ -133,6 +108,9 @@ class Hub:
         """Start the listener and safety-check greenlets (once, in the worker)."""
         if self._greenlets:
             return
+        # Made here, in the worker, so it names the worker and not gunicorn's master.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._greenlets.append(gevent.spawn(self._maintain_forever))
         if self.listen:
             self._greenlets.append(gevent.spawn(self._listen_forever))
         else:
@@ -142,10 +120,8 @@ class Hub:
     def stop(self) -> None:
         """End every stream (they resume elsewhere with Last-Event-ID) and the greenlets."""
         self._stopping = True
-        for topic in list(self._topics.values()):
-            for sub in topic.subscribers:
-                sub.closing = True
-                sub.wakeup.set()
+        for sub in self._subscribers():
+            sub.close()
         gevent.killall(self._greenlets, block=False)
         self._greenlets = []
 
@@ -155,14 +131,18 @@ class Hub:
 
     # -- streams ----------------------------------------------------------
 
-    def subscribe(self, exec_id: str, poll_ms: int | None = None) -> Subscriber:
+    def subscribe(self, exec_id: str, poll_ms: int | None = None, **who: t.Any) -> Subscriber:
+        """Register a stream; ``who`` is ``user_id``, ``token_prefix`` and ``text_mode``."""
         self.start()
         topic = self._topics.get(exec_id)
         if topic is None:
             topic = self._topics[exec_id] = _Topic(exec_id)
-        sub = Subscriber(exec_id, self.queue_limit, poll_ms or self.default_poll_ms)
+        sub = Subscriber(exec_id, self.queue_limit, poll_ms or self.default_poll_ms, **who)
         topic.subscribers.add(sub)
         return sub
+
+    def _subscribers(self) -> list[Subscriber]:
+        return [sub for topic in self._topics.values() for sub in topic.subscribers]
 
     def unsubscribe(self, sub: Subscriber) -> None:
         topic = self._topics.get(sub.exec_id)
@@ -204,7 +184,7 @@ class Hub:
                 if not rows:
                     break
                 batch = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
-                size = sum(len(item[2]) for item in batch)
+                size = sum(len(frame) for _, _, frame in batch)
                 topic.cursor = rows[-1][0]
                 for sub in list(topic.subscribers):
                     sub.push(batch, size)
@@ -225,7 +205,7 @@ class Hub:
                 conn = connect(self.listen_url, LISTENER_NAME)
                 conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
                 with conn.cursor() as cur:
-                    cur.execute(f"LISTEN {storage.CHANNEL}")
+                    cur.execute(f"LISTEN {storage.CHANNEL}; LISTEN {chunks.CHANNEL}")
                 self.listener_healthy = True
                 metrics.LISTENER_RECONNECTS.inc()
                 backoff = 0.1
@@ -250,10 +230,27 @@ class Hub:
             conn.poll()
             while conn.notifies:
                 note = conn.notifies.pop(0)
+                if note.channel == chunks.CHANNEL:
+                    self._on_chunk(note.payload)
+                    continue
                 metrics.NOTIFICATIONS.inc()
                 exec_id, _, last = note.payload.rpartition(":")
                 if last.isdigit():
                     self.wake(exec_id, int(last))
+
+    def _on_chunk(self, payload: str) -> None:
+        whole = self._reassembler.feed(payload)
+        if whole is None:
+            return
+        exec_id, text = whole
+        topic = self._topics.get(exec_id)
+        if topic is None:
+            return
+        frames: dict[bool, bytes] = {}  # rendered once per mode, shared by every stream
+        for sub in list(topic.subscribers):
+            if sub.text_mode not in frames:
+                frames[sub.text_mode] = _chunk_frame(exec_id, text, sub.text_mode)
+            sub.push_chunk(frames[sub.text_mode])
 
     # -- the safety check -------------------------------------------------
 
@@ -280,3 +277,39 @@ class Hub:
                     self.wake(exec_id, last_id)
         except (psycopg2.Error, PoolTimeout):
             log.warning("safety check failed; the database may be unavailable")
+
+    # -- maintenance: slots and credentials ---------------------------------
+
+    def _maintain_forever(self) -> None:
+        while not self._stopping:
+            gevent.sleep(self.maintenance_s)
+            try:
+                self.maintain()
+            except (psycopg2.Error, PoolTimeout):
+                log.warning("stream maintenance failed; the database may be unavailable")
+
+    def maintain(self) -> None:
+        """Refresh this worker's stream slots; end streams whose user or token was revoked.
+
+        Two queries per interval per worker, whatever the number of streams.
+        """
+        subs = self._subscribers()
+        with self.db.transaction() as cur:
+            slots.refresh(cur, self.worker_id)
+        if self.revoked_check is None or not subs:
+            return
+        user_ids = {s.user_id for s in subs if s.user_id}
+        prefixes = {s.token_prefix for s in subs if s.token_prefix}
+        with self.db.transaction() as cur:
+            users, tokens = self.revoked_check(cur, user_ids, prefixes)
+        for sub in subs:
+            if sub.user_id in users or (sub.token_prefix and sub.token_prefix in tokens):
+                sub.close()
+
+
+def _chunk_frame(exec_id: str, text: str, text_mode: bool) -> bytes:
+    """A text chunk frame (SPEC §5.2): the text itself, or the JSON chunk envelope; never an id."""
+    if text_mode:
+        return framing.event_frame(None, "llm_chunk", text)
+    envelope = {"type": "llm_chunk", "exec_id": exec_id, "data": {"content": text}}
+    return framing.event_frame(None, "llm_chunk", json.dumps(envelope, ensure_ascii=False))

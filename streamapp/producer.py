@@ -138,6 +138,8 @@ def _check_batch(
         if len(data_json.encode()) > max_event_bytes:
             raise TooLarge(f"events[{index}].data is over {max_event_bytes} bytes")
         if type_name == "structured_delta":
+            if execution.get("output_schema") is None:
+                raise Invalid(f"events[{index}]: structured_delta needs an execution with an output_schema")
             sequence = _check_sequence(index, data["sequence"], sequence)
         if type_name == "complete":
             _check_output(index, execution.get("output_schema"), data)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 import time
 import typing as t
 from collections.abc import Iterator
 
+import psycopg2
 from flask import Blueprint
 from flask import Response
 from flask import request
@@ -23,6 +25,7 @@ from marshmallow import ValidationError
 from . import catalog
 from . import framing
 from . import metrics
+from . import slots
 from . import storage
 from .api import _bad_query
 from .api import kind_of
@@ -30,6 +33,8 @@ from .auth import refuse_token_in_url
 from .auth import stream_user
 from .auth import visible_execution
 from .errors import BadRequest
+from .db import PoolTimeout
+from .errors import TooManyStreams
 from .errors import Unavailable
 from .schemas import StreamQuery
 from .schemas import parse_cursor
@@ -37,10 +42,10 @@ from .state import State
 from .state import current_state
 
 if t.TYPE_CHECKING:
-    from .hub import Hub
-    from .hub import Item
-    from .hub import Subscriber
+    from .subscriber import Item
+    from .subscriber import Subscriber
 
+log = logging.getLogger(__name__)
 bp = Blueprint("streamapp_stream", __name__)
 
 REPLAY_PAGE = 5000
@@ -62,6 +67,9 @@ class Plan:
     heartbeat_s: float
     lifetime_s: float
     retry_ms: int
+    user_id: str
+    token_prefix: str | None
+    text_mode: bool
 
 
 def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
@@ -98,16 +106,17 @@ def stream(kind: str, exec_id: str) -> Response:
     cursor, query = _cursor_and_query()
     user = stream_user(kind_name, exec_id, query["ticket"])
     state = current_state()
-    with state.db.transaction() as cur:
-        visible_execution(cur, kind_name, exec_id, user)
-        newest, terminal_id, _status, oldest = t.cast(tuple, storage.stream_bounds(cur, exec_id))
-    if terminal_id is not None and cursor >= terminal_id:
-        return Response(status=204)
-    reset, cursor = (None, cursor) if terminal_id is not None else _reset_frame(cursor, newest, oldest)
     settings = state.settings
     if state.hub.open_streams >= settings.max_streams_per_worker:
         metrics.STREAMS_REFUSED.labels("worker").inc()
-        raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings.retry_ms))
+        raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
+    with state.db.transaction() as cur:
+        execution = visible_execution(cur, kind_name, exec_id, user)
+        newest, terminal_id, _status, oldest = t.cast(tuple, storage.stream_bounds(cur, exec_id))
+        if terminal_id is not None and cursor >= terminal_id:
+            return Response(status=204)
+        slot = _take_slot(cur, state, str(user.get_id()))
+    reset, cursor = (None, cursor) if terminal_id is not None else _reset_frame(cursor, newest, oldest)
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,
@@ -118,23 +127,49 @@ def stream(kind: str, exec_id: str) -> Response:
         # Jitter: streams opened together must not all reconnect together.
         lifetime_s=settings.stream_lifetime_s * random.uniform(0.85, 1.0),
         retry_ms=settings.retry_ms,
+        user_id=str(user.get_id()),
+        token_prefix=getattr(user, "token_prefix", None),
+        text_mode=kind_name != "workflow" and execution["output_schema"] is None,
     )
     _limit_send_time(request.environ, settings.send_timeout_s)
     state.hub.open_streams += 1
     metrics.OPEN_STREAMS.inc()
     metrics.STREAMS_OPENED.inc()
     response = Response(_generate(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS)
-    response.call_on_close(lambda: _release(state.hub))
+    response.call_on_close(lambda: _release(state, slot))
     return response
 
 
-def _retry_after(retry_ms: int) -> int:
-    return max(1, round(retry_ms / 1000 * random.uniform(1, 3)))
+def _retry_after(settings: t.Any) -> int:
+    # Spread the retries of refused clients over a few retry periods.
+    return max(1, round(settings.retry_ms / 1000 * random.uniform(1, 3)))
 
 
-def _release(hub: Hub) -> None:
-    hub.open_streams -= 1
+def _take_slot(cur: t.Any, state: State, user_id: str) -> str:
+    """The caller's per-user stream slot, counted across workers.
+
+    :raises TooManyStreams: the user holds ``max_streams_per_user`` streams already.
+    """
+    stale = slots.stale_after(state.hub.maintenance_s)
+    slot = slots.take(cur, user_id, state.hub.worker_id or "-", state.settings.max_streams_per_user, stale)
+    if slot is None:
+        metrics.STREAMS_REFUSED.labels("user").inc()
+        raise TooManyStreams(
+            f"you have {state.settings.max_streams_per_user} streams open; close one or retry later",
+            retry_after=_retry_after(state.settings),
+        )
+    return slot
+
+
+def _release(state: State, slot: str) -> None:
+    state.hub.open_streams -= 1
     metrics.OPEN_STREAMS.dec()
+    try:
+        with state.db.transaction() as cur:
+            slots.give_back(cur, slot)
+    except (psycopg2.Error, PoolTimeout):
+        # The slot stops counting once this worker's refresh no longer covers it.
+        log.warning("could not give a stream slot back; it expires on its own")
 
 
 def _limit_send_time(environ: dict[str, t.Any], seconds: float) -> None:
@@ -153,6 +188,10 @@ def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> tuple[list[bytes]
     """Frames for items after ``last``, the new cursor and whether a terminal event was met."""
     out: list[bytes] = []
     for event_id, type_name, frame in items:
+        if event_id is None:  # a text chunk: no id, never moves the cursor
+            if _wanted(plan, type_name):
+                out.append(frame)
+            continue
         if event_id <= last:
             continue  # already sent: replay and live overlap by design
         last = event_id
@@ -179,7 +218,9 @@ def _replay(state: State, plan: Plan, last: int) -> Iterator[tuple[bytes, int, b
 def _generate(state: State, plan: Plan) -> Iterator[bytes]:
     yield framing.prelude(plan.retry_ms)
     hub = state.hub
-    sub = hub.subscribe(plan.exec_id, plan.poll_ms)
+    sub = hub.subscribe(
+        plan.exec_id, plan.poll_ms, user_id=plan.user_id, token_prefix=plan.token_prefix, text_mode=plan.text_mode
+    )
     try:
         if plan.reset:
             yield plan.reset
@@ -216,6 +257,10 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
                     return
             continue
         frames, last, ended = _frames(plan, items, last)
+        if sub.dropped_chunks:
+            # Comments are ignored by clients; operators reading raw streams see the gap.
+            frames.insert(0, framing.comment(f"dropped {sub.dropped_chunks} text chunks"))
+            sub.dropped_chunks = 0
         if frames:
             yield b"".join(frames)
         if ended:

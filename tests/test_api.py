@@ -11,7 +11,6 @@ import pytest
 
 from streamapp import catalog
 from streamapp import create_app
-from tests.blueprints import reusable_blueprints  # noqa: F401 (autouse fixture)
 
 SEGMENTS = ("workflows", "agents", "tasks")
 DOCUMENT_FIELDS = {
@@ -505,8 +504,17 @@ def test_data_defaults_to_an_empty_object(client, account, db):
     assert _stored(db, exec_id) == [(1, "checkpoint")]
 
 
-def test_structured_delta_sequence_grows_by_one(client, account, db):
+SCHEMA = {"type": "object"}
+
+
+def test_structured_delta_needs_an_output_schema(client, account, db):
     exec_id = _create(client, account, "agents")["exec_id"]
+    message = _error(_append(client, account, exec_id, _delta(1), segment="agents"), 422, "invalid")
+    assert "output_schema" in message and _stored(db, exec_id) == []
+
+
+def test_structured_delta_sequence_grows_by_one(client, account, db):
+    exec_id = _create(client, account, "agents", output_schema=SCHEMA)["exec_id"]
     assert _append(client, account, exec_id, _delta(1), _delta(2), segment="agents").status_code == 201
     assert _append(client, account, exec_id, _delta(3), segment="agents").status_code == 201
     assert [i for i, _ in _stored(db, exec_id)] == [1, 2, 3]
@@ -523,7 +531,7 @@ def test_structured_delta_sequence_grows_by_one(client, account, db):
     ],
 )
 def test_structured_delta_gap_or_repeat_is_422(client, account, db, batches, expected):
-    exec_id = _create(client, account, "agents")["exec_id"]
+    exec_id = _create(client, account, "agents", output_schema=SCHEMA)["exec_id"]
     *good, bad = batches
     for batch in good:
         assert _append(client, account, exec_id, *map(_delta, batch), segment="agents").status_code == 201

@@ -8,7 +8,6 @@ import pytest
 
 from streamapp import accounts
 from streamapp import create_app
-from tests.blueprints import reusable_blueprints  # noqa: F401 (autouse fixture)
 
 LOGIN = "/api/v0/auth/login"
 LOGOUT = "/api/v0/auth/logout"

@@ -9,7 +9,6 @@ import pytest
 
 from streamapp import create_app
 from streamapp import migrate
-from tests.blueprints import reusable_blueprints  # noqa: F401 (autouse fixture)
 from tests.conftest import _with_database
 
 WORKFLOWS = "/api/v0/executions/workflows"

@@ -1,0 +1,202 @@
+"""Best-effort text chunks: published through NOTIFY payloads, never stored (SPEC §4, §5.2).
+
+Why NOTIFY: chunks are the one thing that must not be durable, and every
+worker already holds a LISTEN connection, so the payload travels the path
+wake-ups take, in commit order, with no table to write and clean. A
+payload holds at most 8,000 bytes, so a larger chunk is split into parts
+sent in one transaction (delivered together, in order) and reassembled by
+each listener; nothing is truncated. Parts are keyed by a random producer id
+and a sequence number, so chunks from two producers never mix, and a
+payload is never identical to another (PostgreSQL folds identical payloads
+of one transaction into one).
+
+Payload: ``exec_id|producer.seq|part|parts|text``.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import threading
+import time
+import typing as t
+from collections.abc import Callable
+from collections.abc import Iterable
+
+from .errors import Invalid
+
+if t.TYPE_CHECKING:
+    from psycopg2.extensions import cursor as Cursor
+
+    from .db import Database
+
+CHANNEL = "streamapp_chunks"
+#: Bytes of text per NOTIFY payload; the header takes < 120 of PostgreSQL's 8,000.
+PART_BYTES = 7800
+#: A Python publisher flushes at a line end, or when its oldest text is this old.
+FLUSH_INTERVAL_S = 0.05
+
+
+def check_text(text: t.Any, where: str = "text") -> str:
+    """A chunk must be a non-empty string without NUL (PostgreSQL text cannot hold it).
+
+    :raises Invalid: naming what is wrong.
+    """
+    if not isinstance(text, str) or not text:
+        raise Invalid(f"{where} must be a non-empty string")
+    if "\x00" in text:
+        raise Invalid(f"{where} must not contain NUL characters")
+    return text
+
+
+def split(text: str, size: int = PART_BYTES) -> list[str]:
+    """Split text into parts of at most ``size`` UTF-8 bytes, never inside a character."""
+    raw = text.encode()
+    parts, start = [], 0
+    while start < len(raw):
+        end = min(start + size, len(raw))
+        while end < len(raw) and (raw[end] & 0xC0) == 0x80:
+            end -= 1  # do not cut a multi-byte character
+        parts.append(raw[start:end].decode())
+        start = end
+    return parts
+
+
+def payloads(exec_id: str, key: str, text: str) -> list[str]:
+    """The NOTIFY payloads that carry one chunk."""
+    parts = split(text)
+    return [f"{exec_id}|{key}|{n}|{len(parts)}|{part}" for n, part in enumerate(parts)]
+
+
+def publish(cur: Cursor, exec_id: str, texts: Iterable[str], producer_id: str, first_seq: int) -> int:
+    """Send chunks in the caller's transaction; they travel when it commits. Returns the next seq."""
+    batch: list[str] = []
+    seq = first_seq
+    for text in texts:
+        batch.extend(payloads(exec_id, f"{producer_id}.{seq}", text))
+        seq += 1
+    cur.execute(
+        "SELECT pg_notify(%s, p) FROM (SELECT p FROM unnest(%s::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n) s",
+        (CHANNEL, batch),
+    )
+    return seq
+
+
+class Reassembler:
+    """Joins the parts of chunks in a listener; forgets incomplete ones after a while."""
+
+    def __init__(self, max_pending: int = 1000, max_age_s: float = 30.0) -> None:
+        self._pending: collections.OrderedDict[str, tuple[float, list[str | None]]] = collections.OrderedDict()
+        self.max_pending = max_pending
+        self.max_age_s = max_age_s
+        self.dropped = 0
+
+    def feed(self, payload: str) -> tuple[str, str] | None:
+        """One payload in; ``(exec_id, text)`` once a chunk is whole, else ``None``."""
+        try:
+            exec_id, key, part, parts, text = payload.split("|", 4)
+            index, count = int(part), int(parts)
+        except ValueError:
+            return None
+        if count == 1:
+            return exec_id, text
+        slot_key = f"{exec_id}|{key}"
+        now = time.monotonic()
+        self._expire(now)
+        _, slots = self._pending.setdefault(slot_key, (now, [None] * count))
+        if not 0 <= index < len(slots):
+            return None
+        slots[index] = text
+        if any(s is None for s in slots):
+            return None
+        del self._pending[slot_key]
+        return exec_id, "".join(t.cast(list[str], slots))
+
+    def _expire(self, now: float) -> None:
+        while self._pending:
+            key, (born, _) = next(iter(self._pending.items()))
+            if now - born < self.max_age_s and len(self._pending) < self.max_pending:
+                return
+            del self._pending[key]
+            self.dropped += 1
+
+
+class ChunkPublisher:
+    """Coalesces a model's tokens into chunks: one NOTIFY transaction about every 50 ms,
+    or sooner at a line end, so a fast model is not thousands of notifications a second.
+
+    ``with ChunkPublisher(db, exec_id) as out: out.write(token)`` — closing flushes.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        exec_id: str,
+        *,
+        interval_s: float = FLUSH_INTERVAL_S,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        self.db = db
+        self.exec_id = exec_id
+        self.interval_s = interval_s
+        self.redact = redact
+        self.producer_id = secrets.token_hex(6)
+        self._seq = 0
+        self._buffer: list[str] = []
+        self._since: float | None = None
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._timer = threading.Thread(target=self._flush_when_due, daemon=True)
+        self._timer.start()
+
+    def __enter__(self) -> ChunkPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, text: str) -> None:
+        """Buffer text; flushed at a line end or after ``interval_s``."""
+        check_text(text)
+        with self._lock:
+            self._buffer.append(text)
+            if self._since is None:
+                self._since = time.monotonic()
+                self._wake.set()
+        if "\n" in text:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered now, as one chunk."""
+        with self._send_lock:
+            with self._lock:
+                text, self._buffer, self._since = "".join(self._buffer), [], None
+            if not text:
+                return
+            if self.redact is not None:
+                text = self.redact(text)
+            with self.db.transaction() as cur:
+                cur.execute("SET LOCAL synchronous_commit TO off")
+                self._seq = publish(cur, self.exec_id, [text], self.producer_id, self._seq)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._timer.join()
+        self.flush()
+
+    def _flush_when_due(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                since = self._since
+            if since is None:
+                continue
+            delay = since + self.interval_s - time.monotonic()
+            if delay > 0 and not self._closed:
+                time.sleep(delay)
+            if not self._closed:
+                self.flush()

@@ -1,0 +1,94 @@
+"""One stream's mailbox in the worker's hub: bounded in events, bytes and text chunks."""
+
+from __future__ import annotations
+
+import collections
+import typing as t
+
+import gevent.event
+
+from . import metrics
+
+#: ``(event id or None for a text chunk, type, framed bytes)``
+Item = tuple[t.Optional[int], str, bytes]
+
+#: Frames a stream may have queued before it must re-read from the table instead.
+QUEUE_BYTES = 1024 * 1024
+#: Undelivered text chunks a stream may hold; more are dropped and counted.
+CHUNK_LIMIT = 256
+
+
+class Subscriber:
+    """Durable events are never dropped: on overflow the stream re-reads the table.
+    Text chunks are best-effort: past :data:`CHUNK_LIMIT` they are dropped and counted."""
+
+    __slots__ = (
+        "exec_id", "items", "queued_bytes", "queued_chunks", "dropped_chunks", "wakeup", "overflowed",
+        "closing", "limit", "poll_ms", "user_id", "token_prefix", "text_mode",
+    )
+
+    def __init__(
+        self,
+        exec_id: str,
+        limit: int,
+        poll_ms: int,
+        *,
+        user_id: str | None = None,
+        token_prefix: str | None = None,
+        text_mode: bool = False,
+    ) -> None:
+        self.exec_id = exec_id
+        self.items: collections.deque[Item] = collections.deque()
+        self.queued_bytes = 0
+        self.queued_chunks = 0
+        self.dropped_chunks = 0
+        self.wakeup = gevent.event.Event()
+        self.overflowed = False
+        self.closing = False
+        self.limit = limit
+        self.poll_ms = poll_ms
+        self.user_id = user_id
+        self.token_prefix = token_prefix
+        self.text_mode = text_mode
+
+    def push(self, batch: list[Item], size: int) -> None:
+        if not self.overflowed:
+            if len(self.items) + len(batch) > self.limit or self.queued_bytes + size > QUEUE_BYTES:
+                # Never drop a durable event: forget the queue, re-read from the cursor.
+                self.overflowed = True
+                self._drop_queue()
+                metrics.OVERFLOWS.inc()
+            else:
+                self.items.extend(batch)
+                self.queued_bytes += size
+        self.wakeup.set()
+
+    def push_chunk(self, frame: bytes) -> None:
+        if self.overflowed or self.queued_chunks >= CHUNK_LIMIT:
+            self.dropped_chunks += 1
+            metrics.CHUNKS_DROPPED.inc()
+            return
+        self.items.append((None, "llm_chunk", frame))
+        self.queued_chunks += 1
+        self.wakeup.set()
+
+    def close(self) -> None:
+        """Ask the stream to end (shutdown, revoked credential)."""
+        self.closing = True
+        self.wakeup.set()
+
+    def take(self) -> tuple[list[Item], bool]:
+        """Queued items and whether the stream must re-read the table instead."""
+        self.wakeup.clear()
+        items, overflowed = list(self.items), self.overflowed
+        self.items.clear()
+        self.queued_bytes = self.queued_chunks = 0
+        self.overflowed = False
+        return items, overflowed
+
+    def _drop_queue(self) -> None:
+        dropped = self.queued_chunks
+        self.dropped_chunks += dropped
+        metrics.CHUNKS_DROPPED.inc(dropped)
+        self.items.clear()
+        self.queued_bytes = self.queued_chunks = 0
