@@ -96,6 +96,23 @@ class Database:
         with self.connection() as conn, transaction_on(conn) as cur:
             yield cur
 
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[Cursor]:
+        """A cursor whose every statement commits on its own.
+
+        For reads and self-contained statements on hot paths: no ``BEGIN``
+        and ``COMMIT`` round trips. A string of several statements still runs
+        as one implicit transaction.
+        """
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+
     def _take(self) -> Connection:
         while True:
             try:

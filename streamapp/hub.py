@@ -178,7 +178,7 @@ class Hub:
     def _fetch(self, topic: _Topic) -> None:
         try:
             while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
-                with self.db.transaction() as cur:
+                with self.db.autocommit() as cur:
                     rows, _ = storage.events_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
                 metrics.EVENT_READS.inc()
                 if not rows:
@@ -270,7 +270,7 @@ class Hub:
         exec_ids = list(self._topics)
         try:
             for start in range(0, len(exec_ids), _SAFETY_CHUNK):
-                with self.db.transaction() as cur:
+                with self.db.autocommit() as cur:
                     last_ids = storage.last_event_ids(cur, exec_ids[start : start + _SAFETY_CHUNK])
                 metrics.SAFETY_CHECKS.inc()
                 for exec_id, last_id in last_ids.items():
@@ -294,13 +294,13 @@ class Hub:
         Two queries per interval per worker, whatever the number of streams.
         """
         subs = self._subscribers()
-        with self.db.transaction() as cur:
+        with self.db.autocommit() as cur:
             slots.refresh(cur, self.worker_id)
         if self.revoked_check is None or not subs:
             return
         user_ids = {s.user_id for s in subs if s.user_id}
         prefixes = {s.token_prefix for s in subs if s.token_prefix}
-        with self.db.transaction() as cur:
+        with self.db.autocommit() as cur:
             users, tokens = self.revoked_check(cur, user_ids, prefixes)
         for sub in subs:
             if sub.user_id in users or (sub.token_prefix and sub.token_prefix in tokens):

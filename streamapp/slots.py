@@ -13,12 +13,26 @@ import typing as t
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
-_LOCK_USER = "SELECT pg_advisory_xact_lock(hashtext('streamapp-slots:' || %(user_id)s))"
-_COUNT = """
-SELECT count(*) FROM stream_slots
-WHERE user_id = %(user_id)s AND seen_at > now() - make_interval(secs => %(stale_s)s)
+# One round trip: the statements run as one implicit transaction, so the
+# advisory lock (released at its end) makes count-then-insert atomic for one
+# user across workers; slots are not durable state, so no WAL flush is awaited.
+_TAKE = """
+SET LOCAL synchronous_commit TO off;
+SELECT pg_advisory_xact_lock(hashtext('streamapp-slots:' || %(user_id)s));
+INSERT INTO stream_slots (id, user_id, worker)
+SELECT %(id)s, %(user_id)s, %(worker)s
+WHERE (SELECT count(*) FROM stream_slots
+       WHERE user_id = %(user_id)s AND seen_at > now() - make_interval(secs => %(stale_s)s)) < %(limit)s
+RETURNING id
 """
-_INSERT = "INSERT INTO stream_slots (id, user_id, worker) VALUES (%(id)s, %(user_id)s, %(worker)s)"
+_GIVE_BACK = """
+SET LOCAL synchronous_commit TO off;
+DELETE FROM stream_slots WHERE id = %(id)s
+"""
+_REFRESH = """
+SET LOCAL synchronous_commit TO off;
+UPDATE stream_slots SET seen_at = now() WHERE worker = %(worker)s
+"""
 
 
 def stale_after(refresh_s: float) -> float:
@@ -29,26 +43,18 @@ def stale_after(refresh_s: float) -> float:
 def take(cur: Cursor, user_id: str, worker: str, limit: int, stale_s: float) -> str | None:
     """Take a slot for ``user_id`` unless they hold ``limit`` already; its id, else ``None``.
 
-    The advisory lock (released at commit) makes count-then-insert atomic for
-    one user across workers.
+    Run it on an autocommit cursor: the statements form their own transaction.
     """
-    # Slots are not durable state: do not wait for a WAL flush at commit.
-    cur.execute("SET LOCAL synchronous_commit TO off")
-    cur.execute(_LOCK_USER, {"user_id": user_id})
-    cur.execute(_COUNT, {"user_id": user_id, "stale_s": stale_s})
-    if cur.fetchone()[0] >= limit:
-        return None
     slot_id = secrets.token_hex(12)
-    cur.execute(_INSERT, {"id": slot_id, "user_id": user_id, "worker": worker})
-    return slot_id
+    params = {"id": slot_id, "user_id": user_id, "worker": worker, "stale_s": stale_s, "limit": limit}
+    cur.execute(_TAKE, params)
+    return slot_id if cur.fetchone() else None
 
 
 def give_back(cur: Cursor, slot_id: str) -> None:
-    cur.execute("SET LOCAL synchronous_commit TO off")
-    cur.execute("DELETE FROM stream_slots WHERE id = %(id)s", {"id": slot_id})
+    cur.execute(_GIVE_BACK, {"id": slot_id})
 
 
 def refresh(cur: Cursor, worker: str) -> None:
-    """Mark every slot of this worker as alive; drop slots long stale (any worker's)."""
-    cur.execute("SET LOCAL synchronous_commit TO off")
-    cur.execute("UPDATE stream_slots SET seen_at = now() WHERE worker = %(worker)s", {"worker": worker})
+    """Mark every slot of this worker as alive."""
+    cur.execute(_REFRESH, {"worker": worker})

@@ -110,7 +110,7 @@ def stream(kind: str, exec_id: str) -> Response:
     if state.hub.open_streams >= settings.max_streams_per_worker:
         metrics.STREAMS_REFUSED.labels("worker").inc()
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
-    with state.db.transaction() as cur:
+    with state.db.autocommit() as cur:
         execution = visible_execution(cur, kind_name, exec_id, user)
         newest, terminal_id, _status, oldest = t.cast(tuple, storage.stream_bounds(cur, exec_id))
         if terminal_id is not None and cursor >= terminal_id:
@@ -165,7 +165,7 @@ def _release(state: State, slot: str) -> None:
     state.hub.open_streams -= 1
     metrics.OPEN_STREAMS.dec()
     try:
-        with state.db.transaction() as cur:
+        with state.db.autocommit() as cur:
             slots.give_back(cur, slot)
     except (psycopg2.Error, PoolTimeout):
         # The slot stops counting once this worker's refresh no longer covers it.
@@ -206,7 +206,7 @@ def _replay(state: State, plan: Plan, last: int) -> Iterator[tuple[bytes, int, b
     """Read the table from ``last`` in pages; yield ``(chunk, new_last, ended)``."""
     while True:
         # The cap covers the read, not the client's pace: a slow reader holds no slot.
-        with state.hub.replays, state.db.transaction() as cur:
+        with state.hub.replays, state.db.autocommit() as cur:
             rows, more = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
         items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
         frames, last, ended = _frames(plan, items, last)
