@@ -212,3 +212,17 @@ def _append_retrying(producer: Producer, exec_id: str, event: dict) -> None:
         except psycopg2.OperationalError:
             continue
     raise AssertionError("could not append after the restart")
+
+
+def test_graceful_shutdown_ends_streams_before_the_workers_are_killed(database, tmp_path, account, workflow, producer):
+    producer.append_events(workflow, [_progress(1)])
+    with live_server(database, tmp_path) as live:
+        with Stream(_stream_url(live, workflow), account.headers) as stream:
+            assert stream.next_frame().id == "1"
+            live.process.terminate()
+            # gunicorn would kill the worker after --graceful-timeout (5 s); the stream ends itself first.
+            assert stream.rest() == []
+            assert stream.ended
+        live.process.wait(15)
+    assert "Worker graceful timeout" not in live.log_text()
+    assert "Worker exiting" in live.log_text()
