@@ -179,10 +179,13 @@ def _append(
     kind: str | None,
     max_event_bytes: int,
     redact: Redactor | None,
+    check: Callable[[dict[str, t.Any]], None] | None = None,
 ) -> AppendResult:
     execution = storage.get_execution(cur, kind, exec_id, lock=True)
     if execution is None:
         raise NotFound()
+    if check is not None:
+        check(execution)
     if redact is not None:
         events = [redact(e) for e in events]
     checked = _check_batch(execution, events, max_event_bytes)
@@ -291,11 +294,23 @@ class Producer:
         with self.db.transaction() as cur:
             return create_execution(cur, kind, name, owner_id, **fields)
 
-    def append_events(self, exec_id: str, events: Sequence[t.Any], *, kind: str | None = None) -> AppendResult:
-        """Append a batch in its own transaction (see :func:`append_events` for errors)."""
+    def append_events(
+        self,
+        exec_id: str,
+        events: Sequence[t.Any],
+        *,
+        kind: str | None = None,
+        check: Callable[[dict[str, t.Any]], None] | None = None,
+    ) -> AppendResult:
+        """Append a batch in its own transaction (see :func:`append_events` for errors).
+
+        ``check(execution)`` runs on the locked execution row before anything
+        is validated or stored; the HTTP layer authorizes there, in the same
+        transaction, instead of in one of its own.
+        """
         with self.db.connection() as conn:
             with transaction_on(conn) as cur:
-                result = _append(cur, exec_id, events, kind, self.max_event_bytes, self.redact)
+                result = _append(cur, exec_id, events, kind, self.max_event_bytes, self.redact, check)
             if self.notify:
                 self._wakeups.send(conn, exec_id, result.last_id)
         return result
