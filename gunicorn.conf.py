@@ -24,7 +24,9 @@ preload_app = False
 # One shared control socket per user would make two instances on a machine collide.
 control_socket_disable = True
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# The path only (%(U)s), never the query string (%(r)s or %(q)s): stream
+# tickets travel in it (SPEC §7, issue 6), and no secret goes to a log.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
 
 
 def on_starting(server):

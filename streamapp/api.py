@@ -17,6 +17,9 @@ from . import accounts
 from . import catalog
 from . import producer
 from . import storage
+from .auth import authenticated_by_cookie
+from .auth import issue_ticket
+from .auth import refuse_cross_site
 from .auth import require
 from .auth import require_json_body
 from .auth import visible_execution
@@ -89,7 +92,8 @@ def create_execution(segment: str) -> tuple[Response, int]:
             body["name"],
             owner_id,
             exec_id=body["exec_id"],
-            input=body["input"],
+            # The input is shown in the execution document: secrets go as they do from events.
+            input=current_state().redactor(body["input"]),
             output_schema=body["output_schema"],
         )
     return jsonify(_document(execution)), 201
@@ -159,6 +163,28 @@ def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
     body = EventsAppend().load(_with_body_limit())
     result = state.producer.append_events(exec_id, body["events"], kind=kind)
     return jsonify(AppendOut().dump(result)), 201
+
+
+@bp.post("/executions/<segment>/<exec_id>/stream-ticket")
+def stream_ticket(segment: str, exec_id: str) -> tuple[Response, int]:
+    """A short-lived ticket for this execution's stream, as ``?ticket=`` (SPEC §7).
+
+    Any caller who may read the execution may ask (a ``read`` token too);
+    anyone else gets the same 404 as for an unknown id. Nothing changes on
+    the server, so no body is needed, but a session cookie's request must come
+    from our own or an allow-listed origin, so no other site's page can use a
+    visitor's session to mint a ticket for itself.
+    """
+    kind = kind_of(segment)
+    user = require("read")
+    if authenticated_by_cookie():
+        refuse_cross_site(json_required=False)
+    with current_state().db.transaction() as cur:
+        visible_execution(cur, kind, exec_id, user)
+    ticket, expires_at = issue_ticket(kind, exec_id, user)
+    response = jsonify({"ticket": ticket, "expires_at": expires_at})
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
 
 
 @bp.get("/events/catalog")

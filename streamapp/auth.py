@@ -8,6 +8,7 @@ its ``authorize(user, execution)`` hook decides who reads what.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -16,8 +17,10 @@ import typing as t
 from flask import Blueprint
 from flask import Flask
 from flask import Response
+from flask import current_app
 from flask import jsonify
 from flask import request
+from flask import url_for
 from flask_login import LoginManager
 from flask_login import current_user
 from flask_login import login_user
@@ -26,10 +29,12 @@ from flask_login import logout_user
 from . import accounts
 from . import cors
 from . import storage
+from . import tickets
 from .errors import BadRequest
 from .errors import Forbidden
 from .errors import NotAuthenticated
 from .errors import NotFound
+from .errors import Unavailable
 from .producer import EXEC_ID_PATTERN
 from .state import current_state
 
@@ -110,10 +115,67 @@ def refuse_token_in_url() -> None:
 def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
     """Who opens this stream: the session or bearer user with ``read``, or a ticket's user.
 
-    :raises NotAuthenticated: no credential, or a bad, expired or other-execution ticket.
+    A ticket, when given, is the only credential looked at (issue 6): the
+    stream acts as the user the ticket names, with the ``read`` scope only,
+    whatever session cookie or bearer token the request also carries. Whoever
+    holds a ticket gets exactly what it names, one execution's stream until
+    ``expires_at``, never more and never as anyone else. The named user must
+    still exist and be active, and when the ticket was asked for with an API
+    token, that token must not be revoked.
+
+    :raises NotAuthenticated: no credential, or a bad, expired or other-execution
+        ticket, or one whose user is disabled or whose token is revoked.
     :raises Forbidden: the credential lacks ``read``.
     """
-    return require("read")
+    if ticket is None:
+        return require("read")
+    fetch_new = f"POST {url_for('streamapp_api.stream_ticket', segment=kind + 's', exec_id=exec_id)} for a new one"
+    issuer = current_state().tickets
+    if issuer is None:
+        raise NotAuthenticated("stream tickets need SECRET_KEY, and this server has none")
+    try:
+        claims = issuer.verify(ticket, kind=kind, exec_id=exec_id)
+    except tickets.TicketError as exc:
+        raise NotAuthenticated(f"{exc}: {fetch_new}") from None
+    user = _ticket_user(claims)
+    if user is None:
+        raise NotAuthenticated(f"the stream ticket's user is disabled or its token was revoked: {fetch_new}")
+    return user
+
+
+def _ticket_user(claims: tickets.Claims) -> t.Any:
+    """The active user a ticket names, as a read-only credential; ``None`` if gone or revoked."""
+    state = current_state()
+    if not state.own_users:
+        # The host's users (extension mode): its LoginManager.user_loader, as for its
+        # sessions. A host without one cannot vouch for the user: no ticket passes.
+        load = current_app.login_manager.user_callback  # type: ignore[attr-defined]
+        user = load(claims.user_id) if load is not None else None
+        return user if user is not None and getattr(user, "is_active", True) else None
+    if not claims.user_id.isdigit():
+        return None
+    with state.db.transaction() as cur:
+        user = accounts.get_user(cur, int(claims.user_id))
+        if user is None or not user.is_active:
+            return None
+        if claims.token_prefix is not None:
+            _, revoked_tokens = accounts.revoked(cur, (), (claims.token_prefix,))
+            if revoked_tokens:
+                return None
+    # The token prefix rides along so a revoke ends this stream as it ends the token's own.
+    return dataclasses.replace(user, scopes=frozenset({"read"}), token_prefix=claims.token_prefix)
+
+
+def issue_ticket(kind: str, exec_id: str, user: t.Any) -> tuple[str, str]:
+    """A stream ticket for ``user`` on one execution, and its ``expires_at`` (ISO-8601 UTC).
+
+    :raises Unavailable: the server has no secret key to sign tickets with.
+    """
+    issuer = current_state().tickets
+    if issuer is None:
+        raise Unavailable("stream tickets need SECRET_KEY, and this server has none", retry_after=3600)
+    ticket, expires_at = issuer.issue(kind, exec_id, str(user.get_id()), getattr(user, "token_prefix", None))
+    return ticket, tickets.isoformat(expires_at)
 
 
 def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> dict[str, t.Any]:
@@ -144,19 +206,23 @@ def require_json_body() -> t.Any:
     return _strict_json(request.get_data(cache=True))
 
 
-def refuse_cross_site() -> None:
-    """Refuse a cookie-authenticated state change a cross-site page could forge (SPEC §7).
+def refuse_cross_site(*, json_required: bool = True) -> None:
+    """Refuse a cookie-authenticated request a cross-site page could forge (SPEC §7).
 
     It must be ``application/json`` (a form cannot send that without a CORS
-    preflight) and an ``Origin`` header, when present, must be ours or allow-listed.
+    preflight) and an ``Origin`` header, when present, must be ours or
+    allow-listed (:func:`cors.same_or_allowed_origin`). This is the one place
+    the rule lives: login, logout, every state-changing API call made with the
+    session cookie, and — origin only, ``json_required=False`` — the
+    stream-ticket request.
 
     :raises Forbidden: otherwise.
     """
-    if not request.is_json:
+    if json_required and not request.is_json:
         raise Forbidden("state-changing requests must be sent as Content-Type: application/json")
     origin = request.headers.get("Origin")
     if not cors.same_or_allowed_origin(origin, request.host_url, current_state().settings.cors_origins):
-        raise Forbidden(f"state-changing requests from origin {origin!r} are not allowed")
+        raise Forbidden(f"requests from origin {origin!r} are not allowed")
 
 
 def _not_json(value: str) -> t.NoReturn:
@@ -194,8 +260,6 @@ def _strict_json(raw: bytes) -> t.Any:
 
 @bp.post("/auth/login")
 def login() -> Response:
-    if not request.is_json:
-        raise Forbidden("log in with a JSON body and Content-Type: application/json")
     refuse_cross_site()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("email"), str) or not isinstance(

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from .redact import Redactor
+
 ENVIRONMENTS = ("production", "development")
 
 
@@ -127,6 +129,16 @@ def _words(raw: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in raw.split(",") if w.strip())
 
 
+def _key_patterns(raw: str) -> tuple[str, ...]:
+    patterns = _words(raw)
+    try:
+        # The redactor's own rule: a pattern without a letter or digit would match every key.
+        Redactor(patterns)
+    except ValueError:
+        raise ValueError("must be comma-separated key patterns, each with a letter or digit") from None
+    return patterns
+
+
 def _secret(raw: str) -> str:
     if len(raw) < 16:
         raise ValueError("must be at least 16 characters")
@@ -152,7 +164,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_CORS_ORIGINS": ("cors_origins", _origins),
     "STREAMAPP_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1024)),
     "STREAMAPP_MAX_EVENT_BYTES": ("max_event_bytes", _int_range(256)),
-    "STREAMAPP_REDACT_KEYS": ("redact_keys", _words),
+    "STREAMAPP_REDACT_KEYS": ("redact_keys", _key_patterns),
     "STREAMAPP_POOL_SIZE": ("pool_size", _int_range(1, 100)),
     "STREAMAPP_POLL_MS": ("poll_ms", _int_range(250, 2000)),
     "STREAMAPP_NOTIFY": ("notify", _boolean),

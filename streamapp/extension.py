@@ -14,6 +14,7 @@ from . import accounts
 from . import api
 from . import auth
 from . import cli
+from . import cors
 from . import health
 from . import metrics
 from . import stream
@@ -24,10 +25,12 @@ from .db import Database
 from .errors import problem
 from .hub import Hub
 from .producer import Producer
+from .redact import Redactor
 from .state import EXTENSION_KEY
 from .state import Authorize
 from .state import State
 from .state import owner_or_admin
+from .tickets import Tickets
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +78,17 @@ class StreamApp:
             raise ConfigError(["DATABASE_URL is required (python app.py starts an embedded PostgreSQL)"])
         db = Database(settings.database_url, settings.pool_size)
         own_users = getattr(app, "login_manager", None) is None
+        # Every appended event is redacted before it is stored (SPEC §7).
+        redactor = Redactor(settings.redact_keys)
+        secret_key = settings.secret_key or app.secret_key
         state = State(
             settings=settings,
             db=db,
-            producer=Producer(db, notify=settings.notify, max_event_bytes=settings.max_event_bytes),
+            producer=Producer(
+                db, notify=settings.notify, max_event_bytes=settings.max_event_bytes, redact=redactor
+            ),
+            tickets=Tickets(secret_key, settings.ticket_ttl_s) if secret_key else None,
+            redactor=redactor,
             hub=Hub(
                 db,
                 t.cast(str, settings.listen_url),
@@ -103,6 +113,7 @@ class StreamApp:
                 REMEMBER_COOKIE_HTTPONLY=True,
             )
         auth.init_login(app, own_users)
+        cors.init_cors(app, settings.cors_origins, self.url_prefix)
         blueprints: list[tuple[Blueprint, str | None]] = [
             (api.bp, self.url_prefix),
             (stream.bp, self.url_prefix),

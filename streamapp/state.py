@@ -8,11 +8,14 @@ from collections.abc import Callable
 
 from flask import current_app
 
+from .redact import Redactor
+
 if t.TYPE_CHECKING:
     from .config import Settings
     from .db import Database
     from .hub import Hub
     from .producer import Producer
+    from .tickets import Tickets
 
 Authorize = Callable[[t.Any, dict[str, t.Any]], bool]
 EXTENSION_KEY = "streamapp"
@@ -29,6 +32,10 @@ class State:
     db: Database
     producer: Producer
     hub: Hub
+    #: Tickets for ``?ticket=`` on streams (SPEC §7); ``None`` only without a secret key.
+    tickets: Tickets | None = None
+    #: Applied to every appended event and text chunk before it is stored or sent (SPEC §7).
+    redactor: Redactor = dataclasses.field(default_factory=Redactor)
     authorize: Authorize = owner_or_admin
     own_users: bool = True
     url_prefix: str = "/api/v0"

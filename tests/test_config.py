@@ -143,6 +143,7 @@ ORIGINS_RULE = "must be comma-separated origins like https://app.example.com"
         ("STREAMAPP_POLL_MS", "2001", "must be between 250 and 2000"),
         ("STREAMAPP_NOTIFY", "maybe", "must be one of 1, 0, true, false, yes, no, on, off"),
         ("STREAMAPP_MAX_CONCURRENT_REPLAYS", "0", "must be between 1 and 10000"),
+        ("STREAMAPP_REDACT_KEYS", "ssn,--", "must be comma-separated key patterns, each with a letter or digit"),
     ],
 )
 def test_rule_is_named_with_its_variable(name, raw, rule):

@@ -244,3 +244,74 @@ def test_same_or_allowed_origin(origin, host_url, expected):
 def test_same_or_allowed_origin_with_an_empty_list():
     assert same_or_allowed_origin("https://streams.example.com", HOST, ())
     assert not same_or_allowed_origin("https://app.example.com", HOST, ())
+
+
+# -- the real app (wired by StreamApp.init_app, issue 6) ------------------------------------------
+
+
+@pytest.fixture
+def app_client(settings):
+    from streamapp import create_app
+
+    app = create_app(settings.replace(cors_origins=(ALLOWED,)))
+    app.config["TESTING"] = True
+    yield app.test_client()
+    app.extensions["streamapp"].db.close()
+
+
+@pytest.mark.parametrize(
+    "path, method",
+    [
+        ("/api/v0/executions/workflows/any-id/stream-ticket", "POST"),
+        ("/api/v0/executions/workflows/any-id/stream", "GET"),
+        ("/api/v0/executions/workflows", "POST"),
+        ("/api/v0/auth/login", "POST"),
+        ("/api/v0/auth/tokens/abcdef012345", "DELETE"),
+    ],
+)
+def test_app_preflight_from_an_allowed_origin(app_client, path, method):
+    r = app_client.options(
+        path,
+        headers={"Origin": ALLOWED, "Access-Control-Request-Method": method,
+                 "Access-Control-Request-Headers": "Authorization, Content-Type"},
+    )
+    assert r.status_code == 204
+    assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert r.headers["Access-Control-Allow-Credentials"] == "true"
+    assert method in r.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+
+
+@pytest.mark.parametrize("origin", [OTHER, "null", "https://app.example.com.evil.net"])
+def test_app_preflight_from_a_refused_origin(app_client, origin):
+    r = _preflight(app_client, "/api/v0/executions/workflows/any-id/stream-ticket", origin)
+    assert r.status_code == 403
+    assert r.get_json()["error"]["code"] == "forbidden"
+    assert _no_cors_headers(r)
+
+
+def test_app_answers_an_allowed_origin_with_cors_headers(app_client, account):
+    r = app_client.get("/api/v0/executions/workflows", headers={**account.headers, "Origin": ALLOWED})
+    assert r.status_code == 200
+    assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert "Origin" in r.headers["Vary"]
+    r = app_client.get("/api/v0/executions/workflows", headers={**account.headers, "Origin": OTHER})
+    assert r.status_code == 200 and _no_cors_headers(r)
+
+
+def test_app_leaves_health_alone(app_client):
+    r = app_client.get("/healthz", headers={"Origin": ALLOWED})
+    assert _no_cors_headers(r)
+
+
+def test_app_cookie_requests_follow_the_allow_list(app_client, account, workflow):
+    # The session cookie's state changes and ticket requests pass the same origin rule as CORS.
+    login = {"email": account.email, "password": account.password}
+    assert app_client.post("/api/v0/auth/login", json=login, headers={"Origin": OTHER}).status_code == 403
+    assert app_client.post("/api/v0/auth/login", json=login, headers={"Origin": ALLOWED}).status_code == 200
+    ticket_url = f"/api/v0/executions/workflows/{workflow}/stream-ticket"
+    assert app_client.post(ticket_url, headers={"Origin": OTHER}).status_code == 403
+    r = app_client.post(ticket_url, headers={"Origin": ALLOWED})
+    assert r.status_code == 201 and r.headers["Access-Control-Allow-Origin"] == ALLOWED
+    create = app_client.post("/api/v0/executions/workflows", json={"name": "x"}, headers={"Origin": OTHER})
+    assert create.status_code == 403

@@ -1,6 +1,9 @@
-"""streamapp inside a host Flask app: its users, its authorize hook, its URL prefix (SPEC §7)."""
+"""streamapp inside a host Flask app: its users, its authorize hook, its URL prefix (SPEC §7);
+and what ``init_app`` wires for every app: redaction before storage (issue 6)."""
 
 from __future__ import annotations
+
+import json
 
 import flask
 import flask_login
@@ -75,3 +78,98 @@ def test_streams_through_the_extension(host):
     frames, comments = parse(response.get_data())
     assert response.status_code == 200 and comments[0] == "connected"
     assert [(f.id, f.event) for f in frames] == [("1", "workflow_status"), ("2", "complete")]
+
+
+# -- what init_app wires: redaction before storage (SPEC §7, issue 6) -----------------------------
+
+SECRETS = ("hunter2-pass", "abc.def.ghi-bearer", "k-123456-key", "p4ss-w0rd", "s3cr3t-value", "tok-987654",
+           "sa_0123456789ab_xyzSECRETxyz", "pw-1234-dsn", "123-45-6789")
+TOOL_CALL = {
+    "type": "tool_call",
+    "data": {
+        "tool_call_id": "c1", "tool_name": "http", "status": "SUCCESS",
+        "input": {
+            "url": "https://user:hunter2-pass@db.example.com/x",
+            "headers": {"Authorization": "Bearer abc.def.ghi-bearer", "X-Api-Key": "k-123456-key"},
+            "steps": [{"password": "p4ss-w0rd"}, {"deep": {"more": [{"client_secret": "s3cr3t-value"}]}}],
+            "ssn": "123-45-6789",
+        },
+        "output": {"text": "got token=tok-987654 and sa_0123456789ab_xyzSECRETxyz", "prompt_tokens": 12},
+    },
+}
+ERROR = {"type": "error", "data": {"status": "FAILED",
+                                   "error": {"message": "connect failed: postgres://app:pw-1234-dsn@db/x"}}}
+
+
+def _stored_envelopes(db, exec_id: str) -> list[str]:
+    with db.transaction() as cur:
+        cur.execute("SELECT envelope FROM events WHERE exec_id = %s ORDER BY id", (exec_id,))
+        return [row[0] for row in cur.fetchall()]
+
+
+def _assert_redacted(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, secret
+    assert "[REDACTED]" in text
+
+
+@pytest.fixture
+def redacting_client(settings):
+    from streamapp import create_app
+
+    app = create_app(settings.replace(redact_keys=("ssn",)))
+    app.config["TESTING"] = True
+    yield app.test_client()
+    app.extensions["streamapp"].db.close()
+
+
+def test_appended_events_are_redacted_in_the_stored_row(redacting_client, account, db):
+    client = redacting_client
+    r = client.post("/api/v0/executions/workflows", json={"name": "w"}, headers=account.headers)
+    exec_id = r.get_json()["exec_id"]
+    r = client.post(f"/api/v0/executions/workflows/{exec_id}/events", json={"events": [TOOL_CALL, ERROR]},
+                    headers=account.headers)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    tool_call, error = (json.loads(e) for e in _stored_envelopes(db, exec_id))
+    _assert_redacted(json.dumps([tool_call, error]))
+    data = tool_call["data"]
+    assert data["input"]["url"] == "https://user:[REDACTED]@db.example.com/x"
+    assert data["input"]["headers"] == {"Authorization": "[REDACTED]", "X-Api-Key": "[REDACTED]"}
+    assert data["input"]["steps"] == [{"password": "[REDACTED]"}, {"deep": {"more": [{"client_secret": "[REDACTED]"}]}}]
+    assert data["input"]["ssn"] == "[REDACTED]"  # STREAMAPP_REDACT_KEYS
+    assert data["output"] == {"text": "got token=[REDACTED] and [REDACTED]", "prompt_tokens": 12}
+    assert error["data"]["error"]["message"] == "connect failed: postgres://app:[REDACTED]@db/x"
+
+
+def test_the_execution_input_is_redacted(client, account, db):
+    body = {"name": "w", "input": {"api_key": "k-123456-key", "q": "hello", "dsn": "postgres://a:pw-1234-dsn@h/d"}}
+    doc = client.post("/api/v0/executions/workflows", json=body, headers=account.headers).get_json()
+    assert doc["input"] == {"api_key": "[REDACTED]", "q": "hello", "dsn": "postgres://a:[REDACTED]@h/d"}
+    with db.transaction() as cur:
+        cur.execute("SELECT input::text FROM executions WHERE exec_id = %s", (doc["exec_id"],))
+        _assert_redacted(cur.fetchone()[0])
+
+
+def test_the_apps_python_producer_redacts_too(app, account, db):
+    state = app.extensions["streamapp"]
+    exec_id = state.producer.create_execution("workflow", "w", account.user.get_id())["exec_id"]
+    state.producer.append_events(exec_id, [TOOL_CALL])
+    _assert_redacted(_stored_envelopes(db, exec_id)[0].replace("123-45-6789", "[REDACTED]"))
+
+
+def test_the_stream_carries_the_redacted_events(server, account):
+    import requests
+
+    r = requests.post(server.api("/executions/workflows"), json={"name": "w"}, headers=account.headers, timeout=10)
+    exec_id = r.json()["exec_id"]
+    complete = {"type": "complete", "data": {"status": "SUCCESS", "output": {"session_cookie": "tok-987654"}}}
+    r = requests.post(server.api(f"/executions/workflows/{exec_id}/events"),
+                      json={"events": [TOOL_CALL, complete]}, headers=account.headers, timeout=10)
+    assert r.status_code == 201, r.text
+    body = requests.get(server.api(f"/executions/workflows/{exec_id}/stream"), headers=account.headers, timeout=10)
+    frames, _ = parse(body.content)
+    assert [f.event for f in frames] == ["tool_call", "complete"]
+    text = body.content.decode().replace("123-45-6789", "[REDACTED]")  # the live server has no extra keys
+    _assert_redacted(text)
+    assert frames[0].json["data"]["input"]["headers"]["Authorization"] == "[REDACTED]"
+    assert frames[1].json["data"]["output"] == {"session_cookie": "[REDACTED]"}
