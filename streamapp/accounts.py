@@ -147,14 +147,35 @@ def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-_INSERT_TOKEN = """
+@dataclasses.dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about a token: never its secret part or its hash."""
+
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: datetime.datetime
+    last_used_at: datetime.datetime | None
+    revoked_at: datetime.datetime | None
+
+
+_TOKEN_INFO_COLUMNS = "prefix, scopes, created_at, last_used_at, revoked_at"
+_INSERT_TOKEN = f"""
 INSERT INTO api_tokens (user_id, prefix, token_hash, scopes)
 VALUES (%(user_id)s, %(prefix)s, %(hash)s, %(scopes)s)
+RETURNING {_TOKEN_INFO_COLUMNS}
 """
 
 
-def create_token(cur: Cursor, user_id: int, scopes: t.Iterable[str]) -> str:
-    """Create a token; return it in full (it is shown once, never stored)."""
+def _token_info(row: tuple[t.Any, ...]) -> TokenInfo:
+    prefix, scopes, created_at, last_used_at, revoked_at = row
+    return TokenInfo(prefix, tuple(scopes), created_at, last_used_at, revoked_at)
+
+
+def new_token(cur: Cursor, user_id: int, scopes: t.Iterable[str]) -> tuple[str, TokenInfo]:
+    """Create a token; return it in full (it is shown once, never stored) with what is stored.
+
+    :raises Invalid: for an unknown or empty scope list.
+    """
     chosen = expand_scopes(scopes)
     prefix = secrets.token_hex(_PREFIX_BYTES)
     token = f"{TOKEN_MARK}{prefix}_{secrets.token_urlsafe(32)}"
@@ -162,7 +183,28 @@ def create_token(cur: Cursor, user_id: int, scopes: t.Iterable[str]) -> str:
         _INSERT_TOKEN,
         {"user_id": user_id, "prefix": prefix, "hash": _hash(token), "scopes": sorted(chosen)},
     )
-    return token
+    return token, _token_info(cur.fetchone())
+
+
+def create_token(cur: Cursor, user_id: int, scopes: t.Iterable[str]) -> str:
+    """Create a token; return it in full (it is shown once, never stored)."""
+    return new_token(cur, user_id, scopes)[0]
+
+
+_SELECT_TOKENS = f"""
+SELECT {_TOKEN_INFO_COLUMNS} FROM api_tokens WHERE user_id = %(user_id)s ORDER BY created_at DESC, id DESC
+"""
+
+
+def list_tokens(cur: Cursor, user_id: int) -> list[TokenInfo]:
+    """Every token of a user, live and revoked, newest first."""
+    cur.execute(_SELECT_TOKENS, {"user_id": user_id})
+    return [_token_info(row) for row in cur.fetchall()]
+
+
+def is_prefix(value: str) -> bool:
+    """Whether ``value`` has the shape of a token prefix (not a whole token)."""
+    return len(value) == 2 * _PREFIX_BYTES and all(c in "0123456789abcdef" for c in value)
 
 
 def token_prefix(token: str) -> str | None:

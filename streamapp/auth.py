@@ -36,6 +36,9 @@ from .errors import NotAuthenticated
 from .errors import NotFound
 from .errors import Unavailable
 from .producer import EXEC_ID_PATTERN
+from .schemas import TokenCreate
+from .schemas import TokenCreated
+from .schemas import TokenOut
 from .state import current_state
 
 if t.TYPE_CHECKING:
@@ -279,4 +282,54 @@ def logout() -> tuple[str, int]:
     if authenticated_by_cookie():
         refuse_cross_site()
     logout_user()
+    return "", 204
+
+
+# -- API tokens (issue 6) -------------------------------------------------------------------------
+
+_token_out = TokenOut()
+
+
+@bp.post("/auth/tokens")
+def create_token() -> tuple[Response, int]:
+    """Create a token for the logged-in user; the token is in this answer only.
+
+    Only a session may: a token that could mint tokens would outlive its own
+    revocation, and a ``read`` token could mint a ``publish`` one.
+    """
+    user = require("read")
+    if not authenticated_by_cookie():
+        raise Forbidden("create tokens from a logged-in session (POST /auth/login), not with a token")
+    body = TokenCreate().load(require_json_body())
+    with current_state().db.transaction() as cur:
+        token, info = accounts.new_token(cur, user.id, body["scopes"])
+    response = jsonify(TokenCreated().dump({"token": token, **dataclasses.asdict(info)}))
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
+
+
+@bp.get("/auth/tokens")
+def list_tokens() -> Response:
+    """The caller's tokens, live and revoked, newest first; never a secret or a hash."""
+    user = require("read")
+    with current_state().db.transaction() as cur:
+        infos = accounts.list_tokens(cur, user.id)
+    return jsonify({"items": _token_out.dump(infos, many=True)})
+
+
+@bp.delete("/auth/tokens/<prefix>")
+def revoke_token(prefix: str) -> tuple[str, int]:
+    """Revoke one of the caller's tokens by prefix; an admin may revoke anyone's.
+
+    Someone else's token answers 404, as an unknown one does.
+    """
+    user = require("publish")
+    if authenticated_by_cookie():
+        refuse_cross_site()
+    if not accounts.is_prefix(prefix):
+        if accounts.token_prefix(prefix) is not None:
+            raise BadRequest("put only the token's prefix in the URL, never the token itself")
+        raise NotFound("no live token with that prefix")
+    with current_state().db.transaction() as cur:
+        accounts.revoke_token(cur, prefix, user_id=None if user.is_admin else user.id)
     return "", 204

@@ -91,6 +91,31 @@ class StreamQuery(_Strict):
     ticket = fields.String(load_default=None, validate=validate.Length(min=1, max=1000))
 
 
+class TokenCreate(_Strict):
+    scopes = fields.List(
+        fields.String(), required=True, validate=validate.Length(min=1, max=10, error="must list 1 to 10 scopes")
+    )
+
+
+class TokenOut(Schema):
+    """A token as its owner may see it: never the secret part or the hash."""
+
+    prefix = fields.String()
+    scopes = fields.List(fields.String())
+    created_at = fields.DateTime(format="iso")
+    last_used_at = fields.DateTime(format="iso", allow_none=True)
+    revoked_at = fields.DateTime(format="iso", allow_none=True)
+
+
+class TokenCreated(Schema):
+    """The answer to a token creation: the only place the whole token is ever shown."""
+
+    token = fields.String()
+    prefix = fields.String()
+    scopes = fields.List(fields.String())
+    created_at = fields.DateTime(format="iso")
+
+
 class ExecutionOut(Schema):
     exec_id = fields.String()
     kind = fields.String()

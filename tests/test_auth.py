@@ -316,3 +316,158 @@ def test_last_used_at_is_set_on_use(client, db, auth, account):
     assert _token_rows(db, account)[-1][3] is None
     assert client.get(WORKFLOWS, headers=auth.bearer(token)).status_code == 200
     assert _token_rows(db, account)[-1][3] is not None
+
+
+# -- the tokens endpoints (issue 6) ---------------------------------------------------------------
+
+TOKENS = "/api/v0/auth/tokens"
+TOKEN_FIELDS = {"prefix", "scopes", "created_at", "last_used_at", "revoked_at"}
+
+
+def _new_token(client, scopes=("read",)):
+    r = client.post(TOKENS, json={"scopes": list(scopes)})
+    assert r.status_code == 201, r.get_data(as_text=True)
+    return r
+
+
+def _delete(client, prefix: str, headers=None):
+    return client.delete(f"{TOKENS}/{prefix}", headers=headers or {}, content_type="application/json")
+
+
+@pytest.mark.parametrize(
+    "scopes, expected", [(["read"], ["read"]), (["publish"], ["publish", "read"]), (["read", "publish"], ["publish", "read"])]
+)
+def test_a_session_creates_a_token_shown_once(client, account, scopes, expected):
+    _login(client, account)
+    r = _new_token(client, scopes)
+    body = r.get_json()
+    assert set(body) == {"token", "prefix", "scopes", "created_at"}
+    assert body["token"].startswith(f"sa_{body['prefix']}_")
+    assert body["scopes"] == expected
+    assert r.headers["Cache-Control"] == "no-store"
+    listed = client.get(TOKENS).get_json()["items"]
+    assert body["token"] not in str(listed) and body["token"].split("_", 2)[2] not in str(listed)
+
+
+def test_a_created_token_works_with_its_scopes(client, account):
+    _login(client, account)
+    token = _new_token(client, ["read"]).get_json()["token"]
+    fresh = client.application.test_client()
+    exec_id = _create(fresh, account)
+    assert fresh.get(f"{WORKFLOWS}/{exec_id}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    r = fresh.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
+                   headers={"Authorization": f"Bearer {token}"})
+    _error(r, 403, "forbidden")
+
+
+@pytest.mark.parametrize("scopes", [["read"], ["read", "publish"]])
+def test_a_token_cannot_create_tokens(client, auth, account, scopes):
+    r = client.post(TOKENS, json={"scopes": ["read"]}, headers=auth.bearer(auth.token(account, scopes)))
+    assert "session" in _error(r, 403, "forbidden")
+
+
+def test_creating_a_token_needs_a_login(client):
+    _error(client.post(TOKENS, json={"scopes": ["read"]}), 401, "not_authenticated")
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"scopes": []}, {"scopes": ["admin"]}, {"scopes": "read"}, {"scopes": [1]}, {"scopes": [""]},
+             {"scopes": ["read"], "name": "x"}]
+)
+def test_token_scopes_must_be_known(client, account, body):
+    _login(client, account)
+    _error(client.post(TOKENS, json=body), 422, "invalid")
+
+
+def test_creating_a_token_from_another_origin_or_as_a_form_is_403(client, account):
+    _login(client, account)
+    _error(client.post(TOKENS, json={"scopes": ["read"]}, headers={"Origin": "https://evil.example"}), 403, "forbidden")
+    _error(client.post(TOKENS, data="scopes=read", content_type="application/x-www-form-urlencoded"), 403, "forbidden")
+    assert client.get(TOKENS).get_json()["items"][1:] == []  # the fixture's own token only
+
+
+def test_listing_shows_the_callers_tokens_never_a_secret(client, db, auth, account):
+    other = auth.user()
+    read = auth.token(account, ["read"])
+    auth.token(other, ["read"])
+    r = client.get(TOKENS, headers=auth.bearer(read))
+    assert r.status_code == 200
+    items = r.get_json()["items"]
+    assert [i["prefix"] for i in items] == [accounts.token_prefix(read), accounts.token_prefix(account.token)]
+    assert all(set(i) == TOKEN_FIELDS for i in items)
+    assert items[0]["scopes"] == ["read"] and items[1]["scopes"] == ["publish", "read"]
+    assert items[0]["last_used_at"] is not None and items[0]["revoked_at"] is None
+    text = r.get_data(as_text=True)
+    stored = {bytes(row[1]).hex() for row in _token_rows(db, account)}
+    assert read not in text and account.token not in text and not any(h in text for h in stored)
+
+
+def test_listing_shows_revoked_tokens_with_their_time(client, auth, account):
+    token = auth.token(account, ["read"])
+    assert _delete(client, accounts.token_prefix(token), account.headers).status_code == 204
+    items = {i["prefix"]: i for i in client.get(TOKENS, headers=account.headers).get_json()["items"]}
+    assert items[accounts.token_prefix(token)]["revoked_at"] is not None
+    assert items[accounts.token_prefix(account.token)]["revoked_at"] is None
+
+
+def test_listing_needs_a_credential(client):
+    _error(client.get(TOKENS), 401, "not_authenticated")
+
+
+def test_a_user_revokes_their_own_token_with_a_session(client, auth, account):
+    token = auth.token(account, ["read"])
+    _login(client, account)
+    r = _delete(client, accounts.token_prefix(token))
+    assert (r.status_code, r.data) == (204, b"")
+    cookieless = client.application.test_client()
+    _error(cookieless.get(WORKFLOWS, headers=auth.bearer(token)), 401, "not_authenticated")
+    # Gone is gone: a second revoke finds no live token.
+    _error(_delete(client, accounts.token_prefix(token)), 404, "not_found")
+
+
+def test_a_publish_token_revokes_itself(client, account):
+    assert _delete(client, accounts.token_prefix(account.token), account.headers).status_code == 204
+    _error(client.get(WORKFLOWS, headers=account.headers), 401, "not_authenticated")
+
+
+def test_a_read_token_cannot_revoke(client, auth, account):
+    read = auth.token(account, ["read"])
+    _error(_delete(client, accounts.token_prefix(account.token), auth.bearer(read)), 403, "forbidden")
+    assert client.get(WORKFLOWS, headers=account.headers).status_code == 200
+
+
+def test_someone_elses_token_looks_missing(client, auth, account):
+    other = auth.user()
+    theirs = _delete(client, accounts.token_prefix(other.token), account.headers)
+    missing = _delete(client, "0123456789ab", account.headers)
+    _error(theirs, 404, "not_found")
+    assert theirs.data == missing.data and missing.status_code == 404
+    assert client.get(WORKFLOWS, headers=other.headers).status_code == 200
+
+
+def test_an_admin_revokes_anyones_token(client, auth, account):
+    admin = auth.user(admin=True)
+    assert _delete(client, accounts.token_prefix(account.token), admin.headers).status_code == 204
+    _error(client.get(WORKFLOWS, headers=account.headers), 401, "not_authenticated")
+
+
+def test_a_whole_token_in_the_url_is_refused_and_not_revoked(client, account):
+    r = _delete(client, account.token, account.headers)
+    message = _error(r, 400, "bad_request")
+    assert account.token not in message
+    assert client.get(WORKFLOWS, headers=account.headers).status_code == 200
+
+
+@pytest.mark.parametrize("prefix", ["x", "0123456789AB", "0123456789abc", "sa_"])
+def test_a_malformed_prefix_is_404(client, account, prefix):
+    _error(_delete(client, prefix, account.headers), 404, "not_found")
+
+
+def test_revoking_with_a_session_follows_the_cross_site_rule(client, auth, account):
+    token = auth.token(account, ["read"])
+    _login(client, account)
+    prefix = accounts.token_prefix(token)
+    _error(client.delete(f"{TOKENS}/{prefix}"), 403, "forbidden")  # not JSON: a form could have sent it
+    _error(_delete(client, prefix, {"Origin": "https://evil.example"}), 403, "forbidden")
+    assert client.application.test_client().get(WORKFLOWS, headers=auth.bearer(token)).status_code == 200
+    assert _delete(client, prefix, {"Origin": "http://localhost"}).status_code == 204
