@@ -7,6 +7,7 @@ import typing as t
 
 from flask import Flask
 
+from .chunks import ChunkPublisher
 from .config import Settings
 from .config import load_settings
 from .extension import StreamApp
@@ -17,6 +18,7 @@ from .producer import create_execution
 
 __all__ = [
     "AppendResult",
+    "ChunkPublisher",
     "Producer",
     "Settings",
     "StreamApp",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import secrets
 import typing as t
 
 from flask import Blueprint
@@ -15,6 +16,7 @@ from marshmallow import ValidationError
 
 from . import accounts
 from . import catalog
+from . import chunks
 from . import producer
 from . import storage
 from .auth import authenticated_by_cookie
@@ -24,9 +26,11 @@ from .auth import require
 from .auth import require_json_body
 from .auth import visible_execution
 from .errors import BadRequest
+from .errors import Conflict
 from .errors import Forbidden
 from .errors import Invalid
 from .errors import NotFound
+from .errors import Unavailable
 from .schemas import AppendOut
 from .schemas import EventsAppend
 from .schemas import ExecutionCreate
@@ -191,3 +195,34 @@ def stream_ticket(segment: str, exec_id: str) -> tuple[Response, int]:
 def event_catalog() -> Response:
     require("read")
     return jsonify(catalog.describe())
+
+
+def _chunk_texts(body: t.Any) -> list[str]:
+    if not isinstance(body, dict) or len(body) != 1 or not ({"text", "chunks"} & set(body)):
+        raise Invalid('send {"text": "..."} or {"chunks": ["...", ...]}')
+    if "text" in body:
+        return [chunks.check_text(body["text"])]
+    texts = body["chunks"]
+    if not isinstance(texts, list) or not 1 <= len(texts) <= 1000:
+        raise Invalid("chunks must be a list of 1 to 1000 strings")
+    return [chunks.check_text(text, f"chunks[{n}]") for n, text in enumerate(texts)]
+
+
+@bp.post("/executions/<segment>/<exec_id>/chunks")
+def publish_chunks(segment: str, exec_id: str) -> tuple[Response, int]:
+    """Best-effort text: travels by NOTIFY to the streams open now, never stored (SPEC §5.2)."""
+    kind = kind_of(segment)
+    user = require("read")
+    texts = _chunk_texts(_with_body_limit())
+    state = current_state()
+    if not state.settings.notify:
+        raise Unavailable("text chunks travel by LISTEN/NOTIFY, which STREAMAPP_NOTIFY=false turns off", 3600)
+    with state.db.transaction() as cur:
+        execution = visible_execution(cur, kind, exec_id, user)
+        require("publish")
+        if execution["terminal_event_id"] is not None:
+            raise Conflict("the execution has ended: no chunk may follow complete or error")
+        texts = [state.redactor.redact_text(text) for text in texts]
+        cur.execute("SET LOCAL synchronous_commit TO off")
+        chunks.publish(cur, exec_id, texts, secrets.token_hex(6), 0)
+    return jsonify({"accepted": len(texts)}), 202

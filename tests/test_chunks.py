@@ -1,0 +1,279 @@
+"""Agent and task streams: text chunks without a schema, JSON with one (SPEC §4, §5.2; issue 5)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+import requests
+
+from streamapp.chunks import ChunkPublisher
+from streamapp.chunks import Reassembler
+from streamapp.chunks import payloads
+from streamapp.chunks import split
+from tests.sse import Reader
+from tests.sse import Stream
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+def _create(server, account, kind="agents", **body) -> str:
+    r = requests.post(server.api(f"/executions/{kind}"), json={"name": "a", **body}, headers=account.headers, timeout=10)
+    assert r.status_code == 201, r.text
+    return r.json()["exec_id"]
+
+
+def _chunks(server, account, exec_id, kind="agents", **body):
+    return requests.post(
+        server.api(f"/executions/{kind}/{exec_id}/chunks"), json=body, headers=account.headers, timeout=10
+    )
+
+
+def _events(server, account, exec_id, *events, kind="agents"):
+    r = requests.post(
+        server.api(f"/executions/{kind}/{exec_id}/events"),
+        json={"events": [{"type": t, "data": d} for t, d in events]}, headers=account.headers, timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    return r
+
+
+def _open(server, account, exec_id, kind="agents", **params) -> Stream:
+    stream = Stream(server.api(f"/executions/{kind}/{exec_id}/stream"), account.headers, params)
+    assert stream.next_item().retry is not None and stream.next_item() == "connected"
+    return stream
+
+
+def _subscribed(stream: Stream, server, account, exec_id, kind="agents") -> None:
+    # A durable event proves the stream is live (subscribed) before chunks are sent.
+    _events(server, account, exec_id, ("warning", {"code": "sync", "message": "sync"}), kind=kind)
+    assert stream.next_frame().event == "warning"
+
+
+@pytest.mark.parametrize("kind", ["agents", "tasks"])
+def test_text_mode_frames_have_no_id_and_plain_text(server, account, kind):
+    exec_id = _create(server, account, kind)
+    with _open(server, account, exec_id, kind) as stream:
+        _subscribed(stream, server, account, exec_id, kind)
+        assert _chunks(server, account, exec_id, kind, text="Hello, ").status_code == 202
+        assert _chunks(server, account, exec_id, kind, chunks=["line one\nline two", "\n\nend"]).status_code == 202
+        frames = [stream.next_frame() for _ in range(3)]
+    assert [(f.event, f.id) for f in frames] == [("llm_chunk", None)] * 3
+    assert [f.data for f in frames] == ["Hello, ", "line one\nline two", "\n\nend"]
+
+
+def test_json_mode_frames_carry_the_chunk_envelope(server, account):
+    exec_id = _create(server, account, output_schema=SCHEMA)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        _chunks(server, account, exec_id, text="par\ntial")
+        _events(server, account, exec_id, ("structured_delta", {"content": {"answer": "par"}, "sequence": 1}))
+        chunk, delta = stream.next_frame(), stream.next_frame()
+    assert (chunk.event, chunk.id) == ("llm_chunk", None)
+    assert json.loads(chunk.data) == {"type": "llm_chunk", "exec_id": exec_id, "data": {"content": "par\ntial"}}
+    assert (delta.event, delta.id) == ("structured_delta", "2")
+    assert delta.json["data"] == {"content": {"answer": "par"}, "sequence": 1}
+
+
+def test_workflow_streams_are_json(server, account):
+    exec_id = _create(server, account, "workflows")
+    with _open(server, account, exec_id, "workflows") as stream:
+        _subscribed(stream, server, account, exec_id, "workflows")
+        _chunks(server, account, exec_id, "workflows", text="log line")
+        assert json.loads(stream.next_frame().data)["data"] == {"content": "log line"}
+
+
+def test_a_100_kb_chunk_arrives_whole_and_in_order(server, account):
+    exec_id = _create(server, account)
+    big = "".join(f"{n:06d}é\n" for n in range(12_500))  # ~100 KB, multi-byte characters at part edges
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        assert _chunks(server, account, exec_id, chunks=[big, "after"]).status_code == 202
+        first, second = stream.next_frame(), stream.next_frame()
+    assert first.data == big
+    assert second.data == "after"
+
+
+def test_two_producers_never_interleave_inside_a_chunk(server, account, db):
+    exec_id = _create(server, account)
+    piece = {"A": "A" * 20_000, "B": "B" * 20_000}
+
+    def produce(letter: str) -> None:
+        with ChunkPublisher(db, exec_id, interval_s=0.001) as out:
+            for _ in range(5):
+                out.write(piece[letter])
+                out.flush()
+
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        threads = [threading.Thread(target=produce, args=(letter,)) for letter in piece]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        received = [stream.next_frame().data for _ in range(10)]
+    assert sorted(received) == sorted([piece["A"]] * 5 + [piece["B"]] * 5)
+
+
+def test_publisher_coalesces_tokens_and_flushes_at_line_ends(server, account, db):
+    exec_id = _create(server, account)
+    tokens = [f"tok{n} " for n in range(300)]
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        with ChunkPublisher(db, exec_id, interval_s=60) as out:  # only line ends and close flush
+            for token in tokens[:150]:
+                out.write(token)
+            out.write("end of line\n")
+            assert stream.next_frame().data == "".join(tokens[:150]) + "end of line\n"
+            for token in tokens[150:]:
+                out.write(token)
+        assert stream.next_frame().data == "".join(tokens[150:])
+
+
+def test_reconnect_resumes_durable_events_and_live_text_from_now(server, account):
+    exec_id = _create(server, account)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        _chunks(server, account, exec_id, text="seen")
+        assert stream.next_frame().data == "seen"
+    _chunks(server, account, exec_id, text="missed while away")
+    _events(server, account, exec_id, ("agent_status", {"status": "RUNNING"}))
+    with _open(server, account, exec_id, last_event_id="1") as stream:
+        resumed = stream.next_frame()
+        assert (resumed.id, resumed.event) == ("2", "agent_status")
+        _chunks(server, account, exec_id, text="new")
+        assert stream.next_frame().data == "new"
+        _events(server, account, exec_id, ("complete", {"status": "SUCCESS", "output": "seen new"}))
+        final = stream.rest()
+    assert [(f.id, f.event) for f in final] == [("3", "complete")]
+    assert final[0].json["data"]["output"] == "seen new"
+
+
+@pytest.mark.parametrize(
+    "schema, events, expected",
+    [
+        (None, "llm_chunk", ["llm_chunk", "complete"]),
+        (None, "agent_status", ["agent_status", "complete"]),
+        (SCHEMA, "llm_chunk", ["llm_chunk", "complete"]),
+        (SCHEMA, "agent_status", ["agent_status", "complete"]),
+    ],
+)
+def test_filters_in_both_modes(server, account, schema, events, expected):
+    exec_id = _create(server, account, output_schema=schema)
+    with _open(server, account, exec_id, events=events) as stream:
+        # The filter hides this sync event, so wait for the stream through a status event.
+        _events(server, account, exec_id, ("agent_status", {"status": "RUNNING"}))
+        _chunks(server, account, exec_id, text="x")
+        complete = {"status": "SUCCESS", "output": {"answer": "x"}} if schema else {"status": "SUCCESS"}
+        # Chunks are best-effort; send the terminal event only after the chunk had time to pass.
+        if events == "agent_status":
+            assert stream.next_frame().event == "agent_status"
+            _events(server, account, exec_id, ("complete", complete))
+            assert [f.event for f in stream.rest()] == ["complete"]
+        else:
+            assert stream.next_frame().event == "llm_chunk"
+            _events(server, account, exec_id, ("complete", complete))
+            assert [f.event for f in stream.rest()] == ["complete"]
+
+
+def test_slow_reader_drops_chunks_but_never_a_durable_event(server, account):
+    exec_id = _create(server, account)
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    path = f"/api/v0/executions/agents/{exec_id}/stream"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {account.token}\r\n\r\n".encode())
+    sock.settimeout(10)
+    reader, received = Reader(), []
+    while "connected" not in received:
+        received.extend(reader.feed(sock.recv(65536)))
+    _events(server, account, exec_id, ("agent_status", {"status": "RUNNING"}))
+    text = "y" * 8000
+    for n in range(40):  # ~19 MB of chunks, far more than socket buffers hold, with events between
+        _chunks(server, account, exec_id, chunks=[text] * 60)
+        _events(server, account, exec_id, ("warning", {"code": "n", "message": str(n)}))
+    _events(server, account, exec_id, ("complete", {"status": "SUCCESS"}))
+    raw = b""
+    while True:
+        data = sock.recv(1 << 20)
+        if not data or raw.endswith(b"0\r\n\r\n"):
+            break
+        raw += data
+        if b"event: complete" in raw:
+            break
+    sock.close()
+    frames = [f for f in Reader().feed(raw) if not isinstance(f, str)]
+    ids = [int(f.id) for f in frames if f.id is not None]
+    chunks_seen = sum(1 for f in frames if f.event == "llm_chunk")
+    assert ids == list(range(1, 43))
+    assert chunks_seen < 40 * 60
+    assert b": dropped " in raw
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"text": ""}, "text"),
+        ({"text": 5}, "text"),
+        ({"text": "a\x00b"}, "NUL"),
+        ({"chunks": []}, "chunks"),
+        ({"chunks": ["ok", ""]}, "chunks[1]"),
+        ({"text": "a", "chunks": ["b"]}, "text"),
+        ({}, "text"),
+    ],
+)
+def test_bad_chunks_are_422(server, account, body, fragment):
+    exec_id = _create(server, account)
+    r = _chunks(server, account, exec_id, **body)
+    assert r.status_code == 422 and fragment in r.json()["error"]["message"]
+
+
+def test_chunks_after_the_end_are_409(server, account):
+    exec_id = _create(server, account)
+    _events(server, account, exec_id, ("complete", {"status": "SUCCESS"}))
+    assert _chunks(server, account, exec_id, text="late").status_code == 409
+
+
+def test_chunk_authorization(server, auth, account):
+    exec_id = _create(server, account)
+    reader = auth.bearer(auth.token(account, ["read"]))
+    other = auth.user()
+    url = server.api(f"/executions/agents/{exec_id}/chunks")
+    assert requests.post(url, json={"text": "x"}, headers=reader, timeout=10).status_code == 403
+    assert requests.post(url, json={"text": "x"}, headers=other.headers, timeout=10).status_code == 404
+    assert requests.post(url, json={"text": "x"}, timeout=10).status_code == 401
+
+
+def test_complete_output_is_checked_against_the_schema(server, account, db):
+    exec_id = _create(server, account, output_schema=SCHEMA)
+    r = requests.post(
+        server.api(f"/executions/agents/{exec_id}/events"),
+        json={"events": [{"type": "complete", "data": {"status": "SUCCESS", "output": {"answer": 3}}}]},
+        headers=account.headers, timeout=10,
+    )
+    assert r.status_code == 422 and "output_schema" in r.json()["error"]["message"]
+    with db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM events WHERE exec_id = %s", (exec_id,))
+        assert cur.fetchone()[0] == 0
+
+
+def test_invalid_output_schema_is_422(server, account):
+    r = requests.post(
+        server.api("/executions/agents"), json={"name": "a", "output_schema": {"type": "nonsense"}},
+        headers=account.headers, timeout=10,
+    )
+    assert r.status_code == 422 and "output_schema" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("size", [1, 7800, 7801, 20_000, 100_000])
+def test_split_and_reassemble_round_trip(size):
+    text = ("ab€" * size)[:size]
+    parts = payloads("e1", "p.0", text)
+    assert all(len(p.encode()) < 8000 for p in parts)
+    joiner = Reassembler()
+    results = [joiner.feed(p) for p in reversed(parts)]
+    assert results[-1] == ("e1", text) and all(r is None for r in results[:-1])
+    assert "".join(split(text)) == text
