@@ -160,12 +160,21 @@ def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
     kind = kind_of(segment)
     user = require("read")
     state = current_state()
-    with state.db.transaction() as cur:
-        visible_execution(cur, kind, exec_id, user)
-    # Visibility first (404 hides existence), then the scope (403), then the content.
-    require("publish")
+    if "publish" not in getattr(user, "scopes", accounts.SCOPES):
+        # Visibility first (404 hides existence), then the scope (403), before the content.
+        with state.db.autocommit() as cur:
+            visible_execution(cur, kind, exec_id, user)
+        require("publish")
+    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+        raise NotFound()
     body = EventsAppend().load(_with_body_limit())
-    result = state.producer.append_events(exec_id, body["events"], kind=kind)
+
+    def visible(execution: dict[str, t.Any]) -> None:
+        # Checked on the locked row, inside the append's own transaction.
+        if not state.authorize(user, execution):
+            raise NotFound()
+
+    result = state.producer.append_events(exec_id, body["events"], kind=kind, check=visible)
     return jsonify(AppendOut().dump(result)), 201
 
 
