@@ -28,6 +28,7 @@ from flask_login import logout_user
 
 from . import accounts
 from . import cors
+from . import login_limits
 from . import storage
 from . import tickets
 from .errors import BadRequest
@@ -79,7 +80,7 @@ def _load_token_user(req: t.Any) -> accounts.User | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    with current_state().db.transaction() as cur:
+    with current_state().db.autocommit() as cur:
         return accounts.authenticate_token(cur, token.strip())
 
 
@@ -261,6 +262,22 @@ def _strict_json(raw: bytes) -> t.Any:
     return body
 
 
+def client_address() -> str:
+    """The client's address: the connecting one, or the one ``STREAMAPP_PROXY_HOPS`` proxies saw.
+
+    With ``proxy_hops`` = N, the N-th address from the right of
+    ``X-Forwarded-For`` (the one the outermost of our proxies received the
+    connection from), as werkzeug's ``ProxyFix(x_for=N)`` reads it; a shorter
+    header is not trusted.
+    """
+    hops = current_state().settings.proxy_hops
+    if hops:
+        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
+        if len(forwarded) >= hops and forwarded[-hops]:
+            return forwarded[-hops]
+    return request.remote_addr or "unknown"
+
+
 @bp.post("/auth/login")
 def login() -> Response:
     refuse_cross_site()
@@ -269,8 +286,23 @@ def login() -> Response:
         body.get("password"), str
     ):
         raise BadRequest("send {\"email\": ..., \"password\": ...}")
+    email, address, settings = body["email"], client_address(), current_state().settings
+    window_s = settings.login_window_s
     with current_state().db.transaction() as cur:
-        user = accounts.check_password(cur, body["email"], body["password"])
+        # Counted in PostgreSQL, so the limits hold across workers (issue 6).
+        login_limits.check(
+            cur,
+            email,
+            address,
+            max_failures=settings.login_max_failures,
+            max_address_failures=settings.login_max_address_failures,
+            window_s=window_s,
+        )
+        user = accounts.check_password(cur, email, body["password"])
+        if user is None:
+            login_limits.record_failure(cur, email, address, window_s=window_s)
+        else:
+            login_limits.clear(cur, email)
     if user is None:
         raise NotAuthenticated("the email or password is wrong, or the account is disabled")
     login_user(user)

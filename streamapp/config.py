@@ -46,9 +46,14 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_event_bytes: int = 256 * 1024
     redact_keys: tuple[str, ...] = ()
+    login_max_failures: int = 5
+    login_max_address_failures: int = 20
+    login_window_s: int = 900
+    proxy_hops: int = 0
     pool_size: int = 8
     poll_ms: int = 500
     notify: bool = True
+    direct_writes: bool = True
     send_timeout_s: float = 30.0
     max_concurrent_replays: int = 32
     var_dir: str = "var"
@@ -165,9 +170,14 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1024)),
     "STREAMAPP_MAX_EVENT_BYTES": ("max_event_bytes", _int_range(256)),
     "STREAMAPP_REDACT_KEYS": ("redact_keys", _key_patterns),
+    "STREAMAPP_LOGIN_MAX_FAILURES": ("login_max_failures", _int_range(1, 1000)),
+    "STREAMAPP_LOGIN_MAX_ADDRESS_FAILURES": ("login_max_address_failures", _int_range(1, 100_000)),
+    "STREAMAPP_LOGIN_WINDOW_S": ("login_window_s", _int_range(1, 86_400)),
+    "STREAMAPP_PROXY_HOPS": ("proxy_hops", _int_range(0, 10)),
     "STREAMAPP_POOL_SIZE": ("pool_size", _int_range(1, 100)),
     "STREAMAPP_POLL_MS": ("poll_ms", _int_range(250, 2000)),
     "STREAMAPP_NOTIFY": ("notify", _boolean),
+    "STREAMAPP_DIRECT_WRITES": ("direct_writes", _boolean),
     "STREAMAPP_SEND_TIMEOUT_S": ("send_timeout_s", _seconds),
     "STREAMAPP_MAX_CONCURRENT_REPLAYS": ("max_concurrent_replays", _int_range(1, 10_000)),
     "STREAMAPP_VAR_DIR": ("var_dir", str),

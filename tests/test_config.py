@@ -29,6 +29,8 @@ def test_defaults():
     assert settings.max_body_bytes == 4 * 1024 * 1024
     assert settings.max_event_bytes == 256 * 1024
     assert settings.database_url is None and settings.secret_key is None
+    assert (settings.login_max_failures, settings.login_max_address_failures) == (5, 20)
+    assert (settings.login_window_s, settings.proxy_hops) == (900, 0)
 
 
 def test_production_is_the_default_env():
@@ -61,6 +63,10 @@ VALID = [
     ("STREAMAPP_MAX_BODY_BYTES", "1024", "max_body_bytes", 1024),
     ("STREAMAPP_MAX_EVENT_BYTES", "256", "max_event_bytes", 256),
     ("STREAMAPP_REDACT_KEYS", "ssn, pin ,", "redact_keys", ("ssn", "pin")),
+    ("STREAMAPP_LOGIN_MAX_FAILURES", "3", "login_max_failures", 3),
+    ("STREAMAPP_LOGIN_MAX_ADDRESS_FAILURES", "100", "login_max_address_failures", 100),
+    ("STREAMAPP_LOGIN_WINDOW_S", "60", "login_window_s", 60),
+    ("STREAMAPP_PROXY_HOPS", "1", "proxy_hops", 1),
     ("STREAMAPP_POOL_SIZE", "100", "pool_size", 100),
     ("STREAMAPP_POLL_MS", "250", "poll_ms", 250),
     ("STREAMAPP_NOTIFY", "off", "notify", False),
@@ -144,6 +150,10 @@ ORIGINS_RULE = "must be comma-separated origins like https://app.example.com"
         ("STREAMAPP_NOTIFY", "maybe", "must be one of 1, 0, true, false, yes, no, on, off"),
         ("STREAMAPP_MAX_CONCURRENT_REPLAYS", "0", "must be between 1 and 10000"),
         ("STREAMAPP_REDACT_KEYS", "ssn,--", "must be comma-separated key patterns, each with a letter or digit"),
+        ("STREAMAPP_LOGIN_MAX_FAILURES", "0", "must be between 1 and 1000"),
+        ("STREAMAPP_LOGIN_MAX_ADDRESS_FAILURES", "0", "must be between 1 and 100000"),
+        ("STREAMAPP_LOGIN_WINDOW_S", "86401", "must be between 1 and 86400"),
+        ("STREAMAPP_PROXY_HOPS", "-1", "must be between 0 and 10"),
     ],
 )
 def test_rule_is_named_with_its_variable(name, raw, rule):
