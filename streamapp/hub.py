@@ -186,8 +186,12 @@ class Hub:
                 batch = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
                 size = sum(len(frame) for _, _, frame in batch)
                 topic.cursor = rows[-1][0]
+                rendered: dict[t.Any, bytes] = {}
                 for sub in list(topic.subscribers):
-                    sub.push(batch, size)
+                    if sub.try_write(batch, rendered):
+                        metrics.DIRECT_WRITES.inc()
+                    else:
+                        sub.push(batch, size)
                 metrics.DELIVERED.inc(len(batch) * len(topic.subscribers))
         except (psycopg2.Error, PoolTimeout):
             # The database is away; the safety check retries once it is back.

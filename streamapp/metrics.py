@@ -28,6 +28,7 @@ NOTIFICATIONS = Counter("streamapp_notifications", "NOTIFY wake-ups received by 
 EVENT_READS = Counter("streamapp_event_reads", "Reads of new events by hubs (one serves every stream).")
 SAFETY_CHECKS = Counter("streamapp_safety_checks", "Batched safety-check queries.")
 DELIVERED = Counter("streamapp_events_fanned_out", "Event deliveries queued to streams.")
+DIRECT_WRITES = Counter("streamapp_direct_writes", "Batches written straight to parked streams' sockets.")
 OVERFLOWS = Counter("streamapp_stream_overflows", "Streams that fell behind and re-read the table.")
 LISTENER_RECONNECTS = Counter("streamapp_listener_reconnects", "Listener connections (re)opened.")
 CHUNKS_DROPPED = Counter("streamapp_chunks_dropped", "Text chunks dropped for slow streams.")

@@ -70,6 +70,8 @@ class Plan:
     user_id: str
     token_prefix: str | None
     text_mode: bool
+    socket: t.Any = None  # set when frames may be written straight to it (see Subscriber.try_write)
+    chunked: bool = True
 
 
 def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
@@ -131,7 +133,7 @@ def stream(kind: str, exec_id: str) -> Response:
         token_prefix=getattr(user, "token_prefix", None),
         text_mode=kind_name != "workflow" and execution["output_schema"] is None,
     )
-    _limit_send_time(request.environ, settings.send_timeout_s)
+    plan = dataclasses.replace(plan, **_direct_socket(request.environ, settings))
     state.hub.open_streams += 1
     metrics.OPEN_STREAMS.inc()
     metrics.STREAMS_OPENED.inc()
@@ -172,12 +174,24 @@ def _release(state: State, slot: str) -> None:
         log.warning("could not give a stream slot back; it expires on its own")
 
 
-def _limit_send_time(environ: dict[str, t.Any], seconds: float) -> None:
+def _direct_socket(environ: dict[str, t.Any], settings: t.Any) -> dict[str, t.Any]:
+    """The client socket, if live frames may bypass the WSGI server's writer.
+
+    Only plain HTTP/1.x on gunicorn, where the framing is known: chunked for
+    HTTP/1.1, raw for HTTP/1.0. Anything else keeps the generator path.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return {}
     # A client that stops reading blocks our writes; a socket timeout ends it
     # instead of letting its frames pile up (issue 4).
-    sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        sock.settimeout(seconds)
+    sock.settimeout(settings.send_timeout_s)
+    protocol = environ.get("SERVER_PROTOCOL")
+    if not settings.direct_writes or environ.get("wsgi.url_scheme") != "http" or protocol not in (
+        "HTTP/1.0", "HTTP/1.1"
+    ):
+        return {}
+    return {"socket": sock, "chunked": protocol == "HTTP/1.1"}
 
 
 def _wanted(plan: Plan, type_name: str) -> bool:
@@ -230,10 +244,22 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
                 yield chunk
             if ended:
                 return
+        if plan.socket is not None:
+            sub.fd, sub.chunked, sub.types = plan.socket.fileno(), plan.chunked, plan.types
         hub.caught_up(sub, last)
         yield from _live(state, plan, sub, last)
     finally:
         hub.unsubscribe(sub)
+
+
+def _send_pending(plan: Plan, sub: Subscriber) -> bool:
+    """Finish a direct write the socket did not take at once; False if the client is gone."""
+    data, sub.pending = sub.pending, b""
+    try:
+        plan.socket.sendall(data)  # cooperative, bounded by the send timeout
+    except OSError:
+        return False
+    return True
 
 
 def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[bytes]:
@@ -247,7 +273,14 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
         if now >= next_ping:
             yield framing.PING
             next_ping = now + plan.heartbeat_s
+        sub.last, sub.parked = last, True
         sub.wakeup.wait(timeout=min(next_ping, end) - now)
+        sub.parked = False
+        last = sub.last  # the hub may have written frames for us meanwhile
+        if sub.pending and not _send_pending(plan, sub):
+            return
+        if sub.ended:
+            return
         items, overflowed = sub.take()
         if overflowed:
             for chunk, last, ended in _replay(state, plan, last):

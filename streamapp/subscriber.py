@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import os
 import typing as t
 
 import gevent.event
 
 from . import metrics
+from .catalog import TERMINAL_TYPES
 
 #: ``(event id or None for a text chunk, type, framed bytes)``
 Item = tuple[t.Optional[int], str, bytes]
@@ -25,6 +27,7 @@ class Subscriber:
     __slots__ = (
         "exec_id", "items", "queued_bytes", "queued_chunks", "dropped_chunks", "wakeup", "overflowed",
         "closing", "limit", "poll_ms", "user_id", "token_prefix", "text_mode",
+        "fd", "chunked", "types", "last", "parked", "pending", "ended",
     )
 
     def __init__(
@@ -50,6 +53,14 @@ class Subscriber:
         self.user_id = user_id
         self.token_prefix = token_prefix
         self.text_mode = text_mode
+        # The direct-write path (see try_write); fd None keeps the stream on the generator path.
+        self.fd: int | None = None
+        self.chunked = True
+        self.types: frozenset[str] | None = None
+        self.last = 0
+        self.parked = False
+        self.pending = b""
+        self.ended = False
 
     def push(self, batch: list[Item], size: int) -> None:
         if not self.overflowed:
@@ -62,6 +73,54 @@ class Subscriber:
                 self.items.extend(batch)
                 self.queued_bytes += size
         self.wakeup.set()
+
+    def try_write(self, batch: list[Item], rendered: dict[t.Any, bytes]) -> bool:
+        """Write new frames straight to a parked, up-to-date stream's socket.
+
+        Waking one greenlet per stream per event and writing through the WSGI
+        server costs far more than one non-blocking ``os.write`` of bytes
+        framed once (PERFORMANCE.md). Only a stream parked in its wait, with
+        nothing queued, qualifies: its generator is not inside a write, so the
+        bytes cannot interleave with gunicorn's. What the socket does not take
+        now is left in ``pending`` for the stream's own greenlet to send.
+        ``rendered`` caches the bytes by cursor and filter across the streams
+        of one batch. Returns False when the caller must queue instead.
+        """
+        if self.fd is None or not self.parked or self.items or self.overflowed or self.pending or self.closing:
+            return False
+        key = (self.last, self.types, self.chunked)
+        cached = rendered.get(key)
+        if cached is None:
+            cached = rendered[key] = self._render(batch)
+        data, last, ended = cached[0], cached[1], cached[2]
+        if data:
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return False  # a broken socket: the generator's next write ends the stream
+            self.pending = data[written:]
+        self.last, self.ended = last, ended
+        if self.pending or ended:
+            self.wakeup.set()
+        return True
+
+    def _render(self, batch: list[Item]) -> tuple[bytes, int, bool]:
+        frames, last, ended = [], self.last, False
+        for event_id, type_name, frame in batch:
+            if event_id is None or event_id <= last:
+                continue
+            last = event_id
+            if self.types is None or type_name in self.types or type_name in TERMINAL_TYPES:
+                frames.append(frame)
+            if type_name in TERMINAL_TYPES:
+                ended = True
+                break
+        body = b"".join(frames)
+        if body and self.chunked:
+            body = b"%X\r\n%s\r\n" % (len(body), body)
+        return body, last, ended
 
     def push_chunk(self, frame: bytes) -> None:
         if self.overflowed or self.queued_chunks >= CHUNK_LIMIT:

@@ -215,11 +215,13 @@ def _wait_ready(server: LiveServer, deadline_s: float = 30.0) -> None:
     raise RuntimeError(f"gunicorn not ready in {deadline_s} s:\n{server.log_text()}")
 
 
+SHARED_SERVER_ENV = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_POLL_MS": "250"}
+
+
 @pytest.fixture(scope="session")
 def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[LiveServer]:
     """A shared live gunicorn with short heartbeats."""
-    env = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_POLL_MS": "250"}
-    with live_server(database, tmp_path_factory.mktemp("server"), env) as live:
+    with live_server(database, tmp_path_factory.mktemp("server"), SHARED_SERVER_ENV) as live:
         yield live
 
 

@@ -5,10 +5,23 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
+from tests.conftest import SHARED_SERVER_ENV
+from tests.conftest import live_server
 from tests.sse import Stream
 
 PRODUCERS = 4
 EVENTS_EACH = 60
+
+
+@pytest.fixture(scope="module", params=["direct", "generator"])
+def server(request, database, tmp_path_factory):
+    """Both delivery paths: frames written straight to parked sockets, and the plain generator."""
+    env = {**SHARED_SERVER_ENV, "STREAMAPP_DIRECT_WRITES": str(request.param == "direct").lower()}
+    with live_server(database, tmp_path_factory.mktemp(request.param), env) as live:
+        live.direct = request.param == "direct"
+        yield live
 
 
 def _produce(producer, exec_id: str, errors: list[BaseException]) -> None:

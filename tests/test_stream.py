@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import requests
 
+from tests.conftest import SHARED_SERVER_ENV
+from tests.conftest import live_server
 from tests.conftest import new_exec_id
 from tests.sse import Stream
 from tests.sse import parse
+
+
+@pytest.fixture(scope="module", params=["direct", "generator"])
+def server(request, database, tmp_path_factory):
+    """Both delivery paths: frames written straight to parked sockets, and the plain generator."""
+    env = {**SHARED_SERVER_ENV, "STREAMAPP_DIRECT_WRITES": str(request.param == "direct").lower()}
+    with live_server(database, tmp_path_factory.mktemp(request.param), env) as live:
+        live.direct = request.param == "direct"
+        yield live
 
 
 def _url(server, exec_id: str, kind: str = "workflows") -> str:
@@ -175,3 +187,17 @@ def test_admin_reads_anyones(server, auth, workflow, producer):
 def test_wrong_kind_segment_is_404(server, account, workflow):
     for kind in ("agents", "things"):
         assert requests.get(_url(server, workflow, kind), headers=account.headers, timeout=10).status_code == 404
+
+
+def test_live_frames_take_the_configured_path(server, account, workflow, producer):
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    before = float(re.search(r"^streamapp_direct_writes_total (\S+)$", text, re.M).group(1))
+    with Stream(_url(server, workflow), account.headers) as s:
+        s.next_item(), s.next_item()
+        _append(producer, workflow, _status("RUNNING"))
+        assert s.next_frame().id == "1"
+        _append(producer, workflow, _status("PAUSED"), COMPLETE)
+        assert [f.id for f in s.rest()] == ["2", "3"]
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    after = float(re.search(r"^streamapp_direct_writes_total (\S+)$", text, re.M).group(1))
+    assert (after > before) == server.direct
