@@ -70,6 +70,7 @@ VALID = [
     ("STREAMAPP_POOL_SIZE", "100", "pool_size", 100),
     ("STREAMAPP_POLL_MS", "250", "poll_ms", 250),
     ("STREAMAPP_NOTIFY", "off", "notify", False),
+    ("STREAMAPP_DIRECT_WRITES", "false", "direct_writes", False),
     ("STREAMAPP_SEND_TIMEOUT_S", "2.5", "send_timeout_s", 2.5),
     ("STREAMAPP_MAX_CONCURRENT_REPLAYS", "10000", "max_concurrent_replays", 10000),
     ("STREAMAPP_VAR_DIR", "/tmp/sa", "var_dir", "/tmp/sa"),
