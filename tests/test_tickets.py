@@ -454,3 +454,30 @@ def test_tickets_in_extension_mode_use_the_hosts_user_loader(host):
     assert ok.status_code == 200 and b"event: complete" in ok.get_data()
     host.config["inactive"].add("alice")
     assert client.get(stream, query_string={"ticket": ticket}).status_code == 401
+
+
+def _ends_within(stream: Stream, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            stream.next_item(max(0.1, end - time.monotonic()))
+        except EOFError:
+            return
+        except TimeoutError:
+            break
+    raise AssertionError(f"stream still open after {seconds} s")
+
+
+@pytest.mark.parametrize("how", ["revoke the token", "disable the user"])
+def test_a_ticket_stream_ends_when_its_credential_goes(server, auth, account, workflow, db, how):
+    token = auth.token(account, ["read"])
+    ticket = _live_ticket(server, account, workflow, auth.bearer(token))
+    with Stream(server.api(f"/executions/workflows/{workflow}/stream"), params={"ticket": ticket}) as s:
+        assert s.response.status_code == 200
+        assert s.next_item().retry is not None and s.next_item() == "connected"
+        with db.transaction() as cur:
+            if how == "revoke the token":
+                accounts.revoke_token(cur, token)
+            else:
+                accounts.disable_user(cur, account.email)
+        _ends_within(s, 5)  # the server's heartbeat is 1 s
