@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import typing as t
+from collections.abc import Mapping
 
 from flask import Flask
 

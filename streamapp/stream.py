@@ -14,6 +14,7 @@ import logging
 import random
 import time
 import typing as t
+from collections.abc import Generator
 from collections.abc import Iterator
 
 import psycopg2
@@ -32,8 +33,8 @@ from .api import kind_of
 from .auth import refuse_token_in_url
 from .auth import stream_user
 from .auth import visible_execution
-from .errors import BadRequest
 from .db import PoolTimeout
+from .errors import BadRequest
 from .errors import TooManyStreams
 from .errors import Unavailable
 from .schemas import StreamQuery
@@ -216,17 +217,18 @@ def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> tuple[list[bytes]
     return out, last, False
 
 
-def _replay(state: State, plan: Plan, last: int) -> Iterator[tuple[bytes, int, bool]]:
-    """Read the table from ``last`` in pages; yield ``(chunk, new_last, ended)``."""
+def _replay(state: State, plan: Plan, last: int) -> Generator[bytes, None, tuple[int, bool]]:
+    """Send the table from ``last`` on, page by page; return the new cursor and whether it ended."""
     while True:
         # The cap covers the read, not the client's pace: a slow reader holds no slot.
         with state.hub.replays, state.db.autocommit() as cur:
             rows, more = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
         items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
         frames, last, ended = _frames(plan, items, last)
-        yield b"".join(frames), last, ended
+        if frames:
+            yield b"".join(frames)
         if ended or not more:
-            return
+            return last, ended
 
 
 def _generate(state: State, plan: Plan) -> Iterator[bytes]:
@@ -238,12 +240,9 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
     try:
         if plan.reset:
             yield plan.reset
-        last = plan.cursor
-        for chunk, last, ended in _replay(state, plan, last):
-            if chunk:
-                yield chunk
-            if ended:
-                return
+        last, ended = yield from _replay(state, plan, plan.cursor)
+        if ended:
+            return
         if plan.socket is not None:
             sub.fd, sub.chunked, sub.types = plan.socket.fileno(), plan.chunked, plan.types
         hub.caught_up(sub, last)
@@ -283,11 +282,9 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
             return
         items, overflowed = sub.take()
         if overflowed:
-            for chunk, last, ended in _replay(state, plan, last):
-                if chunk:
-                    yield chunk
-                if ended:
-                    return
+            last, ended = yield from _replay(state, plan, last)
+            if ended:
+                return
             continue
         frames, last, ended = _frames(plan, items, last)
         if sub.dropped_chunks:

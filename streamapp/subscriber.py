@@ -12,7 +12,7 @@ from . import metrics
 from .catalog import TERMINAL_TYPES
 
 #: ``(event id or None for a text chunk, type, framed bytes)``
-Item = tuple[t.Optional[int], str, bytes]
+Item = tuple[int | None, str, bytes]
 
 #: Frames a stream may have queued before it must re-read from the table instead.
 QUEUE_BYTES = 1024 * 1024

@@ -20,7 +20,8 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "requi
 
 
 def _create(server, account, kind="agents", **body) -> str:
-    r = requests.post(server.api(f"/executions/{kind}"), json={"name": "a", **body}, headers=account.headers, timeout=10)
+    url = server.api(f"/executions/{kind}")
+    r = requests.post(url, json={"name": "a", **body}, headers=account.headers, timeout=10)
     assert r.status_code == 201, r.text
     return r.json()["exec_id"]
 
