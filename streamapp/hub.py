@@ -243,6 +243,7 @@ class Hub:
                     self.wake(exec_id, int(last))
 
     def _on_chunk(self, payload: str) -> None:
+        metrics.CHUNK_NOTIFICATIONS.inc()
         whole = self._reassembler.feed(payload)
         if whole is None:
             return
