@@ -335,7 +335,8 @@ def _delete(client, prefix: str, headers=None):
 
 
 @pytest.mark.parametrize(
-    "scopes, expected", [(["read"], ["read"]), (["publish"], ["publish", "read"]), (["read", "publish"], ["publish", "read"])]
+    "scopes, expected",
+    [(["read"], ["read"]), (["publish"], ["publish", "read"]), (["read", "publish"], ["publish", "read"])],
 )
 def test_a_session_creates_a_token_shown_once(client, account, scopes, expected):
     _login(client, account)

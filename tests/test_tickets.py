@@ -95,7 +95,9 @@ def test_ttl_is_the_issuers(clock):
         Tickets(SECRET, 1, clock=clock).verify(ticket, kind="workflow", exec_id="e-1")
 
 
-@pytest.mark.parametrize("kind, exec_id", [("workflow", "e-2"), ("agent", "e-1"), ("workflow", "e-1x"), ("workflow", "")])
+@pytest.mark.parametrize(
+    "kind, exec_id", [("workflow", "e-2"), ("agent", "e-1"), ("workflow", "e-1x"), ("workflow", "")]
+)
 def test_another_stream_is_invalid(issuer, kind, exec_id):
     ticket, _ = issuer.issue("workflow", "e-1", "7")
     with pytest.raises(TicketInvalid, match="another execution"):
@@ -442,7 +444,8 @@ def test_tickets_in_extension_mode_use_the_hosts_user_loader(host):
     alice = {"X-User": "alice"}
     exec_id = client.post("/progress/executions/workflows", json={"name": "w"}, headers=alice).get_json()["exec_id"]
     events = {"events": [{"type": "complete", "data": {"status": "SUCCESS"}}]}
-    assert client.post(f"/progress/executions/workflows/{exec_id}/events", json=events, headers=alice).status_code == 201
+    appended = client.post(f"/progress/executions/workflows/{exec_id}/events", json=events, headers=alice)
+    assert appended.status_code == 201
     assert client.post(f"/progress/executions/workflows/{exec_id}/stream-ticket").status_code == 401
     assert client.post(f"/progress/executions/workflows/{exec_id}/stream-ticket",
                        headers={"X-User": "bob"}).status_code == 404
