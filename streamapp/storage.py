@@ -207,17 +207,13 @@ def events_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[lis
     return [row[:3] for row in rows], more
 
 
-_SELECT_BOUNDS = """
-SELECT e.last_event_id, e.terminal_event_id, e.status,
-       (SELECT min(id) FROM events WHERE exec_id = e.exec_id)
-FROM executions e WHERE e.exec_id = %(exec_id)s
-"""
+_SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"
 
 
-def stream_bounds(cur: Cursor, exec_id: str) -> tuple[int, int | None, str, int | None] | None:
-    """``(newest_id, terminal_event_id, status, oldest_held_id)`` or ``None``."""
-    cur.execute(_SELECT_BOUNDS, {"exec_id": exec_id})
-    return cur.fetchone()
+def oldest_event_id(cur: Cursor, exec_id: str) -> int | None:
+    """The oldest id still held for ``exec_id`` (``None`` without events); retention may have moved it."""
+    cur.execute(_SELECT_OLDEST, {"exec_id": exec_id})
+    return t.cast("int | None", cur.fetchone()[0])
 
 
 _SELECT_LAST_IDS = """

@@ -115,11 +115,13 @@ def stream(kind: str, exec_id: str) -> Response:
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
     with state.db.autocommit() as cur:
         execution = visible_execution(cur, kind_name, exec_id, user)
-        newest, terminal_id, _status, oldest = t.cast(tuple, storage.stream_bounds(cur, exec_id))
+        terminal_id = execution["terminal_event_id"]
         if terminal_id is not None and cursor >= terminal_id:
             return Response(status=204)
+        reset, newest = None, execution["last_event_id"]
+        if terminal_id is None and cursor != newest:  # a cursor at the head is never stale
+            reset, cursor = _reset_frame(cursor, newest, storage.oldest_event_id(cur, exec_id))
         slot = _take_slot(cur, state, str(user.get_id()))
-    reset, cursor = (None, cursor) if terminal_id is not None else _reset_frame(cursor, newest, oldest)
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,
