@@ -201,3 +201,14 @@ def test_live_frames_take_the_configured_path(server, account, workflow, produce
     text = requests.get(server.url + "/metrics", timeout=5).text
     after = float(re.search(r"^streamapp_direct_writes_total (\S+)$", text, re.M).group(1))
     assert (after > before) == server.direct
+
+
+def test_cursor_older_than_retention_resets_to_the_oldest_held(server, account, workflow, producer, db):
+    _append(producer, workflow, *[_status("RUNNING")] * 5)
+    with db.transaction() as cur:  # what a retention job would do
+        cur.execute("DELETE FROM events WHERE exec_id = %s AND id <= 3", (workflow,))
+    with Stream(_url(server, workflow), {**account.headers, "Last-Event-ID": "1"}) as s:
+        reset = s.next_frame()
+        assert (reset.id, reset.event) == ("3", "stream_reset")
+        assert json.loads(reset.data) == {"reason": "cursor_expired", "newest_id": 5, "oldest_id": 4}
+        assert [s.next_frame().id, s.next_frame().id] == ["4", "5"]
