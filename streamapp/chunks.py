@@ -24,6 +24,7 @@ from collections.abc import Callable
 from collections.abc import Iterable
 
 from .errors import Invalid
+from .redact import Redactor
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
@@ -134,7 +135,7 @@ class ChunkPublisher:
         exec_id: str,
         *,
         interval_s: float = FLUSH_INTERVAL_S,
-        redact: Callable[[str], str] | None = None,
+        redact: Callable[[str], str] | None = Redactor().redact_text,
     ) -> None:
         self.db = db
         self.exec_id = exec_id

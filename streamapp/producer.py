@@ -32,6 +32,7 @@ import jsonschema
 import psycopg2
 
 from . import catalog
+from . import redact as redaction
 from . import storage
 from .db import transaction_on
 from .errors import Conflict
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 EXEC_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 Redactor = Callable[[t.Any], t.Any]
+#: Secrets are redacted before storage unless a caller passes another redactor (SPEC §7).
+DEFAULT_REDACTOR: Redactor = redaction.Redactor()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +219,7 @@ def append_events(
     *,
     kind: str | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-    redact: Redactor | None = None,
+    redact: Redactor | None = DEFAULT_REDACTOR,
     notify: bool = True,
 ) -> AppendResult:
     """Append a batch inside the caller's transaction, all or nothing; NOTIFY on its commit.
@@ -281,7 +284,7 @@ class Producer:
         *,
         notify: bool = True,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        redact: Redactor | None = None,
+        redact: Redactor | None = DEFAULT_REDACTOR,
     ) -> None:
         self.db = db
         self.notify = notify
