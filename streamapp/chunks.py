@@ -36,6 +36,8 @@ CHANNEL = "streamapp_chunks"
 PART_BYTES = 7800
 #: A Python publisher flushes at a line end, or when its oldest text is this old.
 FLUSH_INTERVAL_S = 0.05
+#: Text is redacted before it leaves the producer unless a caller passes another function.
+_DEFAULT_REDACT = Redactor().redact_text
 
 
 def check_text(text: t.Any, where: str = "text") -> str:
@@ -135,7 +137,7 @@ class ChunkPublisher:
         exec_id: str,
         *,
         interval_s: float = FLUSH_INTERVAL_S,
-        redact: Callable[[str], str] | None = Redactor().redact_text,
+        redact: Callable[[str], str] | None = _DEFAULT_REDACT,
     ) -> None:
         self.db = db
         self.exec_id = exec_id

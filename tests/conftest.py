@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,6 +149,20 @@ def auth(db: Database) -> AuthActions:
 @pytest.fixture(scope="session")
 def producer(db: Database) -> Producer:
     return Producer(db)
+
+
+@pytest.fixture
+def scratch() -> t.Iterator[Path]:
+    """A fresh directory for an embedded PostgreSQL of a test's own.
+
+    Not under pytest's tmp_path: pytest keeps /tmp/pytest-of-<user> at mode
+    0700, and as root the embedded server runs as another user who must be
+    able to reach its data directory.
+    """
+    path = ROOT / "var" / "scratch" / secrets.token_hex(6)
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

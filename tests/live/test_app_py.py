@@ -56,10 +56,10 @@ def _wait_for(log: Path, pattern: str, process: subprocess.Popen, deadline_s: fl
     raise AssertionError(f"{pattern!r} not seen in time:\n{log.read_text()}")
 
 
-def test_fresh_var_serves_a_stream(tmp_path: Path):
+def test_fresh_var_serves_a_stream(scratch: Path):
     port = free_port()
     base = f"http://127.0.0.1:{port}/api/v0"
-    with _run_app(tmp_path, port) as (process, log):
+    with _run_app(scratch, port) as (process, log):
         token = _wait_for(log, r"^development token: (\S+)$", process).group(1)
         _wait_for(log, r"Booting worker", process)
         headers = {"Authorization": f"Bearer {token}"}
@@ -81,11 +81,11 @@ def test_fresh_var_serves_a_stream(tmp_path: Path):
             )
             assert appended.status_code == 201
             assert stream.next_frame().event == "complete"
-    assert (tmp_path / "var" / "pgdata" / "PG_VERSION").exists()
-    assert (tmp_path / "var" / "secret_key").exists()
+    assert (scratch / "var" / "pgdata" / "PG_VERSION").exists()
+    assert (scratch / "var" / "secret_key").exists()
     # A second start reuses ./var/ and prints no new token.
     port = free_port()
-    with _run_app(tmp_path, port) as (process, log):
+    with _run_app(scratch, port) as (process, log):
         _wait_for(log, r"serving on", process)
         assert "development token:" not in log.read_text()
 

