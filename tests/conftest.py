@@ -97,6 +97,36 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def make_client(settings: Settings):  # type: ignore[no-untyped-def]
+    """Test clients of apps built with changed settings; their pools are closed at the end."""
+    apps = []
+
+    def make(**changes):  # type: ignore[no-untyped-def]
+        app = create_app(settings.replace(**changes))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["streamapp"].db.close()
+
+
+@pytest.fixture
+def empty_database(database: str) -> t.Iterator[str]:
+    """A database with no tables, dropped at the end; its URL."""
+    name = f"streamapp_empty_{secrets.token_hex(4)}"
+    admin = psycopg2.connect(database)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(database, name)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 

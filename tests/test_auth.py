@@ -7,28 +7,12 @@ import hashlib
 import pytest
 
 from streamapp import accounts
-from streamapp import create_app
 
 LOGIN = "/api/v0/auth/login"
 LOGOUT = "/api/v0/auth/logout"
 WORKFLOWS = "/api/v0/executions/workflows"
 WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
 
-
-@pytest.fixture
-def make_client(settings):
-    """Clients of apps built with changed settings; their pools are closed at the end."""
-    apps = []
-
-    def make(**changes):
-        app = create_app(settings.replace(**changes))
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["streamapp"].db.close()
 
 
 def _error(response, status: int, code: str) -> str:

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import secrets
 
-import psycopg2
 import pytest
 
 from streamapp import create_app
 from streamapp import migrate
-from tests.conftest import _with_database
 
 WORKFLOWS = "/api/v0/executions/workflows"
 
-
-@pytest.fixture
-def empty_database(database):
-    """A database with no tables, dropped at the end; its URL."""
-    name = f"streamapp_cli_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(database)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield _with_database(database, name)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def _email() -> str:

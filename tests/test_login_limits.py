@@ -10,25 +10,10 @@ import secrets
 
 import pytest
 
-from streamapp import create_app
 from streamapp.login_limits import email_key
 
 LOGIN = "/api/v0/auth/login"
 
-
-@pytest.fixture
-def make_client(settings):
-    apps = []
-
-    def make(**changes):
-        app = create_app(settings.replace(**changes))
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["streamapp"].db.close()
 
 
 def _address() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 
@@ -12,7 +11,6 @@ import pytest
 from streamapp import migrate
 from streamapp.db import Database
 from streamapp.migrate import MigrationError
-from tests.conftest import _with_database
 
 FILES = {
     "0001_items.sql": "CREATE TABLE items (id int PRIMARY KEY);",
@@ -20,23 +18,10 @@ FILES = {
 }
 
 
-@pytest.fixture
-def empty_url(database):
-    """A database with no tables, dropped at the end; its URL."""
-    name = f"streamapp_migrate_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(database)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield _with_database(database, name)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
-
 
 @pytest.fixture
-def empty_db(empty_url):
-    db = Database(empty_url, 2)
+def empty_db(empty_database):
+    db = Database(empty_database, 2)
     yield db
     db.close()
 
@@ -140,14 +125,14 @@ def _waiting_for_advisory_lock(db: Database) -> int:
     return int(rows[0][0])
 
 
-def test_concurrent_upgrades_apply_each_file_once(empty_url, empty_db, tmp_path):
+def test_concurrent_upgrades_apply_each_file_once(empty_database, empty_db, tmp_path):
     # Not idempotent on purpose: applying a file twice would fail.
     folder = _folder(tmp_path, {**FILES, "0003_third.sql": "INSERT INTO items VALUES (3, 'three');"})
     results: list[list[str]] = []
     errors: list[BaseException] = []
 
     def run() -> None:
-        db = Database(empty_url, 1)
+        db = Database(empty_database, 1)
         try:
             results.append(migrate.upgrade(db, folder))
         except BaseException as exc:  # surfaced below
@@ -155,7 +140,7 @@ def test_concurrent_upgrades_apply_each_file_once(empty_url, empty_db, tmp_path)
         finally:
             db.close()
 
-    holder = psycopg2.connect(empty_url)
+    holder = psycopg2.connect(empty_database)
     holder.autocommit = True
     with holder.cursor() as cur:
         # Hold the lock so both upgrades are queued on it before either may start.

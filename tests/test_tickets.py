@@ -224,22 +224,6 @@ def test_endpoint_needs_a_credential(client, workflow):
     assert client.post(_ticket_url(workflow)).status_code == 401
 
 
-@pytest.fixture
-def make_client(settings):
-    apps = []
-
-    def make(**changes):
-        from streamapp import create_app
-
-        app = create_app(settings.replace(**changes))
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["streamapp"].db.close()
-
 
 # -- the stream, in process, on a frozen clock ----------------------------------------------------
 
