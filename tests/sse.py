@@ -136,6 +136,18 @@ class Stream:
             if predicate(frame):
                 return frames
 
+    def ends_within(self, seconds: float) -> None:
+        """Read until the server ends the stream; fail if it is still open after ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                self.next_item(max(0.1, end - time.monotonic()))
+            except EOFError:
+                return
+            except TimeoutError:
+                break
+        raise AssertionError(f"stream still open after {seconds} s")
+
     def rest(self) -> list[Frame]:
         """Every remaining frame until the server ends the stream."""
         frames = []

@@ -443,17 +443,6 @@ def test_tickets_in_extension_mode_use_the_hosts_user_loader(host):
     assert client.get(stream, query_string={"ticket": ticket}).status_code == 401
 
 
-def _ends_within(stream: Stream, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            stream.next_item(max(0.1, end - time.monotonic()))
-        except EOFError:
-            return
-        except TimeoutError:
-            break
-    raise AssertionError(f"stream still open after {seconds} s")
-
 
 @pytest.mark.parametrize("how", ["revoke the token", "disable the user"])
 def test_a_ticket_stream_ends_when_its_credential_goes(server, auth, account, workflow, db, how):
@@ -467,4 +456,4 @@ def test_a_ticket_stream_ends_when_its_credential_goes(server, auth, account, wo
                 accounts.revoke_token(cur, token)
             else:
                 accounts.disable_user(cur, account.email)
-        _ends_within(s, 5)  # the server's heartbeat is 1 s
+        s.ends_within(5)  # the server's heartbeat is 1 s

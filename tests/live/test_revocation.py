@@ -46,17 +46,6 @@ def _streams_on_both_workers(live, headers, producer, account) -> list[Stream]:
     raise AssertionError("the streams never spread over both workers")
 
 
-def _ends_within(stream: Stream, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            stream.next_item(max(0.1, end - time.monotonic()))
-        except EOFError:
-            return
-        except TimeoutError:
-            break
-    raise AssertionError(f"stream still open after {seconds} s")
-
 
 @pytest.fixture
 def two_workers(database, tmp_path):
@@ -78,7 +67,7 @@ def test_revoked_token_ends_its_streams_on_every_worker(two_workers, auth, produ
         with db.transaction() as cur:
             accounts.revoke_token(cur, accounts.token_prefix(token))
         for stream in streams:
-            _ends_within(stream, 3)  # one heartbeat (1 s) and the request in flight
+            stream.ends_within(3)  # one heartbeat (1 s) and the request in flight
         # The user's other token is untouched: its stream keeps beating.
         assert [bystander.next_item(3), bystander.next_item(3)] == ["connected", "ping"]
         again = requests.get(streams[0].response.url, headers=auth.bearer(token), timeout=5)
@@ -95,7 +84,7 @@ def test_disabled_user_loses_every_stream(two_workers, auth, producer, db):
         with db.transaction() as cur:
             accounts.disable_user(cur, account.email)
         for stream in streams:
-            _ends_within(stream, 3)
+            stream.ends_within(3)
     finally:
         for stream in streams:
             stream.close()
