@@ -70,6 +70,12 @@ def expand_scopes(scopes: t.Iterable[str]) -> frozenset[str]:
     return frozenset(chosen)
 
 
+def _user(row: t.Any) -> User:
+    """A ``User`` from the ``_USER_COLUMNS`` of a row."""
+    user_id, email, is_admin, disabled = row[:4]
+    return User(user_id, email, is_admin, disabled)
+
+
 _USER_COLUMNS = "id, email, is_admin, disabled_at IS NOT NULL"
 _INSERT_USER = f"""
 INSERT INTO users (email, password_hash, is_admin) VALUES (%(email)s, %(hash)s, %(admin)s)
@@ -94,7 +100,7 @@ def create_user(cur: Cursor, email: str, password: str, *, admin: bool = False) 
     except psycopg2.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT create_user")
         raise Conflict(f"a user with email {email} already exists") from None
-    return User(*cur.fetchone())
+    return _user(cur.fetchone())
 
 
 _SELECT_USER_BY_ID = f"SELECT {_USER_COLUMNS} FROM users WHERE id = %(id)s"
@@ -183,7 +189,7 @@ def new_token(cur: Cursor, user_id: int, scopes: t.Iterable[str]) -> tuple[str, 
         _INSERT_TOKEN,
         {"user_id": user_id, "prefix": prefix, "hash": _hash(token), "scopes": sorted(chosen)},
     )
-    return token, _token_info(cur.fetchone())
+    return token, _token_info(t.cast(tuple[t.Any, ...], cur.fetchone()))
 
 
 def create_token(cur: Cursor, user_id: int, scopes: t.Iterable[str]) -> str:
@@ -233,7 +239,7 @@ def authenticate_token(cur: Cursor, token: str) -> User | None:
     if row is None or not hmac.compare_digest(bytes(row[1]), _hash(token)):
         return None
     token_id, _, scopes, last_used = row[:4]
-    user = User(*row[4:], scopes=frozenset(scopes), token_prefix=prefix)
+    user = dataclasses.replace(_user(row[4:]), scopes=frozenset(scopes), token_prefix=prefix)
     if user.disabled:
         return None
     now = datetime.datetime.now(datetime.UTC)
@@ -270,7 +276,8 @@ def revoked(cur: Cursor, user_ids: t.Iterable[str], prefixes: t.Iterable[str]) -
     """Of these users and token prefixes, the disabled users and the revoked tokens (one query)."""
     ids = [u for u in user_ids if u.isdigit()]
     cur.execute(_SELECT_REVOKED, {"user_ids": ids, "prefixes": list(prefixes)})
-    users, tokens = set(), set()
+    users: set[str] = set()
+    tokens: set[str] = set()
     for what, key in cur.fetchall():
         (users if what == "user" else tokens).add(key)
     return users, tokens

@@ -41,6 +41,7 @@ from . import slots
 from . import storage
 from .db import PoolTimeout
 from .db import connect
+from .subscriber import Rendered
 from .subscriber import Subscriber
 
 if t.TYPE_CHECKING:
@@ -186,7 +187,7 @@ class Hub:
                 batch = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
                 size = sum(len(frame) for _, _, frame in batch)
                 topic.cursor = rows[-1][0]
-                rendered: dict[t.Any, bytes] = {}
+                rendered: dict[t.Any, Rendered] = {}
                 for sub in list(topic.subscribers):
                     if sub.try_write(batch, rendered):
                         metrics.DIRECT_WRITES.inc()

@@ -213,7 +213,8 @@ _SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"
 def oldest_event_id(cur: Cursor, exec_id: str) -> int | None:
     """The oldest id still held for ``exec_id`` (``None`` without events); retention may have moved it."""
     cur.execute(_SELECT_OLDEST, {"exec_id": exec_id})
-    return t.cast("int | None", cur.fetchone()[0])
+    row = cur.fetchone()
+    return None if row is None else t.cast("int | None", row[0])
 
 
 _SELECT_LAST_IDS = """

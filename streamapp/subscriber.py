@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import typing as t
+from collections.abc import Sequence
 
 import gevent.event
 
@@ -13,6 +14,9 @@ from .catalog import TERMINAL_TYPES
 
 #: ``(event id or None for a text chunk, type, framed bytes)``
 Item = tuple[int | None, str, bytes]
+
+#: Bytes for one stream's socket, the cursor after them, whether they end the stream.
+Rendered = tuple[bytes, int, bool]
 
 #: Frames a stream may have queued before it must re-read from the table instead.
 QUEUE_BYTES = 1024 * 1024
@@ -62,7 +66,7 @@ class Subscriber:
         self.pending = b""
         self.ended = False
 
-    def push(self, batch: list[Item], size: int) -> None:
+    def push(self, batch: Sequence[Item], size: int) -> None:
         if not self.overflowed:
             if len(self.items) + len(batch) > self.limit or self.queued_bytes + size > QUEUE_BYTES:
                 # Never drop a durable event: forget the queue, re-read from the cursor.
@@ -74,7 +78,7 @@ class Subscriber:
                 self.queued_bytes += size
         self.wakeup.set()
 
-    def try_write(self, batch: list[Item], rendered: dict[t.Any, bytes]) -> bool:
+    def try_write(self, batch: Sequence[Item], rendered: dict[t.Any, Rendered]) -> bool:
         """Write new frames straight to a parked, up-to-date stream's socket.
 
         Waking one greenlet per stream per event and writing through the WSGI
@@ -106,7 +110,7 @@ class Subscriber:
             self.wakeup.set()
         return True
 
-    def _render(self, batch: list[Item]) -> tuple[bytes, int, bool]:
+    def _render(self, batch: Sequence[Item]) -> Rendered:
         frames, last, ended = [], self.last, False
         for event_id, type_name, frame in batch:
             if event_id is None or event_id <= last:

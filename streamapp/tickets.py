@@ -136,7 +136,9 @@ def _claims(payload: t.Any, issued_at: datetime.datetime, expires_at: datetime.d
     if not isinstance(payload, dict):
         raise TicketInvalid("the stream ticket is not valid")
     kind, exec_id, user_id, prefix = (payload.get(k) for k in ("k", "e", "u", "t"))
-    if not all(isinstance(v, str) for v in (kind, exec_id, user_id)) or not isinstance(prefix, (str, type(None))):
+    if not (isinstance(kind, str) and isinstance(exec_id, str) and isinstance(user_id, str)) or not isinstance(
+        prefix, (str, type(None))
+    ):
         raise TicketInvalid("the stream ticket is not valid")
     return Claims(kind, exec_id, user_id, prefix, issued_at, expires_at)
 
