@@ -16,6 +16,7 @@ Payload: ``exec_id|producer.seq|part|parts|text``.
 from __future__ import annotations
 
 import collections
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,9 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Iterable
 
+import psycopg2
+
+from .db import PoolTimeout
 from .errors import Invalid
 from .redact import Redactor
 
@@ -30,6 +34,8 @@ if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
     from .db import Database
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "streamapp_chunks"
 #: Bytes of text per NOTIFY payload; the header takes < 120 of PostgreSQL's 8,000.
@@ -194,12 +200,22 @@ class ChunkPublisher:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            with self._lock:
-                since = self._since
-            if since is None:
-                continue
-            delay = since + self.interval_s - time.monotonic()
-            if delay > 0 and not self._closed:
-                time.sleep(delay)
-            if not self._closed:
-                self.flush()
+            while not self._closed:
+                with self._lock:
+                    since = self._since
+                if since is None:
+                    break
+                delay = since + self.interval_s - time.monotonic()
+                if delay > 0:
+                    # Re-read after sleeping: a line-end flush may have sent that text
+                    # meanwhile, and younger text must not go out early, cut mid-line.
+                    time.sleep(delay)
+                    continue
+                self._flush_on_timer()
+
+    def _flush_on_timer(self) -> None:
+        try:
+            self.flush()
+        except (psycopg2.Error, PoolTimeout):
+            # Best-effort text: one failed flush loses that chunk, never the timer.
+            log.warning("a text chunk of execution %s could not be published", self.exec_id, exc_info=True)

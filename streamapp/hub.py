@@ -245,7 +245,10 @@ class Hub:
 
     def _on_chunk(self, payload: str) -> None:
         metrics.CHUNK_NOTIFICATIONS.inc()
+        dropped = self._reassembler.dropped
         whole = self._reassembler.feed(payload)
+        if self._reassembler.dropped > dropped:
+            metrics.CHUNKS_INCOMPLETE.inc(self._reassembler.dropped - dropped)
         if whole is None:
             return
         exec_id, text = whole

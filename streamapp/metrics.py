@@ -33,6 +33,9 @@ DIRECT_WRITES = Counter("streamapp_direct_writes", "Batches written straight to 
 OVERFLOWS = Counter("streamapp_stream_overflows", "Streams that fell behind and re-read the table.")
 LISTENER_RECONNECTS = Counter("streamapp_listener_reconnects", "Listener connections (re)opened.")
 CHUNKS_DROPPED = Counter("streamapp_chunks_dropped", "Text chunks dropped for slow streams.")
+CHUNKS_INCOMPLETE = Counter(
+    "streamapp_chunks_incomplete", "Split text chunks forgotten because a part never arrived."
+)
 
 
 def _registry() -> CollectorRegistry:

@@ -239,6 +239,7 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
     sub = hub.subscribe(
         plan.exec_id, plan.poll_ms, user_id=plan.user_id, token_prefix=plan.token_prefix, text_mode=plan.text_mode
     )
+    sub.types = plan.types
     try:
         if plan.reset:
             yield plan.reset
@@ -246,7 +247,7 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
         if ended:
             return
         if plan.socket is not None:
-            sub.fd, sub.chunked, sub.types = plan.socket.fileno(), plan.chunked, plan.types
+            sub.fd, sub.chunked = plan.socket.fileno(), plan.chunked
         hub.caught_up(sub, last)
         yield from _live(state, plan, sub, last)
     finally:
@@ -283,16 +284,16 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
         if sub.ended:
             return
         items, overflowed = sub.take()
+        if sub.dropped_chunks:
+            # Comments are ignored by clients; operators reading raw streams see the gap.
+            yield framing.comment(f"dropped {sub.dropped_chunks} text chunks")
+            sub.dropped_chunks = 0
         if overflowed:
             last, ended = yield from _replay(state, plan, last)
             if ended:
                 return
             continue
         frames, last, ended = _frames(plan, items, last)
-        if sub.dropped_chunks:
-            # Comments are ignored by clients; operators reading raw streams see the gap.
-            frames.insert(0, framing.comment(f"dropped {sub.dropped_chunks} text chunks"))
-            sub.dropped_chunks = 0
         if frames:
             yield b"".join(frames)
         if ended:

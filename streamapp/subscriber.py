@@ -127,6 +127,8 @@ class Subscriber:
         return body, last, ended
 
     def push_chunk(self, frame: bytes) -> None:
+        if self.types is not None and "llm_chunk" not in self.types:
+            return  # filtered out: neither queued nor counted as dropped
         if self.overflowed or self.queued_chunks >= CHUNK_LIMIT:
             self.dropped_chunks += 1
             metrics.CHUNKS_DROPPED.inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -13,6 +14,7 @@ from streamapp.chunks import ChunkPublisher
 from streamapp.chunks import Reassembler
 from streamapp.chunks import payloads
 from streamapp.chunks import split
+from streamapp.db import Database
 from tests.sse import Reader
 from tests.sse import Stream
 
@@ -97,25 +99,62 @@ def test_a_100_kb_chunk_arrives_whole_and_in_order(server, account):
     assert second.data == "after"
 
 
-def test_two_producers_never_interleave_inside_a_chunk(server, account, db):
+def test_two_producers_never_interleave_inside_a_chunk_and_each_keeps_its_order(server, account, db):
     exec_id = _create(server, account)
-    piece = {"A": "A" * 20_000, "B": "B" * 20_000}
+
+    def piece(letter: str, n: int) -> str:
+        return f"{letter}{n}:" + letter * 20_000  # several NOTIFY parts each
 
     def produce(letter: str) -> None:
         with ChunkPublisher(db, exec_id, interval_s=0.001) as out:
-            for _ in range(5):
-                out.write(piece[letter])
+            for n in range(5):
+                out.write(piece(letter, n))
                 out.flush()
 
     with _open(server, account, exec_id) as stream:
         _subscribed(stream, server, account, exec_id)
-        threads = [threading.Thread(target=produce, args=(letter,)) for letter in piece]
+        threads = [threading.Thread(target=produce, args=(letter,)) for letter in "AB"]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         received = [stream.next_frame().data for _ in range(10)]
-    assert sorted(received) == sorted([piece["A"]] * 5 + [piece["B"]] * 5)
+    for letter in "AB":
+        assert [text for text in received if text.startswith(letter)] == [piece(letter, n) for n in range(5)]
+
+
+def test_publisher_never_sends_text_younger_than_its_interval(server, account, db):
+    exec_id = _create(server, account)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        with ChunkPublisher(db, exec_id, interval_s=2.0) as out:
+            out.write("partial ")  # t=0 starts the timer
+            out.write("line\n")  # flushed at its line end, long before the timer fires
+            time.sleep(1.0)  # a producer that pauses mid-line
+            out.write("next ")  # t=1: due at 3, not when the t=0 timer fires at 2
+            time.sleep(1.5)
+            out.write("words")  # t=2.5
+            assert stream.next_frame().data == "partial line\n"
+            assert stream.next_frame().data == "next words"
+
+
+def test_publisher_timer_survives_a_failed_flush(server, account, db, settings, caplog):
+    exec_id = _create(server, account)
+    pool = Database(settings.database_url, 1)
+    with pool.connection() as conn:
+        pid = conn.get_backend_pid()
+    with _open(server, account, exec_id) as stream, ChunkPublisher(pool, exec_id, interval_s=0.01) as out:
+        _subscribed(stream, server, account, exec_id)
+        with db.transaction() as cur:  # the pool's only connection dies under the publisher
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        out.write("lost with the dead connection")
+        deadline = time.monotonic() + 10
+        while "could not be published" not in caplog.text:
+            assert time.monotonic() < deadline, "the failed flush was not logged"
+            time.sleep(0.01)
+        out.write("after")  # no line end: only the timer sends it
+        assert stream.next_frame().data == "after"
+    pool.close()
 
 
 def test_publisher_coalesces_tokens_and_flushes_at_line_ends(server, account, db):
