@@ -6,9 +6,10 @@ Two ways to append:
   transaction: the host commits its own state and the events atomically; the
   ``NOTIFY`` is sent in that transaction (SPEC §3).
 * ``Producer(db).append_events(exec_id, events)`` in a transaction of our own:
-  the data commit carries no ``NOTIFY``; wake-ups are sent after commit,
-  coalesced across concurrent producers of the process, in a short
-  transaction with ``synchronous_commit`` off. PostgreSQL serializes the
+  the data commit carries no ``NOTIFY``; the wake-up follows it in the same
+  round trip, in a transaction of its own with ``synchronous_commit`` off
+  (BEGIN + lock, then insert + COMMIT + NOTIFY: two round trips in all).
+  PostgreSQL serializes the
   commits of notifying transactions on one database-wide lock; keeping the
   data commit (and its WAL flush) out from under it is what keeps appends/s
   near the no-NOTIFY bound (issue 4). A wake-up lost in between is covered by
@@ -17,24 +18,27 @@ Two ways to append:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import re
 import secrets
-import threading
 import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
 
 import jsonschema
 import psycopg2
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from . import catalog
 from . import redact as redaction
 from . import storage
-from .db import transaction_on
 from .errors import Conflict
 from .errors import Invalid
 from .errors import NotFound
@@ -72,12 +76,43 @@ def check_output_schema(schema: t.Any) -> None:
 
     :raises Invalid: with the validator's message.
     """
-    if not isinstance(schema, dict):
-        raise Invalid("output_schema must be a JSON Schema object")
+    if not isinstance(schema, (dict, bool)):
+        raise Invalid("output_schema must be a JSON Schema (an object, true or false)")
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise Invalid(f"output_schema is not a valid JSON Schema: {exc.message}") from None
+    _check_refs(schema)
+
+
+def _check_refs(schema: t.Any) -> None:
+    """Every ``$ref`` must resolve inside the schema itself: the server never fetches one."""
+    if not isinstance(schema, dict):
+        return
+    dialect = jsonschema.validators.validator_for(schema).META_SCHEMA["$id"]
+    root = referencing.jsonschema.specification_with(dialect).create_resource(schema)
+    resolver = referencing.Registry().resolver_with_root(root)
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except referencing.exceptions.Unresolvable:
+                    raise Invalid(
+                        f"output_schema: $ref {ref!r} does not resolve inside the schema "
+                        "(references to other documents are not fetched)"
+                    ) from None
+            stack.extend(node.values())
+
+
+def _validator(schema: t.Any) -> t.Any:
+    # An empty registry with no retrieval: a $ref to another document is unresolvable.
+    return jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
 
 
 def create_execution(
@@ -88,7 +123,7 @@ def create_execution(
     *,
     exec_id: str | None = None,
     input: t.Any = None,
-    output_schema: dict[str, t.Any] | None = None,
+    output_schema: dict[str, t.Any] | bool | None = None,
 ) -> dict[str, t.Any]:
     """Create an execution inside the caller's transaction; return its row.
 
@@ -120,8 +155,14 @@ def _check_batch(
     execution: dict[str, t.Any],
     events: Sequence[t.Any],
     max_event_bytes: int,
+    redact: Redactor | None = None,
 ) -> list[tuple[str, dict[str, t.Any], str]]:
-    """Validate a whole batch before anything is stored; return ``(type, data, data_json)``."""
+    """Validate a whole batch before anything is stored; return redacted ``(type, data, data_json)``.
+
+    The catalog and the output schema judge what the producer sent (a schema
+    describes the real output, not its redacted copy); what is stored and
+    measured against the size limit is the redacted data.
+    """
     if not events:
         raise Invalid("events must hold at least one event")
     checked = []
@@ -137,6 +178,10 @@ def _check_batch(
             catalog.validate_event(execution["kind"], type_name, data)
         except Invalid as exc:
             raise Invalid(f"events[{index}]: {exc.message}") from None
+        if type_name == "complete":
+            _check_output(index, execution.get("output_schema"), data)
+        if redact is not None:
+            data = redact(data)
         data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         if len(data_json.encode()) > max_event_bytes:
             raise TooLarge(f"events[{index}].data is over {max_event_bytes} bytes")
@@ -144,8 +189,6 @@ def _check_batch(
             if execution.get("output_schema") is None:
                 raise Invalid(f"events[{index}]: structured_delta needs an execution with an output_schema")
             sequence = _check_sequence(index, data["sequence"], sequence)
-        if type_name == "complete":
-            _check_output(index, execution.get("output_schema"), data)
         terminal_seen = type_name in catalog.TERMINAL_TYPES
         checked.append((type_name, data, data_json))
     return checked
@@ -157,13 +200,16 @@ def _check_sequence(index: int, sequence: int, previous: int) -> int:
     return sequence
 
 
-def _check_output(index: int, schema: dict[str, t.Any] | None, data: dict[str, t.Any]) -> None:
+def _check_output(index: int, schema: dict[str, t.Any] | bool | None, data: dict[str, t.Any]) -> None:
     if schema is None or "output" not in data:
         return
     try:
-        jsonschema.validate(data["output"], schema)
-    except jsonschema.ValidationError as exc:
-        raise Invalid(f"events[{index}]: complete.data.output does not match output_schema: {exc.message}") from None
+        error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data["output"]))
+    except referencing.exceptions.Unresolvable as exc:
+        # Schemas stored before $refs were checked at creation.
+        raise Invalid(f"events[{index}]: output_schema has an unresolvable $ref: {exc}") from None
+    if error is not None:
+        raise Invalid(f"events[{index}]: complete.data.output does not match output_schema: {error.message}")
 
 
 def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
@@ -175,23 +221,28 @@ def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any
     return head[:-1] + ',"data":' + data_json + "}"
 
 
-def _append(
-    cur: Cursor,
-    exec_id: str,
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    rows: list[tuple[int, str, str, str]]
+    status: str | None
+    last_sequence: int
+    terminal_event_id: int | None
+    result: AppendResult
+
+
+def _prepare(
+    execution: dict[str, t.Any] | None,
     events: Sequence[t.Any],
-    kind: str | None,
     max_event_bytes: int,
     redact: Redactor | None,
-    check: Callable[[dict[str, t.Any]], None] | None = None,
-) -> AppendResult:
-    execution = storage.get_execution(cur, kind, exec_id, lock=True)
+    check: Callable[[dict[str, t.Any]], None] | None,
+) -> _Prepared:
+    """Check a batch against the locked execution and render its rows; nothing is stored yet."""
     if execution is None:
         raise NotFound()
     if check is not None:
         check(execution)
-    if redact is not None:
-        events = [redact(e) for e in events]
-    checked = _check_batch(execution, events, max_event_bytes)
+    checked = _check_batch(execution, events, max_event_bytes, redact)
     first_id = execution["last_event_id"] + 1
     ts = _now()
     rows = []
@@ -206,10 +257,8 @@ def _append(
             sequence = data["sequence"]
         if type_name in catalog.TERMINAL_TYPES:
             terminal_id = event_id
-    storage.insert_events(
-        cur, exec_id, rows, status=status, last_sequence=sequence, terminal_event_id=terminal_id
-    )
-    return AppendResult(first_id, first_id + len(rows) - 1, status or execution["status"])
+    result = AppendResult(first_id, first_id + len(rows) - 1, status or execution["status"])
+    return _Prepared(rows, status, sequence, terminal_id, result)
 
 
 def append_events(
@@ -229,54 +278,23 @@ def append_events(
     :raises Invalid: a type, data or sequence that breaks the catalog (nothing stored).
     :raises TooLarge: an event's data over ``max_event_bytes``.
     """
-    result = _append(cur, exec_id, events, kind, max_event_bytes, redact)
+    execution = storage.get_execution(cur, kind, exec_id, lock=True)
+    prepared = _prepare(execution, events, max_event_bytes, redact, None)
+    storage.insert_events(
+        cur,
+        exec_id,
+        prepared.rows,
+        status=prepared.status,
+        last_sequence=prepared.last_sequence,
+        terminal_event_id=prepared.terminal_event_id,
+    )
     if notify:
-        storage.notify(cur, exec_id, result.last_id)
-    return result
-
-
-class _Wakeups:
-    """Coalesces post-commit wake-ups: one flusher at a time sends all pending ones."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[str, int] = {}
-        self._flushing = False
-
-    def send(self, conn: Connection, exec_id: str, last_id: int) -> None:
-        with self._lock:
-            self._pending[exec_id] = max(last_id, self._pending.get(exec_id, 0))
-            if self._flushing:
-                return  # the running flusher picks ours up
-            self._flushing = True
-        try:
-            while True:
-                with self._lock:
-                    batch, self._pending = self._pending, {}
-                    if not batch:
-                        self._flushing = False
-                        return
-                self._flush(conn, batch)
-        except BaseException:
-            with self._lock:
-                self._flushing = False
-            raise
-
-    @staticmethod
-    def _flush(conn: Connection, batch: dict[str, int]) -> None:
-        try:
-            with transaction_on(conn) as cur:
-                # Wake-ups are not durable anyway; not waiting for a WAL flush keeps
-                # the database-wide notify lock held for microseconds.
-                cur.execute("SET LOCAL synchronous_commit TO off")
-                storage.notify_many(cur, batch)
-        except psycopg2.Error:
-            # The safety check delivers these within poll_ms; never fail a committed append.
-            log.warning("post-commit NOTIFY failed for %d execution(s)", len(batch), exc_info=True)
+        storage.notify(cur, exec_id, prepared.result.last_id)
+    return prepared.result
 
 
 class Producer:
-    """Appends in transactions of its own, with coalesced post-commit wake-ups."""
+    """Appends in transactions of its own: two round trips, the wake-up after the commit."""
 
     def __init__(
         self,
@@ -290,7 +308,6 @@ class Producer:
         self.notify = notify
         self.max_event_bytes = max_event_bytes
         self.redact = redact
-        self._wakeups = _Wakeups()
 
     def create_execution(self, kind: str, name: str, owner_id: str, **fields: t.Any) -> dict[str, t.Any]:
         """Create an execution in its own transaction (see :func:`create_execution`)."""
@@ -312,8 +329,40 @@ class Producer:
         transaction, instead of in one of its own.
         """
         with self.db.connection() as conn:
-            with transaction_on(conn) as cur:
-                result = _append(cur, exec_id, events, kind, self.max_event_bytes, self.redact, check)
-            if self.notify:
-                self._wakeups.send(conn, exec_id, result.last_id)
-        return result
+            conn.autocommit = True  # we send BEGIN and COMMIT ourselves, each with other work
+            try:
+                return self._append(conn, exec_id, events, kind, check)
+            finally:
+                if not conn.closed and conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                    with contextlib.suppress(psycopg2.Error):
+                        conn.cursor().execute("ROLLBACK")
+                if not conn.closed:
+                    conn.autocommit = False
+
+    def _append(
+        self,
+        conn: Connection,
+        exec_id: str,
+        events: Sequence[t.Any],
+        kind: str | None,
+        check: Callable[[dict[str, t.Any]], None] | None,
+    ) -> AppendResult:
+        with conn.cursor() as cur:
+            execution = storage.begin_and_lock(cur, kind, exec_id)
+            prepared = _prepare(execution, events, self.max_event_bytes, self.redact, check)
+            try:
+                storage.commit_events(
+                    cur,
+                    exec_id,
+                    prepared.rows,
+                    status=prepared.status,
+                    last_sequence=prepared.last_sequence,
+                    terminal_event_id=prepared.terminal_event_id,
+                    notify_after=self.notify,
+                )
+            except psycopg2.Error:
+                if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                    raise  # failed before COMMIT: nothing is stored
+                # Stored; only the wake-up failed. The safety check delivers within poll_ms.
+                log.warning("NOTIFY after an append failed; streams catch up by the safety check")
+        return prepared.result

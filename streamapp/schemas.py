@@ -40,17 +40,13 @@ class _Strict(Schema):
 class ExecutionCreate(_Strict):
     name = fields.String(required=True, validate=[validate.Length(min=1, max=200), _storable])
     input = fields.Raw(load_default=None, allow_none=True, validate=_storable)
-    output_schema = fields.Dict(load_default=None, allow_none=True, validate=_storable)
+    # Checked as a JSON Schema (an object, true or false) by producer.check_output_schema.
+    output_schema = fields.Raw(load_default=None, allow_none=True, validate=_storable)
     exec_id = fields.String(
         load_default=None,
         validate=validate.Regexp(_EXEC_ID, error="must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"),
     )
     owner = fields.String(load_default=None, validate=[validate.Length(min=1, max=254), _storable])
-
-
-class EventIn(_Strict):
-    type = fields.String(required=True)
-    data = fields.Raw(load_default=dict)
 
 
 class EventsAppend(_Strict):

@@ -45,7 +45,7 @@ def insert_execution(
     name: str,
     owner_id: str,
     input: t.Any = None,
-    output_schema: dict[str, t.Any] | None = None,
+    output_schema: dict[str, t.Any] | bool | None = None,
 ) -> dict[str, t.Any]:
     """Create an execution.
 
@@ -155,20 +155,58 @@ def insert_events(
     )
 
 
+def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> dict[str, t.Any] | None:
+    """On an autocommit cursor: open a transaction and lock the execution, in one round trip.
+
+    The caller ends it with :func:`commit_events` or ``ROLLBACK``.
+    """
+    cur.execute("BEGIN; " + _SELECT_EXECUTION + " FOR UPDATE", {"exec_id": exec_id, "kind": kind})
+    return _row(cur.fetchone())
+
+
+def commit_events(
+    cur: Cursor,
+    exec_id: str,
+    rows: list[tuple[int, str, t.Any, str]],
+    *,
+    status: str | None,
+    last_sequence: int,
+    terminal_event_id: int | None,
+    notify_after: bool,
+) -> None:
+    """Store events, move the counter and COMMIT the transaction :func:`begin_and_lock` opened,
+    then (``notify_after``) send the wake-up in a second, implicit transaction: one round trip.
+
+    The wake-up's transaction does not wait for a WAL flush, so PostgreSQL's
+    database-wide notify lock is held for microseconds, never through the
+    data commit's flush (issue 4). If only that second part fails, the
+    connection is idle afterwards, not inside the failed transaction block;
+    that is how the caller tells "stored" from "not stored".
+    """
+    bump = cur.mogrify(
+        _BUMP_COUNTER,
+        {
+            "count": len(rows),
+            "status": status,
+            "last_sequence": last_sequence,
+            "terminal_event_id": terminal_event_id,
+            "exec_id": exec_id,
+        },
+    )
+    values = b",".join(cur.mogrify("(%s,%s,%s,%s,%s)", (exec_id, *row)) for row in rows)
+    sql = bump + b";\n" + _INSERT_EVENTS.encode().replace(b"%s", values) + b";\nCOMMIT;"
+    if notify_after:
+        wake = cur.mogrify("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{rows[-1][0]}"))
+        sql += b"\nSET LOCAL synchronous_commit TO off;\n" + wake
+    cur.execute(sql)
+
+
 def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
     """Wake the streams of ``exec_id``; delivered when the transaction commits.
 
     The payload carries only the id and the new last id, never event data (SPEC §3).
     """
     cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{last_id}"))
-
-
-def notify_many(cur: Cursor, wakeups: dict[str, int]) -> None:
-    """Send several wake-ups in one statement (used after commit, coalesced)."""
-    cur.execute(
-        "SELECT pg_notify(%s, w) FROM unnest(%s::text[]) AS w",
-        (CHANNEL, [f"{exec_id}:{last_id}" for exec_id, last_id in wakeups.items()]),
-    )
 
 
 #: A page of events stops once it holds this many bytes (always at least one event).
