@@ -44,7 +44,20 @@ Inside strings (values and list items, at any depth)
 - ``key=value`` (query strings, DSNs, ``--password=x``) and ``"key": value``
   (JSON or a Python repr, one level of quoting) whose key is secret by the
   rules above → the value becomes ``[REDACTED]``, its quotes kept; object
-  and list values are left to the pairs inside them.
+  and list values are left to the pairs inside them;
+- unquoted ``key: value`` (HTTP headers, YAML, log lines: a colon right after
+  the key, then a space or tab) whose key is secret → everything up to the
+  end of the line becomes ``[REDACTED]`` (``Cookie: a=1; b=2`` →
+  ``Cookie: [REDACTED]``). A line ends at CR, LF or an escaped ``\n`` /
+  ``\r``; when a quote opens right before the key (``-H 'X-Api-Key: k'``) the
+  value also ends at that quote. Under an ``authorization`` key a leading
+  scheme word (Bearer, Basic, Digest, Negotiate, Token) is kept. A key that
+  names an exception (ends in ``Error``, ``Exception`` or ``Warning``, as in
+  ``NoCredentialsError: Unable to locate credentials``) is not a key;
+- PEM private keys, ``-----BEGIN … PRIVATE KEY-----`` to its ``-----END …
+  PRIVATE KEY-----`` line, become ``[REDACTED]`` whole (a block cut off
+  before its END line, to the end of the text). Certificates and public keys
+  are not secrets and stay.
 
 Text is best effort: a secret split across two chunks is not seen, and
 neither is ``password = "x"`` with spaces around ``=``.
@@ -89,6 +102,19 @@ _KEY_CHARS = re.compile(r"[\w.-]+")
 _MAX_KEY = 64
 _QUOTED_KEY = re.compile(rf"(?P<quote>[\"'])(?P<key>[^\"'\s\\]{{1,{_MAX_KEY}}})(?P=quote)\s*:\s*")
 _VALUE = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|[\"']?[^\s&;,\"'<>)\]}]+")
+_PEM_PRIVATE_KEY = re.compile(
+    r"-----BEGIN (?P<label>[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----.*?(?:-----END (?P=label)-----|\Z)", re.S
+)
+# The value of an unquoted "key: value" pair: to the end of its line, an
+# escaped \n or \r counting as one; inside quotes, also to the closing quote.
+_LINE_VALUES = {
+    "": re.compile(r"[ \t]*(?P<value>(?:[^\r\n\\]|\\(?![rn]))*)"),
+    '"': re.compile(r'[ \t]*(?P<value>(?:[^\r\n\\"]|\\(?![rn"]))*)'),
+    "'": re.compile(r"[ \t]*(?P<value>(?:[^\r\n\\']|\\(?![rn']))*)"),
+}
+_COLON_SPACE = re.compile(r":[ \t]")
+_HEADER_SCHEME = re.compile(r"(?i:bearer|basic|digest|negotiate|token)[ \t]+")
+_EXCEPTION_SUFFIXES = ("error", "exception", "warning")
 
 
 def _normalize(key: str) -> str:
@@ -130,6 +156,17 @@ def _assignment_keys(text: str) -> Iterator[_Key]:
         if reversed_key is not None:
             yield _Key(equals - reversed_key.end(), equals + 1, reversed_key[0][::-1], "")
         equals = text.find("=", equals + 1)
+
+
+def _line_keys(text: str) -> Iterator[_Key]:
+    # Anchored on each ": " and read backwards, as for "=".
+    for separator in _COLON_SPACE.finditer(text):
+        colon = separator.start()
+        reversed_key = _KEY_CHARS.match(text[max(0, colon - _MAX_KEY) : colon][::-1])
+        if reversed_key is not None:
+            start = colon - reversed_key.end()
+            before = text[start - 1 : start] if start else ""
+            yield _Key(start, colon + 1, reversed_key[0][::-1], before if before in ("'", '"') else "")
 
 
 def _quoted_keys(text: str) -> Iterator[_Key]:
@@ -210,6 +247,8 @@ class Redactor:
         """Return ``text`` with credentials, URL passwords and secret pairs redacted."""
         if _TRIGGER.search(text) is None:
             return text
+        if "-----BEGIN " in text and "PRIVATE KEY" in text:
+            text = _PEM_PRIVATE_KEY.sub(REDACTED, text)
         if "sa_" in text:
             text = _API_TOKEN.sub(REDACTED, text)
         if "@" in text and "://" in text:
@@ -218,6 +257,8 @@ class Redactor:
         lowered = text.lower()
         if "bearer" in lowered or "basic" in lowered:
             text = _AUTH_SCHEME.sub(_redact_scheme, text)
+        if ": " in text or ":\t" in text:
+            text = self._redact_lines(text)
         if "=" in text:
             text = self._redact_pairs(text, _assignment_keys(text))
         if ":" in text and ('"' in text or "'" in text):
@@ -240,6 +281,33 @@ class Redactor:
             quote = _quote_of(value[0]) or quote
             parts += (text[done:start], quote, REDACTED, quote)
             done = value.end()
+        if not parts:
+            return text
+        parts.append(text[done:])
+        return "".join(parts)
+
+    def _redact_lines(self, text: str) -> str:
+        parts: list[str] = []
+        done = 0
+        for key_start, start, key, quote in _line_keys(text):
+            if key_start < done or not self._is_secret_key(key):
+                continue
+            if _normalize(key).endswith(_EXCEPTION_SUFFIXES):
+                continue  # "NoCredentialsError: ..." is an error message, not a pair
+            match = _LINE_VALUES[quote].match(text, start)
+            if match is None:  # never: every part of the pattern may be empty
+                continue
+            value_start = match.start("value")
+            if "authorization" in _normalize(key):
+                scheme = _HEADER_SCHEME.match(text, value_start)
+                if scheme is not None:
+                    value_start = scheme.end()
+            value = text[value_start : match.end("value")].rstrip()
+            if not value or value == REDACTED:
+                continue  # nothing there, or redacted already (redaction is idempotent)
+            kept = _quote_of(value)
+            parts += (text[done:value_start], kept, REDACTED, kept)
+            done = value_start + len(value)
         if not parts:
             return text
         parts.append(text[done:])

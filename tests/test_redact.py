@@ -308,3 +308,68 @@ def test_extra_keys_leave_the_builtin_rules_alone():
 def test_an_extra_key_without_letters_or_digits_is_refused(pattern):
     with pytest.raises(ValueError, match="no letter or digit"):
         Redactor([pattern])
+
+
+CERTIFICATE = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\nVJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1G"
+
+LINES = [
+    # unquoted "key: value" with a secret key: the value runs to the end of its line
+    ("password: hunter2", f"password: {R}"),
+    ("db:\n  password: hunter2\n  user: bob", f"db:\n  password: {R}\n  user: bob"),
+    ("X-Api-Key: sk-live-abc", f"X-Api-Key: {R}"),
+    ("X-Api-Key:\tsk-live-abc  \r\nAccept: */*", f"X-Api-Key:\t{R}  \r\nAccept: */*"),
+    ("Cookie: sessionid=abc", f"Cookie: {R}"),
+    ("Set-Cookie: csrftoken=abc; Path=/; HttpOnly", f"Set-Cookie: {R}"),
+    ("client_secret: two words here", f"client_secret: {R}"),
+    ("token: 12345", f"token: {R}"),
+    ('password: "a b"', f'password: "{R}"'),
+    # an authorization header keeps its scheme word, whatever the scheme
+    ("Authorization: Token abc123", f"Authorization: Token {R}"),
+    ("Proxy-Authorization: Digest username=bob, response=6629fae4", f"Proxy-Authorization: Digest {R}"),
+    ("Authorization: Bearer abc then more", f"Authorization: Bearer {R}"),
+    ("authorization: abc123", f"authorization: {R}"),
+    # inside a quoted string the value ends at its closing quote, or at an escaped line end
+    ("curl -H 'Authorization: Token abc' https://x", f"curl -H 'Authorization: Token {R}' https://x"),
+    ('{"log": "X-Api-Key: k-1", "n": 1}', f'{{"log": "X-Api-Key: {R}", "n": 1}}'),
+    ("headers: 'password: p\\nAccept: json'", f"headers: 'password: {R}\\nAccept: json'"),
+    # near misses: no colon, no space after it, a key that is not secret, an exception's name
+    ("password reset email sent", "password reset email sent"),
+    ("tokens: 42", "tokens: 42"),
+    ("max_tokens: 100, prompt_tokens: 12", "max_tokens: 100, prompt_tokens: 12"),
+    ("token count: 5", "token count: 5"),
+    ("https://secret.example.com:8443/path", "https://secret.example.com:8443/path"),
+    ("password:", "password:"),
+    ("password:   ", "password:   "),
+    ("botocore.exceptions.NoCredentialsError: Unable to locate credentials",
+     "botocore.exceptions.NoCredentialsError: Unable to locate credentials"),
+    ("InvalidTokenError: signature has expired", "InvalidTokenError: signature has expired"),
+    ("Status: RUNNING", "Status: RUNNING"),
+    # PEM private keys: the whole block, whatever the key type
+    (f"key:\n-----BEGIN PRIVATE KEY-----\n{PEM_BODY}\n-----END PRIVATE KEY-----\nok", f"key:\n{R}\nok"),
+    (f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\n-----END RSA PRIVATE KEY-----", R),
+    (f"a -----BEGIN OPENSSH PRIVATE KEY-----\\n{PEM_BODY}\\n-----END OPENSSH PRIVATE KEY-----\\n b",
+     f"a {R}\\n b"),
+    (f"-----BEGIN EC PRIVATE KEY-----\n{PEM_BODY}", R),  # cut off: redacted to the end
+    (f"-----BEGIN PGP PRIVATE KEY BLOCK-----\n{PEM_BODY}\n-----END PGP PRIVATE KEY BLOCK-----", R),
+    (CERTIFICATE, CERTIFICATE),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LINES)
+def test_unquoted_pairs_and_private_keys(redactor, text, expected):
+    assert redactor.redact_text(text) == expected
+    assert redactor.redact_text(expected) == expected
+
+
+def test_no_part_of_a_private_key_survives(redactor):
+    pem = f"-----BEGIN PRIVATE KEY-----\n{PEM_BODY}\n-----END PRIVATE KEY-----\n"
+    out = json.dumps(redactor.redact({"config": {"tls": pem}, "log": [f"loaded {pem} from disk"]}))
+    for line in PEM_BODY.splitlines():
+        assert line[:8] not in out
+    assert "PRIVATE KEY" not in out
+
+
+def test_text_with_no_trigger_is_returned_as_it_is(redactor):
+    text = "RUNNING-step-42"
+    assert redactor.redact_text(text) is text
