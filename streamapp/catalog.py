@@ -1,8 +1,12 @@
 """The event catalog (SPEC §4): the one source of truth for validation and docs.
 
-``validate_event`` checks an event against it; ``describe`` publishes it as
-JSON for ``GET /api/v0/events/catalog``; ``docs/events.md`` is written from the
-same table. Types outside the catalog that match :data:`TYPE_PATTERN` are
+Every rule is data on :class:`Field` and :class:`EventType`: ``validate_event``
+checks an event against it, ``describe`` publishes it as JSON for
+``GET /api/v0/events/catalog``, and tests/test_events_doc.py keeps
+``docs/events.md`` in step with it. Rules that need the stored execution
+(``requires_output_schema``, ``sequence``) are checked when the caller passes
+what it knows; ``schema_checked`` fields are validated by the producer, which
+holds the schema. Types outside the catalog that match :data:`TYPE_PATTERN` are
 stored and streamed as they are.
 """
 
@@ -19,7 +23,6 @@ KINDS = ("workflow", "agent", "task")
 STATUSES = ("PENDING", "RUNNING", "PAUSED", "SUCCESS", "FAILED", "CANCELED", "TIMED_OUT")
 TERMINAL_STATUSES = ("SUCCESS", "FAILED", "CANCELED", "TIMED_OUT")
 LIVE_STATUSES = ("PENDING", "RUNNING", "PAUSED")
-TERMINAL_TYPES = ("complete", "error")
 ERROR_STATUSES = ("FAILED", "CANCELED", "TIMED_OUT")
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -33,11 +36,34 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Field:
+    """One key of an event's ``data`` and the rules its value follows."""
+
     name: str
     type: str
     required: bool = False
     choices: tuple[str, ...] = ()
     minimum: int | None = None
+    #: Kinds of execution in which the field is required although optional elsewhere.
+    required_in: tuple[str, ...] = ()
+    #: Its presence makes the event about a step inside the execution, not the execution itself.
+    marks_step: bool = False
+    #: The statuses allowed when the event sets the execution's own status (SPEC §2).
+    own_status_choices: tuple[str, ...] = ()
+    #: Starts at ``minimum`` and grows by 1 per execution (SPEC §2).
+    sequence: bool = False
+    #: Checked against the execution's ``output_schema`` (issue 5).
+    schema_checked: bool = False
+    #: The keys of an object value, checked the same way.
+    fields: tuple[Field, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """The ``data`` of one example frame in ``docs/events.md``."""
+
+    kind: str
+    data: dict[str, t.Any]
+    id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,16 +71,38 @@ class EventType:
     name: str
     kinds: tuple[str, ...]
     fields: tuple[Field, ...]
+    example: Example
     durable: bool = True
     terminal: bool = False
+    #: Kinds whose execution status the event sets, unless a ``marks_step`` field is present.
+    sets_status_of: tuple[str, ...] = ()
+    #: Only in executions with an ``output_schema`` (JSON mode, SPEC §5 point 2).
+    requires_output_schema: bool = False
     description: str = ""
+
+    @property
+    def sequence_field(self) -> str | None:
+        """The name of the field numbered 1, 2, 3, … per execution, if any."""
+        return next((f.name for f in self.fields if f.sequence), None)
+
+    @property
+    def schema_checked_fields(self) -> tuple[str, ...]:
+        """The fields the producer checks against the execution's ``output_schema``."""
+        return tuple(f.name for f in self.fields if f.schema_checked)
 
 
 def _f(name: str, type_: str, required: bool = False, **kw: t.Any) -> Field:
     return Field(name, type_, required, **kw)
 
 
-_STEP = "task steps inside a workflow carry task_id and may carry any status"
+def _status_fields(step_required_in: tuple[str, ...] = ()) -> tuple[Field, ...]:
+    """``agent_status`` / ``task_status``: any status for a step, a live one for the execution."""
+    return (
+        _f("status", "string", True, choices=STATUSES, own_status_choices=LIVE_STATUSES),
+        _f("task_id", "string", marks_step=True, required_in=step_required_in),
+        _f("reason", "string"),
+    )
+
 
 CATALOG: dict[str, EventType] = {
     e.name: e
@@ -62,33 +110,32 @@ CATALOG: dict[str, EventType] = {
         EventType(
             "workflow_start", ("workflow",),
             (_f("workflow_id", "string", True), _f("input", "any")),
+            Example("workflow", {"workflow_id": "nightly-report"}, 1),
             description="The workflow began.",
         ),
         EventType(
             "workflow_status", ("workflow",),
             (_f("status", "string", True, choices=LIVE_STATUSES), _f("reason", "string")),
-            description="The workflow's status changed; updates the execution's status.",
+            Example("workflow", {"status": "RUNNING"}, 2),
+            sets_status_of=("workflow",),
+            description="The workflow's status changed.",
         ),
         EventType(
             "agent_status", ("agent",),
-            (
-                _f("status", "string", True, choices=STATUSES),
-                _f("task_id", "string"),
-                _f("reason", "string"),
-            ),
-            description=(
-                "The agent's status changed (PENDING, RUNNING or PAUSED); "
-                "a step inside it carries task_id and may carry any status."
-            ),
+            _status_fields(),
+            Example("agent", {"status": "RUNNING"}, 1),
+            sets_status_of=("agent",),
+            description="The agent's status changed, or (with `task_id`) a step inside it did.",
         ),
         EventType(
             "task_status", ("task", "workflow"),
-            (
-                _f("status", "string", True, choices=STATUSES),
-                _f("task_id", "string"),
-                _f("reason", "string"),
+            _status_fields(step_required_in=("workflow",)),
+            Example("workflow", {"status": "SUCCESS", "task_id": "fetch"}, 3),
+            sets_status_of=("task",),
+            description=(
+                "The task's status changed, or (with `task_id`) a step did. Inside a workflow each "
+                "`task_status` is a step, so a workflow view renders its steps one by one."
             ),
-            description=f"The task's status changed; {_STEP}.",
         ),
         EventType(
             "tool_call", KINDS,
@@ -101,64 +148,84 @@ CATALOG: dict[str, EventType] = {
                 _f("error", "any"),
                 _f("duration_ms", "number", minimum=0),
             ),
-            description="A tool was called, or a call progressed.",
+            Example("workflow", {"tool_call_id": "c1", "tool_name": "sql", "status": "done", "duration_ms": 12}, 4),
+            description=(
+                "A tool was called, or a call progressed. `input`, `output` and `error` are redacted "
+                "before storage (see `docs/security.md`)."
+            ),
         ),
         EventType(
             "structured_delta", ("agent", "task"),
-            (_f("content", "any", True), _f("sequence", "integer", True, minimum=1)),
-            description="Partial structured output (JSON mode); sequence starts at 1, +1 each.",
+            (_f("content", "any", True), _f("sequence", "integer", True, minimum=1, sequence=True)),
+            Example("agent", {"content": {"answer": "par"}, "sequence": 1}, 2),
+            requires_output_schema=True,
+            description="Partial structured output (JSON mode).",
         ),
         EventType(
             "warning", KINDS,
             (_f("code", "string", True), _f("message", "string", True)),
+            Example("workflow", {"code": "slow", "message": "taking long"}, 5),
             description="Something worth knowing went wrong without ending the execution.",
         ),
         EventType(
             "complete", KINDS,
             (
                 _f("status", "string", True, choices=("SUCCESS",)),
-                _f("output", "any"),
+                _f("output", "any", schema_checked=True),
                 _f("usage", "object"),
             ),
+            Example("workflow", {"status": "SUCCESS", "output": {"rows": 42}}, 6),
             terminal=True,
-            description="The execution succeeded; carries the full output. Terminal.",
+            sets_status_of=KINDS,
+            description=(
+                "The execution succeeded. It carries the full output, so a client that missed text "
+                "chunks still shows the whole answer."
+            ),
         ),
         EventType(
             "error", KINDS,
-            (_f("status", "string", True, choices=ERROR_STATUSES), _f("error", "object", True)),
+            (
+                _f("status", "string", True, choices=ERROR_STATUSES),
+                _f("error", "object", True, fields=(_f("message", "string", True), _f("code", "string"))),
+            ),
+            Example("workflow", {"status": "FAILED", "error": {"message": "disk full", "code": "ENOSPC"}}, 6),
             terminal=True,
-            description="The execution failed, was canceled or timed out. Terminal.",
+            sets_status_of=KINDS,
+            description="The execution failed, was canceled or timed out.",
         ),
         EventType(
             "llm_chunk", KINDS,
             (_f("content", "string", True),),
+            Example("agent", {"content": "par"}),
             durable=False,
-            description="Best-effort text; never stored, never has an id.",
+            description="Best-effort text for the chunks endpoint; never stored, never has an id.",
         ),
     )
 }
 
-_STATUS_TYPES = {"workflow": "workflow_status", "agent": "agent_status", "task": "task_status"}
+TERMINAL_TYPES = tuple(e.name for e in CATALOG.values() if e.terminal)
 
 
-def _check_field(type_name: str, field: Field, data: dict[str, t.Any]) -> None:
-    where = f"{type_name}.data.{field.name}"
-    if field.name not in data:
-        if field.required:
-            raise Invalid(f"{where} is required")
-        return
-    value = data[field.name]
-    expected = _JSON_TYPES[field.type]
-    if field.type != "any" and (not isinstance(value, expected) or isinstance(value, bool)):
-        raise Invalid(f"{where} must be a JSON {field.type}")
-    if field.choices and value not in field.choices:
-        raise Invalid(f"{where} must be one of {', '.join(field.choices)}")
-    if field.minimum is not None and value < field.minimum:
-        raise Invalid(f"{where} must be at least {field.minimum}")
+class _Context(t.NamedTuple):
+    kind: str
+    own: bool
+    last_sequence: int | None
+    nested: bool = False
 
 
-def validate_event(kind: str, type_name: str, data: t.Any) -> None:
+def validate_event(
+    kind: str,
+    type_name: str,
+    data: t.Any,
+    *,
+    has_output_schema: bool | None = None,
+    last_sequence: int | None = None,
+) -> None:
     """Check one event against the type pattern and the catalog.
+
+    ``has_output_schema`` and ``last_sequence`` (0 before the first) describe
+    the execution the event goes to; the rule that needs one is skipped while
+    it is ``None``.
 
     :raises Invalid: naming what is wrong.
     """
@@ -173,38 +240,70 @@ def validate_event(kind: str, type_name: str, data: t.Any) -> None:
         raise Invalid(f"{type_name} is never durable: publish it to the chunks endpoint")
     if kind not in spec.kinds:
         raise Invalid(f"{type_name} is not an event of {kind} executions")
+    if spec.requires_output_schema and has_output_schema is False:
+        raise Invalid(f"{type_name} needs an execution with an output_schema")
+    context = _Context(kind, _is_own(spec, kind, data), last_sequence)
     for field in spec.fields:
-        _check_field(type_name, field, data)
-    if type_name == "error":
-        _check_error_object(data["error"])
-    if type_name == "task_status" and kind == "workflow" and "task_id" not in data:
-        raise Invalid("task_status.data.task_id is required inside a workflow")
-    if is_own_status(kind, type_name, data) and data["status"] not in LIVE_STATUSES:
+        _check_field(f"{type_name}.data", field, data, context)
+
+
+def _check_field(where: str, field: Field, data: dict[str, t.Any], context: _Context) -> None:
+    at = f"{where}.{field.name}"
+    # Inside an object one message covers a required key that is missing or mistyped.
+    missing = f"{at} is required and must be a JSON {field.type}" if context.nested else f"{at} is required"
+    if field.name not in data:
+        if field.required:
+            raise Invalid(missing)
+        if context.kind in field.required_in:
+            raise Invalid(f"{at} is required inside a {context.kind}")
+        return
+    value = data[field.name]
+    if field.type != "any" and (not isinstance(value, _JSON_TYPES[field.type]) or isinstance(value, bool)):
+        raise Invalid(missing if context.nested and field.required else f"{at} must be a JSON {field.type}")
+    if field.choices and value not in field.choices:
+        raise Invalid(f"{at} must be one of {', '.join(field.choices)}")
+    if context.own and field.own_status_choices and value not in field.own_status_choices:
         raise Invalid(
-            f"{type_name}.data.status must be one of {', '.join(LIVE_STATUSES)}; "
+            f"{at} must be one of {', '.join(field.own_status_choices)}; "
             "end an execution with a complete or error event"
         )
+    if field.minimum is not None and value < field.minimum:
+        raise Invalid(f"{at} must be at least {field.minimum}")
+    if field.sequence and context.last_sequence is not None and value != context.last_sequence + 1:
+        raise Invalid(f"{at} must be {context.last_sequence + 1}, got {value}")
+    for key in field.fields:
+        _check_field(at, key, value, context._replace(nested=True))
 
 
-def _check_error_object(error: dict[str, t.Any]) -> None:
-    if not isinstance(error.get("message"), str):
-        raise Invalid("error.data.error.message is required and must be a JSON string")
-    if "code" in error and not isinstance(error["code"], str):
-        raise Invalid("error.data.error.code must be a JSON string")
+def _is_own(spec: EventType, kind: str, data: dict[str, t.Any]) -> bool:
+    return kind in spec.sets_status_of and not any(f.marks_step and f.name in data for f in spec.fields)
 
 
 def is_own_status(kind: str, type_name: str, data: dict[str, t.Any]) -> bool:
-    """Whether this event is about the execution itself (not a step inside it)."""
-    return _STATUS_TYPES.get(kind) == type_name and "task_id" not in data
+    """Whether this event sets the execution's own status (not a step's inside it)."""
+    spec = CATALOG.get(type_name)
+    return spec is not None and _is_own(spec, kind, data)
 
 
 def status_after(kind: str, type_name: str, data: dict[str, t.Any]) -> str | None:
     """The execution status an event sets, or ``None`` if it sets none."""
-    if type_name in TERMINAL_TYPES:
-        return str(data["status"])
-    if is_own_status(kind, type_name, data):
-        return str(data["status"])
-    return None
+    return str(data["status"]) if is_own_status(kind, type_name, data) else None
+
+
+def _describe_field(f: Field) -> dict[str, t.Any]:
+    optional: dict[str, t.Any] = {
+        "choices": list(f.choices),
+        "minimum": f.minimum,
+        "required_in": list(f.required_in),
+        "marks_step": f.marks_step,
+        "own_status_choices": list(f.own_status_choices),
+        "sequence": f.sequence,
+        "schema_checked": f.schema_checked,
+        "fields": [_describe_field(key) for key in f.fields],
+    }
+    # Only the rules a field has, so a plain field stays {name, type, required}.
+    set_ = {k: v for k, v in optional.items() if v is not None and v is not False and v != []}
+    return {"name": f.name, "type": f.type, "required": f.required, **set_}
 
 
 def describe() -> dict[str, t.Any]:
@@ -218,17 +317,10 @@ def describe() -> dict[str, t.Any]:
                 "kinds": list(e.kinds),
                 "durable": e.durable,
                 "terminal": e.terminal,
+                "sets_status_of": list(e.sets_status_of),
+                "requires_output_schema": e.requires_output_schema,
                 "description": e.description,
-                "fields": [
-                    {
-                        "name": f.name,
-                        "type": f.type,
-                        "required": f.required,
-                        **({"choices": list(f.choices)} if f.choices else {}),
-                        **({"minimum": f.minimum} if f.minimum is not None else {}),
-                    }
-                    for f in e.fields
-                ],
+                "fields": [_describe_field(f) for f in e.fields],
             }
             for e in CATALOG.values()
         ],

@@ -287,5 +287,124 @@ def test_describe_carries_choices_and_minimums():
     status = _described("workflow_status")["fields"][0]
     assert status == {"name": "status", "type": "string", "required": True, "choices": ["PENDING", "RUNNING", "PAUSED"]}
     sequence = _described("structured_delta")["fields"][1]
-    assert sequence == {"name": "sequence", "type": "integer", "required": True, "minimum": 1}
-    assert "choices" not in _described("warning")["fields"][0]
+    assert sequence == {"name": "sequence", "type": "integer", "required": True, "minimum": 1, "sequence": True}
+    assert _described("warning")["fields"][0] == {"name": "code", "type": "string", "required": True}
+
+
+def _described_field(type_name: str, name: str) -> dict:
+    return next(f for f in _described(type_name)["fields"] if f["name"] == name)
+
+
+@pytest.mark.parametrize("type_name", ["agent_status", "task_status"])
+def test_describe_carries_the_step_and_own_status_rules(type_name):
+    status = _described_field(type_name, "status")
+    assert status["choices"] == list(catalog.STATUSES)
+    assert status["own_status_choices"] == ["PENDING", "RUNNING", "PAUSED"]
+    assert _described_field(type_name, "task_id")["marks_step"] is True
+
+
+def test_describe_says_task_id_is_required_inside_a_workflow():
+    assert _described_field("task_status", "task_id")["required_in"] == ["workflow"]
+    assert "required_in" not in _described_field("agent_status", "task_id")
+
+
+@pytest.mark.parametrize(
+    "name, sets_status_of",
+    [
+        ("workflow_status", ["workflow"]),
+        ("agent_status", ["agent"]),
+        ("task_status", ["task"]),
+        ("complete", ["workflow", "agent", "task"]),
+        ("error", ["workflow", "agent", "task"]),
+        ("tool_call", []),
+        ("warning", []),
+    ],
+)
+def test_describe_says_which_events_set_the_status(name, sets_status_of):
+    assert _described(name)["sets_status_of"] == sets_status_of
+
+
+def test_describe_says_structured_delta_needs_an_output_schema():
+    assert [t["type"] for t in catalog.describe()["types"] if t["requires_output_schema"]] == ["structured_delta"]
+
+
+def test_describe_says_complete_output_is_schema_checked():
+    assert _described_field("complete", "output") == {
+        "name": "output", "type": "any", "required": False, "schema_checked": True,
+    }
+
+
+def test_describe_nests_the_error_object():
+    assert _described_field("error", "error")["fields"] == [
+        {"name": "message", "type": "string", "required": True},
+        {"name": "code", "type": "string", "required": False},
+    ]
+
+
+def test_terminal_types_come_from_the_table():
+    assert catalog.TERMINAL_TYPES == ("complete", "error")
+
+
+def test_execution_rules_are_found_by_name():
+    assert catalog.CATALOG["structured_delta"].sequence_field == "sequence"
+    assert catalog.CATALOG["complete"].schema_checked_fields == ("output",)
+    assert catalog.CATALOG["warning"].sequence_field is None
+    assert catalog.CATALOG["warning"].schema_checked_fields == ()
+
+
+@pytest.mark.parametrize("kind", ["agent", "task"])
+def test_structured_delta_without_an_output_schema_is_refused(kind):
+    delta = {"content": 1, "sequence": 1}
+    message = "structured_delta needs an execution with an output_schema"
+    with pytest.raises(Invalid, match=message):
+        validate_event(kind, "structured_delta", delta, has_output_schema=False)
+    validate_event(kind, "structured_delta", delta, has_output_schema=True)
+    validate_event(kind, "structured_delta", delta)
+
+
+@pytest.mark.parametrize(
+    "last, sequence, message",
+    [
+        (0, 1, None),
+        (4, 5, None),
+        (0, 2, "structured_delta.data.sequence must be 1, got 2"),
+        (1, 1, "structured_delta.data.sequence must be 2, got 1"),
+        (1, 3, "structured_delta.data.sequence must be 2, got 3"),
+        (0, 0, "structured_delta.data.sequence must be at least 1"),
+    ],
+)
+def test_sequence_grows_by_one_from_the_last(last, sequence, message):
+    data = {"content": 1, "sequence": sequence}
+    if message is None:
+        validate_event("agent", "structured_delta", data, last_sequence=last)
+    else:
+        with pytest.raises(Invalid) as info:
+            validate_event("agent", "structured_delta", data, last_sequence=last)
+        assert info.value.message == message
+
+
+def test_sequence_is_not_checked_without_the_last_one():
+    validate_event("agent", "structured_delta", {"content": 1, "sequence": 9})
+
+
+@pytest.mark.parametrize(
+    "type_name, field",
+    [(e.name, f.name) for e in catalog.CATALOG.values() if e.durable for f in e.fields if f.required],
+)
+def test_every_required_field_in_the_table_is_enforced(type_name, field):
+    example = catalog.CATALOG[type_name].example
+    data = {k: v for k, v in example.data.items() if k != field}
+    assert _invalid(example.kind, type_name, data) == f"{type_name}.data.{field} is required"
+
+
+@pytest.mark.parametrize(
+    "type_name, field, choices",
+    [
+        (e.name, f.name, f.choices)
+        for e in catalog.CATALOG.values() if e.durable for f in e.fields if f.choices
+    ],
+)
+def test_every_choice_list_in_the_table_is_enforced(type_name, field, choices):
+    example = catalog.CATALOG[type_name].example
+    message = _invalid(example.kind, type_name, {**example.data, field: "NOT_A_CHOICE"})
+    assert message == f"{type_name}.data.{field} must be one of {', '.join(choices)}"
