@@ -124,8 +124,12 @@ def create_execution(
     exec_id: str | None = None,
     input: t.Any = None,
     output_schema: dict[str, t.Any] | bool | None = None,
+    redact: Redactor | None = DEFAULT_REDACTOR,
 ) -> dict[str, t.Any]:
     """Create an execution inside the caller's transaction; return its row.
+
+    ``input`` is shown in the execution document, so it is redacted as event
+    data is (SPEC §7); ``redact=None`` stores it as given.
 
     :raises Invalid: for a bad kind, exec_id or output schema.
     :raises Conflict: if ``exec_id`` is already in use.
@@ -136,6 +140,8 @@ def create_execution(
         raise Invalid("exec_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
     if output_schema is not None:
         check_output_schema(output_schema)
+    if input is not None and redact is not None:
+        input = redact(input)
     return storage.insert_execution(
         cur,
         exec_id=exec_id or new_exec_id(),
@@ -310,7 +316,11 @@ class Producer:
         self.redact = redact
 
     def create_execution(self, kind: str, name: str, owner_id: str, **fields: t.Any) -> dict[str, t.Any]:
-        """Create an execution in its own transaction (see :func:`create_execution`)."""
+        """Create an execution in its own transaction (see :func:`create_execution`).
+
+        Its ``input`` goes through this producer's redactor unless ``redact=`` is given.
+        """
+        fields.setdefault("redact", self.redact)
         with self.db.transaction() as cur:
             return create_execution(cur, kind, name, owner_id, **fields)
 

@@ -11,6 +11,7 @@ from streamapp import append_events
 from streamapp import create_execution
 from streamapp.chunks import ChunkPublisher
 from streamapp.errors import Conflict
+from streamapp.redact import Redactor
 
 SECRET_CALL = {"tool_call_id": "1", "tool_name": "db", "status": "ok", "input": {"password": "hunter2"}}
 
@@ -66,3 +67,38 @@ def test_events_after_a_terminal_event_conflict(db, account):
 def test_chunk_publisher_redacts_by_default(db):
     with ChunkPublisher(db, "e-1") as publisher:
         assert publisher.redact("Authorization: Bearer abc.def.ghi") == "Authorization: Bearer [REDACTED]"
+
+
+SECRET_INPUT = {"query": "q", "api_key": "sk-1", "dsn": "postgres://app:hunter2@db/app", "ssn": "123-45-6789"}
+
+
+def _stored_input(db, exec_id):
+    with db.transaction() as cur:
+        cur.execute("SELECT input FROM executions WHERE exec_id = %s", (exec_id,))
+        return cur.fetchone()[0]
+
+
+def test_create_execution_redacts_the_input_by_default(db, account):
+    with db.transaction() as cur:
+        row = create_execution(cur, "task", "t", account.user.get_id(), input=SECRET_INPUT)
+    expected = {"query": "q", "api_key": "[REDACTED]", "dsn": "postgres://app:[REDACTED]@db/app", "ssn": "123-45-6789"}
+    assert row["input"] == expected
+    assert _stored_input(db, row["exec_id"]) == expected
+    assert SECRET_INPUT["api_key"] == "sk-1"  # the caller's object is left as it is
+
+
+def test_create_execution_redaction_can_be_turned_off(db, account):
+    with db.transaction() as cur:
+        row = create_execution(cur, "task", "t", account.user.get_id(), input=SECRET_INPUT, redact=None)
+    assert _stored_input(db, row["exec_id"]) == SECRET_INPUT
+
+
+def test_producer_create_execution_uses_the_producers_redactor(db, account):
+    configured = Producer(db, redact=Redactor(["ssn"]))
+    exec_id = configured.create_execution("agent", "a", account.user.get_id(), input=SECRET_INPUT)["exec_id"]
+    assert _stored_input(db, exec_id) == {
+        "query": "q", "api_key": "[REDACTED]", "dsn": "postgres://app:[REDACTED]@db/app", "ssn": "[REDACTED]"
+    }
+    plain = Producer(db, redact=None)
+    exec_id = plain.create_execution("agent", "a", account.user.get_id(), input=SECRET_INPUT)["exec_id"]
+    assert _stored_input(db, exec_id) == SECRET_INPUT
