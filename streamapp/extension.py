@@ -106,11 +106,14 @@ class StreamApp:
         app.extensions[EXTENSION_KEY] = state
         if own_users:
             app.secret_key = app.secret_key or settings.secret_key
+            # Flask-Login's remember-me cookie is as good as a session: same flags (SPEC §7).
             app.config.update(
                 SESSION_COOKIE_HTTPONLY=True,
                 SESSION_COOKIE_SAMESITE="Lax",
                 SESSION_COOKIE_SECURE=not settings.development,
                 REMEMBER_COOKIE_HTTPONLY=True,
+                REMEMBER_COOKIE_SAMESITE="Lax",
+                REMEMBER_COOKIE_SECURE=not settings.development,
             )
         auth.init_login(app, own_users)
         cors.init_cors(app, settings.cors_origins, self.url_prefix)

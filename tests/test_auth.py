@@ -116,6 +116,27 @@ def test_session_cookie_is_secure_outside_development(make_client, account):
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
+def _remember_cookie(client, account) -> str:
+    """The remember-me cookie Flask-Login sets when a login asks for one."""
+    from flask_login import login_user
+
+    def remember() -> str:
+        login_user(account.user, remember=True)
+        return ""
+
+    client.application.add_url_rule("/remember-me", view_func=remember)
+    cookies = [c for c in client.get("/remember-me").headers.getlist("Set-Cookie") if c.startswith("remember_token=")]
+    assert len(cookies) == 1
+    return cookies[0]
+
+
+@pytest.mark.parametrize(("env", "secure"), [("development", False), ("production", True)])
+def test_remember_cookie_has_the_session_cookies_flags(make_client, account, env, secure):
+    cookie = _remember_cookie(make_client(env=env), account)
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert ("Secure" in cookie) is secure
+
+
 # -- cross-site requests --------------------------------------------------------------------------
 
 
