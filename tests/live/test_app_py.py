@@ -26,12 +26,12 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _run_app(cwd: Path, port: int):
+def _run_app(cwd: Path, port: int, env: dict[str, str] | None = None):
     log = cwd / "app.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
-            cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=cwd, env={**_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
         yield process, log
@@ -100,3 +100,42 @@ def test_half_initialised_var_gives_a_clear_message(tmp_path: Path):
     assert result.returncode != 0
     assert "half-initialised" in result.stderr and "remove" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pgdata_that_is_a_file_gives_a_clear_message(tmp_path: Path):
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "pgdata").write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "not a directory" in result.stderr and "remove" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_gives_a_clear_message(tmp_path: Path):
+    env = {**_env(), "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "cannot reach the database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_app_py_on_your_own_database_is_development_too(tmp_path: Path, database: str):
+    """SPEC §9: `python app.py` runs with STREAMAPP_ENV=development and a SECRET_KEY kept under ./var/."""
+    port = free_port()
+    with _run_app(tmp_path, port, {"DATABASE_URL": database}) as (process, log):
+        _wait_for(log, r"serving on", process)
+        _wait_for(log, r"Booting worker", process)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(log.read_text())
+    assert (tmp_path / "var" / "secret_key").exists()
+    assert not (tmp_path / "var" / "pgdata").exists()
