@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import io
 import secrets
 import typing as t
 
@@ -30,6 +31,7 @@ from .errors import Conflict
 from .errors import Forbidden
 from .errors import Invalid
 from .errors import NotFound
+from .errors import TooLarge
 from .errors import Unavailable
 from .schemas import AppendOut
 from .schemas import EventsAppend
@@ -62,8 +64,27 @@ def _document(execution: dict[str, t.Any]) -> dict[str, t.Any]:
 
 
 def _with_body_limit() -> t.Any:
-    request.max_content_length = current_state().settings.max_body_bytes
+    limit = current_state().settings.max_body_bytes
+    request.max_content_length = limit
+    if request.content_length is None:
+        _hold_chunked_body(limit)
     return require_json_body()
+
+
+def _hold_chunked_body(limit: int) -> None:
+    """Read a body sent without Content-Length (chunked), refusing it past ``limit``.
+
+    werkzeug cuts such a body off at the limit without a word, and a cut-off
+    body that still parsed would be accepted; read one byte more to know.
+
+    :raises TooLarge: a body over ``limit`` (nothing is stored).
+    """
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"the request body is over {limit} bytes")
+    # Hand werkzeug the body as if it had come with its length.
+    request.environ["wsgi.input"] = io.BytesIO(data)
+    request.environ["CONTENT_LENGTH"] = str(len(data))
 
 
 def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
@@ -136,7 +157,7 @@ def list_executions(segment: str) -> Response:
     kind = kind_of(segment)
     user = require("read")
     try:
-        query = ListQuery().load(request.args.to_dict())
+        query = ListQuery().load(single_valued_args())
     except ValidationError as exc:
         raise _bad_query(exc) from None
     after = _decode_cursor(query["cursor"]) if query["cursor"] else None
@@ -147,6 +168,17 @@ def list_executions(segment: str) -> Response:
     return jsonify(
         {"items": [_document(r) for r in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
     )
+
+
+def single_valued_args() -> dict[str, str]:
+    """The query string, one value per name.
+
+    :raises BadRequest: a name given twice, rather than silently using the first.
+    """
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise BadRequest(f"{name}: given more than once")
+    return request.args.to_dict()
 
 
 def _bad_query(exc: ValidationError) -> BadRequest:
