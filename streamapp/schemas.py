@@ -13,7 +13,7 @@ from marshmallow import validate
 
 from .catalog import TYPE_PATTERN
 
-_CURSOR = re.compile(r"\d{1,18}")
+_CURSOR = re.compile(r"[0-9]{1,18}")  # not \d: it matches every script's digits
 _EXEC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -55,18 +55,17 @@ class EventsAppend(_Strict):
     )
 
 
-class ListQuery(_Strict):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
-
-
 class CursorField(fields.Field):
     """A non-negative integer written in plain digits (``Last-Event-ID``)."""
 
     def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> int:
-        if not isinstance(value, str) or not _CURSOR.fullmatch(value.strip()):
+        if not isinstance(value, str) or not _CURSOR.fullmatch(value):
             raise ValidationError("must be a non-negative integer")
         return int(value)
+
+
+class PlainInteger(CursorField):
+    """A query-string integer in plain ASCII digits: no sign, spaces, ``_`` or other scripts."""
 
 
 class TypeList(fields.Field):
@@ -80,10 +79,15 @@ class TypeList(fields.Field):
         return frozenset(names)
 
 
+class ListQuery(_Strict):
+    limit = PlainInteger(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
 class StreamQuery(_Strict):
     last_event_id = CursorField(load_default=None)
     events = TypeList(load_default=None)
-    poll_ms = fields.Integer(load_default=None, validate=validate.Range(min=250, max=2000))
+    poll_ms = PlainInteger(load_default=None, validate=validate.Range(min=250, max=2000))
     ticket = fields.String(load_default=None, validate=validate.Length(min=1, max=1000))
 
 

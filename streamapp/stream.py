@@ -30,6 +30,7 @@ from . import slots
 from . import storage
 from .api import _bad_query
 from .api import kind_of
+from .api import single_valued_args
 from .auth import refuse_token_in_url
 from .auth import stream_user
 from .auth import visible_execution
@@ -62,9 +63,9 @@ class Plan:
 
     exec_id: str
     cursor: int
+    newest: int | None  # the execution's newest id when the cursor must be checked for a reset
     types: frozenset[str] | None
     poll_ms: int
-    reset: bytes | None
     heartbeat_s: float
     lifetime_s: float
     retry_ms: int
@@ -76,11 +77,14 @@ class Plan:
 
 
 def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
+    args = single_valued_args()
+    header = request.headers.get("Last-Event-ID")
+    if header is not None:
+        args.pop("last_event_id", None)  # the header wins (SPEC §5): a browser's own reconnect
     try:
-        query = StreamQuery().load(request.args.to_dict())
+        query = StreamQuery().load(args)
     except ValidationError as exc:
         raise _bad_query(exc) from None
-    header = request.headers.get("Last-Event-ID")
     if header is not None:
         try:
             return parse_cursor(header), query
@@ -94,7 +98,7 @@ def _reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | 
     held_from = oldest if oldest is not None else newest + 1
     if cursor > newest:
         reason = "cursor_ahead"
-    elif oldest is not None and cursor < oldest - 1:
+    elif cursor < held_from - 1:  # retention removed events after the cursor, maybe all of them
         reason = "cursor_expired"
     else:
         return None, cursor
@@ -118,16 +122,15 @@ def stream(kind: str, exec_id: str) -> Response:
         terminal_id = execution["terminal_event_id"]
         if terminal_id is not None and cursor >= terminal_id:
             return Response(status=204)
-        reset, newest = None, execution["last_event_id"]
-        if terminal_id is None and cursor != newest:  # a cursor at the head is never stale
-            reset, cursor = _reset_frame(cursor, newest, storage.oldest_event_id(cur, exec_id))
+        state.hub.start()  # the slot is recorded under this worker's id, which start() makes
         slot = _take_slot(cur, state, str(user.get_id()))
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,
+        # A cursor at the head is never stale; any other is checked after the prelude.
+        newest=execution["last_event_id"] if terminal_id is None and cursor != execution["last_event_id"] else None,
         types=query["events"],
         poll_ms=query["poll_ms"] or settings.poll_ms,
-        reset=reset,
         heartbeat_s=settings.heartbeat_s,
         # Jitter: streams opened together must not all reconnect together.
         lifetime_s=settings.stream_lifetime_s * random.uniform(0.85, 1.0),
@@ -241,9 +244,15 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
     )
     sub.types = plan.types
     try:
-        if plan.reset:
-            yield plan.reset
-        last, ended = yield from _replay(state, plan, plan.cursor)
+        cursor = plan.cursor
+        if plan.newest is not None:
+            # After the prelude: this reads the events table, which may be slow (SPEC §5).
+            with state.db.autocommit() as cur:
+                oldest = storage.oldest_event_id(cur, plan.exec_id)
+            reset, cursor = _reset_frame(cursor, plan.newest, oldest)
+            if reset:
+                yield reset
+        last, ended = yield from _replay(state, plan, cursor)
         if ended:
             return
         if plan.socket is not None:

@@ -317,3 +317,23 @@ def test_split_and_reassemble_round_trip(size):
     results = [joiner.feed(p) for p in reversed(parts)]
     assert results[-1] == ("e1", text) and all(r is None for r in results[:-1])
     assert "".join(split(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a\nb", "a\rb", "a\r\nb", "ends with CR\r", "\r\n\r\n", "\rstarts with CR",
+        "x\n\nevent: complete\nid: 999\ndata: injected", "data: fake\r\n\r\nid: 5\r\n\r\nretry: 1",
+    ],
+)
+def test_text_cannot_break_framing(server, account, text):
+    """Text mode puts raw text on the wire: CR, LF and CRLF become data lines, never fields (SPEC §5)."""
+    exec_id = _create(server, account)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        _chunks(server, account, exec_id, chunks=[text, "next"])
+        frame, after = stream.next_frame(), stream.next_frame()
+    # An EventSource joins data lines with LF, whatever line end the text used.
+    assert (frame.event, frame.id, frame.retry) == ("llm_chunk", None, None)
+    assert frame.data == text.replace("\r\n", "\n").replace("\r", "\n")
+    assert (after.event, after.data) == ("llm_chunk", "next")

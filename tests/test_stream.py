@@ -74,6 +74,13 @@ def test_envelope_fields(server, account, workflow, producer):
     assert envelope["ts"].endswith("Z")
 
 
+def test_the_header_wins_even_over_a_bad_query_cursor(server, account, workflow, producer):
+    _append(producer, workflow, _status("RUNNING"), COMPLETE)
+    headers = {**account.headers, "Last-Event-ID": "1"}
+    r = requests.get(_url(server, workflow), headers=headers, params={"last_event_id": "junk"}, timeout=10)
+    assert [f.id for f in parse(r.content)[0]] == ["2"]
+
+
 @pytest.mark.parametrize("how", ["header", "query", "both"])
 def test_resume_from_cursor(server, account, workflow, producer, how):
     _append(producer, workflow, *[_status("RUNNING")] * 5, COMPLETE)
@@ -152,6 +159,12 @@ def test_custom_type_passes_through(server, account, workflow, producer):
         ({"poll_ms": "100"}, {}, "poll_ms"),
         ({"poll_ms": "2001"}, {}, "poll_ms"),
         ({"poll_ms": "x"}, {}, "poll_ms"),
+        ({"poll_ms": "+500"}, {}, "poll_ms"),
+        ({"poll_ms": "5_00"}, {}, "poll_ms"),
+        ({"last_event_id": "\u0663"}, {}, "last_event_id"),  # ARABIC-INDIC DIGIT THREE
+        ({"last_event_id": " 5 "}, {}, "last_event_id"),
+        ({"last_event_id": ["1", "2"]}, {}, "more than once"),
+        ({"events": ["warning", "complete"]}, {}, "more than once"),
         ({"nope": "1"}, {}, "nope"),
         ({"token": "sa_x"}, {}, "ticket"),
         ({"access_token": "sa_x"}, {}, "ticket"),
@@ -212,3 +225,27 @@ def test_cursor_older_than_retention_resets_to_the_oldest_held(server, account, 
         assert (reset.id, reset.event) == ("3", "stream_reset")
         assert json.loads(reset.data) == {"reason": "cursor_expired", "newest_id": 5, "oldest_id": 4}
         assert [s.next_frame().id, s.next_frame().id] == ["4", "5"]
+
+
+def test_cursor_behind_a_table_emptied_by_retention_resets(server, account, workflow, producer, db):
+    _append(producer, workflow, *[_status("RUNNING")] * 3)
+    with db.transaction() as cur:  # retention removed every event
+        cur.execute("DELETE FROM events WHERE exec_id = %s", (workflow,))
+    with Stream(_url(server, workflow), {**account.headers, "Last-Event-ID": "1"}) as s:
+        reset = s.next_frame()
+        assert (reset.id, reset.event) == ("3", "stream_reset")
+        assert json.loads(reset.data)["reason"] == "cursor_expired"
+        _append(producer, workflow, _status("PAUSED"))
+        assert s.next_frame().id == "4"
+
+
+def test_prelude_is_flushed_while_the_events_table_is_locked(server, account, workflow, producer, db):
+    """SPEC §5: the first bytes go out before the replay query, however slow the database is."""
+    _append(producer, workflow, _status("RUNNING"))
+    with db.connection() as conn:
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # the replay's SELECT waits
+            with Stream(_url(server, workflow), {**account.headers, "Last-Event-ID": "0"}) as s:
+                assert s.next_item().retry is not None and s.next_item() == "connected"
+                conn.rollback()  # release: the replay goes on
+                assert s.next_frame().id == "1"
