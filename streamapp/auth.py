@@ -106,14 +106,19 @@ def require(scope: str) -> t.Any:
 def refuse_token_in_url() -> None:
     """A long-lived token is never accepted in a URL (SPEC §7).
 
+    That covers an API token passed where a ticket goes (``?ticket=sa_…``):
+    it is recognized by the token format (:func:`accounts.token_prefix`).
+
     :raises BadRequest: saying how to get a stream ticket instead.
     """
-    for name in URL_TOKEN_PARAMS:
-        if name in request.args:
-            raise BadRequest(
-                f"do not put a token in the URL ('{name}='): send 'Authorization: Bearer <token>', "
-                "or POST .../stream-ticket and pass the ticket as ?ticket="
-            )
+    name = next((name for name in URL_TOKEN_PARAMS if name in request.args), None)
+    if name is None and any(accounts.token_prefix(value) is not None for value in request.args.getlist("ticket")):
+        name = "ticket"
+    if name is not None:
+        raise BadRequest(
+            f"do not put a token in the URL ('{name}='): send 'Authorization: Bearer <token>', "
+            "or POST .../stream-ticket and pass the ticket as ?ticket="
+        )
 
 
 def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:

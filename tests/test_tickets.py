@@ -243,6 +243,15 @@ def test_expired_ticket_is_401_on_a_frozen_clock(app, client, account, workflow)
     assert "expired" in message and f"POST /api/v0/executions/workflows/{workflow}/stream-ticket" in message
 
 
+@pytest.mark.parametrize("param", ["ticket", "token", "access_token", "api_key"])
+def test_a_long_lived_token_in_the_url_is_400_saying_how_to_get_a_ticket(client, account, workflow, param):
+    r = client.get(_stream_url(workflow), query_string={param: account.token})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    message = r.get_json()["error"]["message"]
+    assert "stream-ticket" in message and "Authorization: Bearer" in message
+    assert account.token not in message
+
+
 # -- streams over the live server -----------------------------------------------------------------
 
 
