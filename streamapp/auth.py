@@ -124,16 +124,17 @@ def refuse_token_in_url() -> None:
 def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
     """Who opens this stream: the session or bearer user with ``read``, or a ticket's user.
 
-    A ticket, when given, is the only credential looked at (issue 6): the
-    stream acts as the user the ticket names, with the ``read`` scope only,
-    whatever session cookie or bearer token the request also carries. Whoever
-    holds a ticket gets exactly what it names, one execution's stream until
-    ``expires_at``, never more and never as anyone else. The named user must
-    still exist and be active, and when the ticket was asked for with an API
-    token, that token must not be revoked.
+    With a ticket the stream acts as the user the ticket names, with the
+    ``read`` scope only. Whoever holds a ticket gets exactly what it names, one
+    execution's stream until ``expires_at``, never more and never as anyone
+    else. The named user must still exist and be active, and when the ticket
+    was asked for with an API token, that token must not be revoked. A request
+    that also signs in (session cookie or bearer token) must sign in as that
+    same user: B's credentials carrying A's ticket are refused (issue 6).
 
     :raises NotAuthenticated: no credential, or a bad, expired or other-execution
-        ticket, or one whose user is disabled or whose token is revoked.
+        ticket, one whose user is disabled or whose token is revoked, or one
+        beside another user's credentials.
     :raises Forbidden: the credential lacks ``read``.
     """
     if ticket is None:
@@ -146,6 +147,8 @@ def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
         claims = issuer.verify(ticket, kind=kind, exec_id=exec_id)
     except tickets.TicketError as exc:
         raise NotAuthenticated(f"{exc}: {fetch_new}") from None
+    if getattr(current_user, "is_authenticated", False) and str(current_user.get_id()) != claims.user_id:
+        raise NotAuthenticated("the stream ticket was issued to another user than the one this request signs in as")
     user = _ticket_user(claims)
     if user is None:
         raise NotAuthenticated(f"the stream ticket's user is disabled or its token was revoked: {fetch_new}")

@@ -7,8 +7,8 @@ Tickets are sent as ``?ticket=`` on every endpoint, since that is the only
 place a client ever puts one: outside a stream a ticket is no credential at
 all (401 alone; beside another user's token it is ignored, and the list
 endpoint, which takes no unknown query parameters, answers 400). On a stream,
-a ticket is the only credential looked at: presented together with another
-user's token it still acts as the user it names (the ``reused`` column).
+a ticket beside another user's credentials is refused (the ``reused``
+column, 401).
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "list":           (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 400),
     "append":         (401, 201, 403, 201, 404, 201, 401, 401, 401, 401, 404),
     "stream_ticket":  (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 404),
-    "stream":         (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 200),
+    # reused: B's token carrying A's ticket is refused (issue 6). Without credentials the server
+    # cannot tell who holds a ticket, which is why tickets live 60 s and name one execution.
+    "stream":         (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401),
     "catalog":        (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 200),
     "tokens_list":    (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 200),
     "tokens_create":  (401, 201, 403, 403, 403, 403, 401, 401, 401, 401, 403),

@@ -350,19 +350,32 @@ def test_a_ticket_from_a_revoked_token_is_401(server, auth, account, workflow, d
     _refused(_live_stream(server, workflow, ticket), "revoked")
 
 
-def test_a_ticket_acts_as_its_user_whatever_else_the_request_carries(server, auth, account, workflow, producer):
-    """Decision (issue 6): the ticket is the only credential looked at on a stream."""
+def test_a_ticket_beside_another_users_credentials_is_401(server, auth, account, workflow, producer):
+    """Issue 6: a request signed in as B cannot stream with A's ticket."""
     other = auth.user()
     _append(producer, workflow, COMPLETE)
     ticket = _live_ticket(server, account, workflow)
-    # The other user alone cannot see the execution...
+    # The other user alone cannot see the execution, and A's ticket does not change that.
     alone = requests.get(server.api(f"/executions/workflows/{workflow}/stream"), headers=other.headers, timeout=10)
     assert alone.status_code == 404
-    # ...and with the owner's ticket sees exactly it, as the owner, read-only.
-    assert _live_stream(server, workflow, ticket, headers=other.headers).status_code == 200
-    # Their own ticket for their own execution stays theirs: the owner's is no key to it.
+    _refused(_live_stream(server, workflow, ticket, headers=other.headers), "another user")
+    session = requests.Session()
+    login = session.post(server.api("/auth/login"), json={"email": other.email, "password": other.password}, timeout=10)
+    assert login.status_code == 200
+    stream_url = server.api(f"/executions/workflows/{workflow}/stream")
+    _refused(session.get(stream_url, params={"ticket": ticket}, timeout=10), "another user")
+    # Their own execution is no more theirs to open with A's ticket.
     theirs = producer.create_execution("workflow", "wf", other.user.get_id())["exec_id"]
     _refused(_live_stream(server, theirs, ticket, headers=other.headers), "another execution")
+
+
+def test_a_ticket_beside_its_own_users_credentials_opens_the_stream(server, auth, account, workflow, producer):
+    _append(producer, workflow, COMPLETE)
+    ticket = _live_ticket(server, account, workflow)
+    read_only = auth.bearer(auth.token(account, ["read"]))
+    for headers in (account.headers, read_only):
+        r = _live_stream(server, workflow, ticket, headers=headers)
+        assert r.status_code == 200 and b"event: complete" in r.content
 
 
 def test_a_token_in_the_url_is_still_refused(server, account, workflow):
