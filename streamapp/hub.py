@@ -292,19 +292,28 @@ class Hub:
     def _maintain_forever(self) -> None:
         while not self._stopping:
             gevent.sleep(self.maintenance_s)
-            try:
-                self.maintain()
-            except (psycopg2.Error, PoolTimeout):
-                log.warning("stream maintenance failed; the database may be unavailable")
+            self.maintain()
 
     def maintain(self) -> None:
         """Refresh this worker's stream slots; end streams whose user or token was revoked.
 
         Two queries per interval per worker, whatever the number of streams.
+        Each has its own error handling: a failed slot refresh must not skip
+        the revocation check of that round, nor the other way round.
         """
         subs = self._subscribers()
-        with self.db.autocommit() as cur:
-            slots.refresh(cur, self.worker_id)
+        try:
+            with self.db.autocommit() as cur:
+                slots.refresh(cur, self.worker_id)
+        except (psycopg2.Error, PoolTimeout):
+            log.warning("refreshing stream slots failed; the database may be unavailable")
+        try:
+            self._end_revoked(subs)
+        except (psycopg2.Error, PoolTimeout):
+            log.warning("checking for revoked credentials failed; the database may be unavailable")
+
+    def _end_revoked(self, subs: list[Subscriber]) -> None:
+        """Close the streams whose user was disabled or whose token was revoked."""
         if self.revoked_check is None or not subs:
             return
         user_ids = {s.user_id for s in subs if s.user_id}
