@@ -102,6 +102,10 @@ class Hub:
         self.revoked_check = revoked_check
         self.worker_id = ""
         self._reassembler = chunks.Reassembler()
+        # Slot bookkeeping (issue 6): the slots of this worker's open streams, refreshed
+        # by maintain(), and slots let go since the last round, deleted by it once more.
+        self._held_slots: set[str] = set()
+        self._released_slots: set[str] = set()
 
     # -- life cycle -------------------------------------------------------
 
@@ -289,6 +293,19 @@ class Hub:
 
     # -- maintenance: slots and credentials ---------------------------------
 
+    def hold_slot(self, slot_id: str) -> None:
+        """Keep a stream's slot counting: each maintenance round refreshes it until released."""
+        self._held_slots.add(slot_id)
+
+    def release_slot(self, slot_id: str) -> None:
+        """Stop refreshing a slot; the next round deletes it, in case its give-back failed."""
+        self._held_slots.discard(slot_id)
+        self._released_slots.add(slot_id)
+
+    @property
+    def held_slots(self) -> frozenset[str]:
+        return frozenset(self._held_slots)
+
     def _maintain_forever(self) -> None:
         while not self._stopping:
             gevent.sleep(self.maintenance_s)
@@ -303,14 +320,23 @@ class Hub:
         """
         subs = self._subscribers()
         try:
-            with self.db.autocommit() as cur:
-                slots.refresh(cur, self.worker_id)
+            self._refresh_slots()
         except (psycopg2.Error, PoolTimeout):
             log.warning("refreshing stream slots failed; the database may be unavailable")
         try:
             self._end_revoked(subs)
         except (psycopg2.Error, PoolTimeout):
             log.warning("checking for revoked credentials failed; the database may be unavailable")
+
+    def _refresh_slots(self) -> None:
+        """Refresh the held slots and delete the released ones; no query when there are none."""
+        held, released = list(self._held_slots), list(self._released_slots)
+        if not held and not released:
+            return
+        with self.db.autocommit() as cur:
+            slots.refresh(cur, held, released)
+        # Only those sent: more may have been released while the query ran.
+        self._released_slots.difference_update(released)
 
     def _end_revoked(self, subs: list[Subscriber]) -> None:
         """Close the streams whose user was disabled or whose token was revoked."""

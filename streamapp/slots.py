@@ -1,8 +1,9 @@
 """Per-user stream slots, counted in PostgreSQL across every worker (SPEC §7).
 
 A stream takes a slot at connect and gives it back when it closes; each
-worker's hub refreshes its slots' ``seen_at`` so that the slots of a worker
-that died stop counting after :func:`stale_after`.
+worker's hub refreshes the slots of its open streams (``seen_at``), so that
+the slots of a worker that died, and a slot whose give-back failed, stop
+counting after :func:`stale_after`. The hub also retries those give-backs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import secrets
 import typing as t
 
 if t.TYPE_CHECKING:
+    from collections.abc import Collection
+
     from psycopg2.extensions import cursor as Cursor
 
 # One round trip: the statements run as one implicit transaction, so the
@@ -31,7 +34,8 @@ DELETE FROM stream_slots WHERE id = %(id)s
 """
 _REFRESH = """
 SET LOCAL synchronous_commit TO off;
-UPDATE stream_slots SET seen_at = now() WHERE worker = %(worker)s
+UPDATE stream_slots SET seen_at = now() WHERE id = ANY(%(held)s::text[]);
+DELETE FROM stream_slots WHERE id = ANY(%(released)s::text[])
 """
 
 
@@ -55,6 +59,13 @@ def give_back(cur: Cursor, slot_id: str) -> None:
     cur.execute(_GIVE_BACK, {"id": slot_id})
 
 
-def refresh(cur: Cursor, worker: str) -> None:
-    """Mark every slot of this worker as alive."""
-    cur.execute(_REFRESH, {"worker": worker})
+def refresh(cur: Cursor, held: Collection[str], released: Collection[str]) -> None:
+    """Mark the ``held`` slots as alive and delete the ``released`` ones, in one round trip.
+
+    Only the slots of streams still open are named in ``held``: refreshing
+    every row of a worker would keep a leaked slot counting for as long as the
+    worker lives (issue 6). Deleting ``released`` again retries a give-back
+    that failed; for one that worked it deletes nothing. Run it on an
+    autocommit cursor.
+    """
+    cur.execute(_REFRESH, {"held": list(held), "released": list(released)})
