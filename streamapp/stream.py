@@ -222,12 +222,24 @@ def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> tuple[list[bytes]
     return out, last, False
 
 
-def _replay(state: State, plan: Plan, last: int) -> Generator[bytes, None, tuple[int, bool]]:
-    """Send the table from ``last`` on, page by page; return the new cursor and whether it ended."""
+def _replay(
+    state: State, plan: Plan, last: int, newest: int | None = None
+) -> Generator[bytes, None, tuple[int, bool]]:
+    """Send the table from ``last`` on, page by page; return the new cursor and whether it ended.
+
+    With ``newest`` (a cursor behind the head), the first page also tells
+    whether retention removed events after the cursor: the oldest held one
+    is then not ``last + 1``, and a ``stream_reset`` goes first (SPEC §5).
+    """
     while True:
         # The cap covers the read, not the client's pace: a slow reader holds no slot.
         with state.hub.replays, state.db.autocommit() as cur:
             rows, more = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
+        if newest is not None:
+            reset, last = _reset_frame(last, newest, rows[0][0] if rows else None)
+            if reset:
+                yield reset
+            newest = None
         items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
         frames, last, ended = _frames(plan, items, last)
         if frames:
@@ -244,15 +256,14 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
     )
     sub.types = plan.types
     try:
-        cursor = plan.cursor
-        if plan.newest is not None:
-            # After the prelude: this reads the events table, which may be slow (SPEC §5).
+        cursor, newest = plan.cursor, plan.newest
+        if newest is not None and cursor > newest:  # ahead of the table: rare, costs one query
             with state.db.autocommit() as cur:
                 oldest = storage.oldest_event_id(cur, plan.exec_id)
-            reset, cursor = _reset_frame(cursor, plan.newest, oldest)
-            if reset:
-                yield reset
-        last, ended = yield from _replay(state, plan, cursor)
+            reset, cursor = _reset_frame(cursor, newest, oldest)
+            yield t.cast(bytes, reset)
+            newest = None
+        last, ended = yield from _replay(state, plan, cursor, newest)
         if ended:
             return
         if plan.socket is not None:
