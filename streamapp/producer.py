@@ -180,42 +180,45 @@ def _check_batch(
         if not isinstance(event, dict) or set(event) - {"type", "data"} or "type" not in event:
             raise Invalid(f"events[{index}] must be an object with 'type' and 'data'")
         type_name, data = event["type"], event.get("data", {})
+        schema = execution.get("output_schema")
         try:
-            catalog.validate_event(execution["kind"], type_name, data)
+            catalog.validate_event(
+                execution["kind"], type_name, data, has_output_schema=schema is not None, last_sequence=sequence
+            )
         except Invalid as exc:
             raise Invalid(f"events[{index}]: {exc.message}") from None
-        if type_name == "complete":
-            _check_output(index, execution.get("output_schema"), data)
+        spec = catalog.CATALOG.get(type_name)
+        if spec is not None:
+            for name in spec.schema_checked_fields:
+                _check_against_schema(f"events[{index}]: {type_name}.data.{name}", schema, data, name)
+            if spec.sequence_field:
+                sequence = data[spec.sequence_field]
         if redact is not None:
             data = redact(data)
         data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         if len(data_json.encode()) > max_event_bytes:
             raise TooLarge(f"events[{index}].data is over {max_event_bytes} bytes")
-        if type_name == "structured_delta":
-            if execution.get("output_schema") is None:
-                raise Invalid(f"events[{index}]: structured_delta needs an execution with an output_schema")
-            sequence = _check_sequence(index, data["sequence"], sequence)
         terminal_seen = type_name in catalog.TERMINAL_TYPES
         checked.append((type_name, data, data_json))
     return checked
 
 
-def _check_sequence(index: int, sequence: int, previous: int) -> int:
-    if sequence != previous + 1:
-        raise Invalid(f"events[{index}]: structured_delta.data.sequence must be {previous + 1}, got {sequence}")
-    return sequence
+def _check_against_schema(
+    where: str, schema: dict[str, t.Any] | bool | None, data: dict[str, t.Any], name: str
+) -> None:
+    """Check ``data[name]`` against the execution's output schema (issue 5).
 
-
-def _check_output(index: int, schema: dict[str, t.Any] | bool | None, data: dict[str, t.Any]) -> None:
-    if schema is None or "output" not in data:
+    :raises Invalid: with the validator's own message.
+    """
+    if schema is None or name not in data:
         return
     try:
-        error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data["output"]))
+        error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data[name]))
     except referencing.exceptions.Unresolvable as exc:
         # Schemas stored before $refs were checked at creation.
-        raise Invalid(f"events[{index}]: output_schema has an unresolvable $ref: {exc}") from None
+        raise Invalid(f"{where}: output_schema has an unresolvable $ref: {exc}") from None
     if error is not None:
-        raise Invalid(f"events[{index}]: complete.data.output does not match output_schema: {error.message}")
+        raise Invalid(f"{where} does not match output_schema: {error.message}")
 
 
 def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
@@ -259,8 +262,9 @@ def _prepare(
         event_id = first_id + offset
         rows.append((event_id, type_name, ts, _envelope(event_id, type_name, ts, execution, data_json)))
         status = catalog.status_after(execution["kind"], type_name, data) or status
-        if type_name == "structured_delta":
-            sequence = data["sequence"]
+        spec = catalog.CATALOG.get(type_name)
+        if spec is not None and spec.sequence_field:
+            sequence = data[spec.sequence_field]
         if type_name in catalog.TERMINAL_TYPES:
             terminal_id = event_id
     result = AppendResult(first_id, first_id + len(rows) - 1, status or execution["status"])
