@@ -90,13 +90,28 @@ def test_disabled_user_loses_every_stream(two_workers, auth, producer, db):
             stream.close()
 
 
+def _a_user_at_the_limit_on_both_workers(live, auth, producer, limit: int):
+    """A new user with ``limit`` open streams held by both workers, and their execution ids.
+
+    The kernel picks the worker for each connection: a fresh user per try, until one spreads.
+    """
+    for _ in range(20):
+        account = auth.user()
+        exec_ids = _executions(producer, account, limit)
+        streams = _open_streams(live, account.headers, exec_ids)
+        if _workers_holding_streams(live) == 2:
+            return account, exec_ids, streams
+        for stream in streams:
+            stream.close()
+    raise AssertionError("the streams never spread over both workers")
+
+
 def test_per_user_limit_counts_across_workers(database, tmp_path, auth, producer):
     env = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_MAX_STREAMS_PER_USER": "3"}
-    account = auth.user()
-    exec_ids = _executions(producer, account, 6)
     with live_server(database, tmp_path, env, workers=2) as live:
+        account, exec_ids, streams = _a_user_at_the_limit_on_both_workers(live, auth, producer, 3)
+        # Neither worker holds three of them: only a count across workers refuses the next.
         url = live.api(f"/executions/workflows/{exec_ids[0]}/stream")
-        streams = _open_streams(live, account.headers, exec_ids[:3])
         try:
             # New connections land on either worker; every one of them is refused.
             for _ in range(6):
