@@ -1,7 +1,8 @@
 """Who may do what: every endpoint × every kind of caller, over a live gunicorn (SPEC §2, §7; issue 6).
 
-One table, one expected status per cell. The chunks endpoint has its own
-tests (tests/test_chunks.py) and is left out here.
+Two tables, one expected status per cell. The execution endpoints run once per
+execution kind (workflows, agents, tasks): a ticket names its kind, and every
+kind has its own URL. The other endpoints do not depend on a kind.
 
 Tickets are sent as ``?ticket=`` on every endpoint, since that is the only
 place a client ever puts one: outside a stream a ticket is no credential at
@@ -9,6 +10,11 @@ all (401 alone; beside another user's token it is ignored, and the list
 endpoint, which takes no unknown query parameters, answers 400). On a stream,
 a ticket beside another user's credentials is refused (the ``reused``
 column, 401).
+
+Login and logout need no credential and ignore any: login (with the owner's
+password) answers 200 and logout 204 to every caller. Every cell that sends a
+session cookie sends a copy of it, so a login or logout in one cell never
+changes the caller of the next.
 """
 
 from __future__ import annotations
@@ -28,30 +34,43 @@ from tests.conftest import AuthActions
 from tests.conftest import LiveServer
 
 WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
+KINDS = ("workflow", "agent", "task")
 
 CALLERS = (
     "anonymous", "owner_session", "owner_read", "owner_publish", "other_user", "admin",
-    "revoked_token", "disabled_token", "expired_ticket", "other_exec_ticket", "reused_ticket",
+    "revoked_token", "disabled_token", "disabled_session", "expired_ticket", "other_exec_ticket", "reused_ticket",
 )
 
-#: endpoint -> expected status for each caller, in the order of CALLERS.
-EXPECTED: dict[str, tuple[int, ...]] = {
-    #                  anon sess read publ other admin revok disab expir other reuse
-    "create":         (401, 201, 403, 201, 201, 201, 401, 401, 401, 401, 201),
-    "get":            (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 404),
-    "list":           (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 400),
-    "append":         (401, 201, 403, 201, 404, 201, 401, 401, 401, 401, 404),
-    "stream_ticket":  (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 404),
+#: endpoint of one execution kind -> expected status for each caller, in the order of CALLERS.
+KIND_EXPECTED: dict[str, tuple[int, ...]] = {
+    #                  anon sess read publ other admin revok distk disse expir other reuse
+    "create":         (401, 201, 403, 201, 201, 201, 401, 401, 401, 401, 401, 201),
+    "get":            (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 404),
+    "list":           (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 400),
+    "append":         (401, 201, 403, 201, 404, 201, 401, 401, 401, 401, 401, 404),
+    "chunks":         (401, 202, 403, 202, 404, 202, 401, 401, 401, 401, 401, 404),
+    "stream_ticket":  (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 401, 404),
     # reused: B's token carrying A's ticket is refused (issue 6). Without credentials the server
     # cannot tell who holds a ticket, which is why tickets live 60 s and name one execution.
-    "stream":         (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401),
-    "catalog":        (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 200),
-    "tokens_list":    (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 200),
-    "tokens_create":  (401, 201, 403, 403, 403, 403, 401, 401, 401, 401, 403),
-    "tokens_delete":  (401, 204, 403, 204, 404, 204, 401, 401, 401, 401, 404),
+    "stream":         (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 401),
+}
+#: endpoint of no kind -> expected status for each caller.
+EXPECTED: dict[str, tuple[int, ...]] = {
+    #                  anon sess read publ other admin revok distk disse expir other reuse
+    "catalog":        (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200),
+    "login":          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "logout":         (204, 204, 204, 204, 204, 204, 204, 204, 204, 204, 204, 204),
+    "tokens_list":    (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200),
+    "tokens_create":  (401, 201, 403, 403, 403, 403, 401, 401, 401, 401, 401, 403),
+    "tokens_delete":  (401, 204, 403, 204, 404, 204, 401, 401, 401, 401, 401, 404),
 }
 CELLS = [
-    pytest.param(endpoint, caller, status, id=f"{endpoint}-{caller}")
+    pytest.param(endpoint, kind, caller, status, id=f"{endpoint}-{kind}-{caller}")
+    for endpoint, statuses in KIND_EXPECTED.items()
+    for kind in KINDS
+    for caller, status in zip(CALLERS, statuses, strict=True)
+] + [
+    pytest.param(endpoint, None, caller, status, id=f"{endpoint}-{caller}")
     for endpoint, statuses in EXPECTED.items()
     for caller, status in zip(CALLERS, statuses, strict=True)
 ]
@@ -67,41 +86,63 @@ class World:
     owner_read: str
     revoked: str
     disabled: Account
-    exec_id: str
-    another_exec_id: str
+    #: kind -> (the owner's execution the cells use, another of the owner's executions)
+    executions: dict[str, tuple[str, str]]
     session: requests.Session
+    disabled_session: requests.Session
 
-    def ticket(self, exec_id: str) -> str:
+    def ticket(self, kind: str, exec_id: str) -> str:
         r = requests.post(
-            self.server.api(f"/executions/workflows/{exec_id}/stream-ticket"), headers=self.owner.headers, timeout=10
+            self.server.api(f"/executions/{kind}s/{exec_id}/stream-ticket"), headers=self.owner.headers, timeout=10
         )
         assert r.status_code == 201, r.text
         return t.cast(str, r.json()["ticket"])
+
+
+def _logged_in(server: LiveServer, account: Account) -> requests.Session:
+    session = requests.Session()
+    r = session.post(server.api("/auth/login"), json={"email": account.email, "password": account.password}, timeout=10)
+    assert r.status_code == 200, r.text
+    return session
 
 
 @pytest.fixture(scope="module")
 def world(server, auth, producer, db) -> t.Iterator[World]:
     owner, other, admin, disabled = auth.user(), auth.user(), auth.user(admin=True), auth.user()
     revoked = auth.token(owner, ["read", "publish"])
+    session, disabled_session = _logged_in(server, owner), _logged_in(server, disabled)
     with db.transaction() as cur:
         accounts.revoke_token(cur, revoked)
         accounts.disable_user(cur, disabled.email)
-    exec_id, another = (producer.create_execution("workflow", "m", owner.user.get_id())["exec_id"] for _ in range(2))
-    session = requests.Session()
-    r = session.post(server.api("/auth/login"), json={"email": owner.email, "password": owner.password}, timeout=10)
-    assert r.status_code == 200
-    yield World(server, auth, owner, other, admin, auth.token(owner, ["read"]), revoked, disabled, exec_id, another,
-                session)
+    executions = {
+        kind: t.cast(
+            tuple[str, str],
+            tuple(producer.create_execution(kind, "m", owner.user.get_id())["exec_id"] for _ in range(2)),
+        )
+        for kind in KINDS
+    }
+    yield World(server, auth, owner, other, admin, auth.token(owner, ["read"]), revoked, disabled, executions,
+                session, disabled_session)
     session.close()
+    disabled_session.close()
 
 
-def _credentials(world: World, caller: str) -> tuple[requests.Session | None, dict[str, str], dict[str, str]]:
-    """(session, headers, query parameters) a caller sends."""
+def _copy(session: requests.Session) -> requests.Session:
+    copy = requests.Session()
+    copy.cookies.update(session.cookies)
+    return copy
+
+
+def _credentials(
+    world: World, caller: str, kind: str
+) -> tuple[requests.Session | None, dict[str, str], dict[str, str]]:
+    """(session, headers, query parameters) a caller sends; a ticket names the cell's kind."""
     bearer = AuthActions.bearer
+    exec_id, another_exec_id = world.executions[kind]
     if caller == "anonymous":
         return None, {}, {}
     if caller == "owner_session":
-        return world.session, {}, {}
+        return _copy(world.session), {}, {}
     if caller == "owner_read":
         return None, bearer(world.owner_read), {}
     if caller == "owner_publish":
@@ -114,42 +155,78 @@ def _credentials(world: World, caller: str) -> tuple[requests.Session | None, di
         return None, bearer(world.revoked), {}
     if caller == "disabled_token":
         return None, world.disabled.headers, {}
+    if caller == "disabled_session":
+        return _copy(world.disabled_session), {}, {}
     if caller == "expired_ticket":
         # Signed with the server's key two minutes ago: a genuine ticket, expired.
         old = Tickets(SECRET, 60, clock=lambda: time.time() - 120)
-        ticket, _ = old.issue("workflow", world.exec_id, world.owner.user.get_id())
+        ticket, _ = old.issue(kind, exec_id, world.owner.user.get_id())
         return None, {}, {"ticket": ticket}
     if caller == "other_exec_ticket":
-        return None, {}, {"ticket": world.ticket(world.another_exec_id)}
+        return None, {}, {"ticket": world.ticket(kind, another_exec_id)}
     if caller == "reused_ticket":
-        return None, world.other.headers, {"ticket": world.ticket(world.exec_id)}
+        return None, world.other.headers, {"ticket": world.ticket(kind, exec_id)}
     raise AssertionError(caller)
 
 
-def _request(world: World, endpoint: str, caller: str, exec_id: str | None = None) -> requests.Response:
-    exec_id = exec_id or world.exec_id
-    session, headers, params = _credentials(world, caller)
-    execution = f"/executions/workflows/{exec_id}"
-    method, path, body = {
-        "create": ("POST", "/executions/workflows", {"name": "matrix"}),
-        "get": ("GET", execution, None),
-        "list": ("GET", "/executions/workflows", None),
-        "append": ("POST", f"{execution}/events", {"events": [WARNING]}),
-        "stream_ticket": ("POST", f"{execution}/stream-ticket", None),
-        "stream": ("GET", f"{execution}/stream", None),
-        "catalog": ("GET", "/events/catalog", None),
-        "tokens_list": ("GET", "/auth/tokens", None),
-        "tokens_create": ("POST", "/auth/tokens", {"scopes": ["read"]}),
+#: endpoint -> (method, the app's URL rule under /api/v0); the coverage test checks it against the app.
+ROUTES: dict[str, tuple[str, str]] = {
+    "create": ("POST", "/executions/<segment>"),
+    "get": ("GET", "/executions/<segment>/<exec_id>"),
+    "list": ("GET", "/executions/<segment>"),
+    "append": ("POST", "/executions/<segment>/<exec_id>/events"),
+    "chunks": ("POST", "/executions/<segment>/<exec_id>/chunks"),
+    "stream_ticket": ("POST", "/executions/<segment>/<exec_id>/stream-ticket"),
+    "stream": ("GET", "/executions/<kind>/<exec_id>/stream"),
+    "catalog": ("GET", "/events/catalog"),
+    "login": ("POST", "/auth/login"),
+    "logout": ("POST", "/auth/logout"),
+    "tokens_list": ("GET", "/auth/tokens"),
+    "tokens_create": ("POST", "/auth/tokens"),
+    "tokens_delete": ("DELETE", "/auth/tokens/<prefix>"),
+}
+
+
+def _body(world: World, endpoint: str) -> t.Any:
+    return {
+        "create": {"name": "matrix"},
+        "append": {"events": [WARNING]},
+        "chunks": {"text": "matrix"},
+        "login": {"email": world.owner.email, "password": world.owner.password},
+        "logout": {},
+        "tokens_create": {"scopes": ["read"]},
+        "tokens_delete": {},
+    }.get(endpoint)
+
+
+def _request(
+    world: World, endpoint: str, caller: str, kind: str | None = None, exec_id: str | None = None
+) -> requests.Response:
+    kind = kind or "workflow"
+    exec_id = exec_id or world.executions[kind][0]
+    session, headers, params = _credentials(world, caller, kind)
+    method, rule = ROUTES[endpoint]
+    path = rule.replace("<segment>", f"{kind}s").replace("<kind>", f"{kind}s").replace("<exec_id>", exec_id)
+    if "<prefix>" in path:
         # A fresh token of the owner's for every cell, so each revoke has something to revoke.
-        "tokens_delete": ("DELETE", "/auth/tokens/{fresh_prefix}", {}),
-    }[endpoint]
-    if "{fresh_prefix}" in path:
-        path = path.format(fresh_prefix=_fresh_prefix(world))
+        path = path.replace("<prefix>", _fresh_prefix(world))
     send = session.request if session is not None else requests.request
-    response = send(method, world.server.api(path), headers=headers, params=params, json=body, timeout=10, stream=True)
-    if response.status_code != 200 or endpoint != "stream":
-        response.content  # noqa: B018 (a live stream is only opened, never read to its end)
-    response.close()
+    try:
+        response = send(
+            method,
+            world.server.api(path),
+            headers=headers,
+            params=params,
+            json=_body(world, endpoint),
+            timeout=10,
+            stream=True,
+        )
+        if response.status_code != 200 or endpoint != "stream":
+            response.content  # noqa: B018 (a live stream is only opened, never read to its end)
+        response.close()
+    finally:
+        if session is not None:
+            session.close()
     return response
 
 
@@ -157,29 +234,40 @@ def _fresh_prefix(world: World) -> str:
     return t.cast(str, accounts.token_prefix(world.auth.token(world.owner, ["read"])))
 
 
-@pytest.mark.parametrize("endpoint, caller, expected", CELLS)
-def test_matrix(world, endpoint, caller, expected):
-    response = _request(world, endpoint, caller)
+@pytest.mark.parametrize("endpoint, kind, caller, expected", CELLS)
+def test_matrix(world, endpoint, kind, caller, expected):
+    response = _request(world, endpoint, caller, kind)
     assert response.status_code == expected, response.text if endpoint != "stream" or expected != 200 else ""
     if expected >= 400:
         body = response.json()
         assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
 
 
-def test_the_table_covers_every_endpoint_and_caller():
-    assert all(len(statuses) == len(CALLERS) for statuses in EXPECTED.values())
-    assert len(CELLS) == len(EXPECTED) * len(CALLERS)
+def test_the_tables_cover_every_endpoint_and_caller(app):
+    assert all(len(statuses) == len(CALLERS) for statuses in (*KIND_EXPECTED.values(), *EXPECTED.values()))
+    assert len(CELLS) == (len(KIND_EXPECTED) * len(KINDS) + len(EXPECTED)) * len(CALLERS)
+    assert set(ROUTES) == set(KIND_EXPECTED) | set(EXPECTED)
+    # Every API route of the app has a row: a new endpoint cannot slip past the matrix.
+    prefix = app.extensions["streamapp"].url_prefix
+    rules = {
+        (method, rule.rule.removeprefix(prefix))
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(prefix + "/")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert rules == set(ROUTES.values())
 
 
 # A ticket names its execution, so on any other stream it is refused (401), not 404: no such cell.
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "endpoint, caller",
-    [(e, "other_user") for e in ("get", "append", "stream_ticket", "stream")]
-    + [(e, "reused_ticket") for e in ("get", "append", "stream_ticket")],
+    [(e, "other_user") for e in ("get", "append", "chunks", "stream_ticket", "stream")]
+    + [(e, "reused_ticket") for e in ("get", "append", "chunks", "stream_ticket")],
 )
-def test_not_yours_and_does_not_exist_are_byte_identical(world, endpoint, caller):
-    theirs = _request(world, endpoint, caller)
-    missing = _request(world, endpoint, caller, exec_id="no-such-execution")
+def test_not_yours_and_does_not_exist_are_byte_identical(world, endpoint, caller, kind):
+    theirs = _request(world, endpoint, caller, kind)
+    missing = _request(world, endpoint, caller, kind, exec_id="no-such-execution")
     assert theirs.status_code == missing.status_code == 404
     assert theirs.content == missing.content
     assert theirs.headers["Content-Type"] == missing.headers["Content-Type"]
