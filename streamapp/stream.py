@@ -159,25 +159,27 @@ def _take_slot(cur: t.Any, state: State, user_id: str) -> str:
     :raises TooManyStreams: the user holds ``max_streams_per_user`` streams already.
     """
     stale = slots.stale_after(state.hub.maintenance_s)
-    slot = slots.take(cur, user_id, state.hub.worker_id or "-", state.settings.max_streams_per_user, stale)
+    slot = slots.take(cur, user_id, state.hub.worker_id, state.settings.max_streams_per_user, stale)
     if slot is None:
         metrics.STREAMS_REFUSED.labels("user").inc()
         raise TooManyStreams(
             f"you have {state.settings.max_streams_per_user} streams open; close one or retry later",
             retry_after=_retry_after(state.settings),
         )
+    state.hub.hold_slot(slot)
     return slot
 
 
 def _release(state: State, slot: str) -> None:
+    state.hub.release_slot(slot)
     state.hub.open_streams -= 1
     metrics.OPEN_STREAMS.dec()
     try:
         with state.db.autocommit() as cur:
             slots.give_back(cur, slot)
     except (psycopg2.Error, PoolTimeout):
-        # The slot stops counting once this worker's refresh no longer covers it.
-        log.warning("could not give a stream slot back; it expires on its own")
+        # The hub's next maintenance round deletes it again; until then it still counts.
+        log.warning("could not give a stream slot back; the hub retries")
 
 
 def _direct_socket(environ: dict[str, t.Any], settings: t.Any) -> dict[str, t.Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -249,3 +250,25 @@ def test_prelude_is_flushed_while_the_events_table_is_locked(server, account, wo
                 assert s.next_item().retry is not None and s.next_item() == "connected"
                 conn.rollback()  # release: the replay goes on
                 assert s.next_frame().id == "1"
+
+
+def test_an_open_stream_keeps_its_slot_fresh_and_gives_it_back(server, account, workflow, db):
+    """The per-user limit must count a stream for as long as it is open, on whichever worker (SPEC §7)."""
+
+    def slot_rows():
+        with db.transaction() as cur:
+            cur.execute("SELECT worker, seen_at FROM stream_slots WHERE user_id = %s", (str(account.user.id),))
+            return cur.fetchall()
+
+    with Stream(_url(server, workflow), account.headers) as s:
+        assert s.next_item().retry is not None
+        [(worker, first_seen)] = slot_rows()
+        assert worker.count(":") == 2  # host:pid:random, the worker's id, never a placeholder
+        deadline = time.monotonic() + 10
+        while slot_rows()[0][1] == first_seen:  # the shared server's heartbeat is 1 s
+            assert time.monotonic() < deadline, "the open stream's slot was never refreshed"
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while slot_rows():
+        assert time.monotonic() < deadline, "the closed stream's slot was not given back"
+        time.sleep(0.1)
