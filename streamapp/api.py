@@ -43,7 +43,12 @@ from .state import current_state
 bp = Blueprint("streamapp_api", __name__)
 
 _KIND_SEGMENTS = {"workflows": "workflow", "agents": "agent", "tasks": "task"}
+# Built once, used by every request: a marshmallow Schema costs more to make than to use.
 _execution_out = ExecutionOut()
+_execution_create = ExecutionCreate()
+_list_query = ListQuery()
+_events_append = EventsAppend()
+_append_out = AppendOut()
 
 
 def kind_of(segment: str) -> str:
@@ -108,7 +113,7 @@ def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
 def create_execution(segment: str) -> tuple[Response, int]:
     kind = kind_of(segment)
     user = require("publish")
-    body = ExecutionCreate().load(_with_body_limit())
+    body = _execution_create.load(_with_body_limit())
     with current_state().db.transaction() as cur:
         owner_id = _owner_for(cur, user, body["owner"])
         execution = producer.create_execution(
@@ -157,7 +162,7 @@ def list_executions(segment: str) -> Response:
     kind = kind_of(segment)
     user = require("read")
     try:
-        query = ListQuery().load(single_valued_args())
+        query = _list_query.load(single_valued_args())
     except ValidationError as exc:
         raise _bad_query(exc) from None
     after = _decode_cursor(query["cursor"]) if query["cursor"] else None
@@ -199,7 +204,7 @@ def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
         require("publish")
     if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
         raise NotFound()
-    body = EventsAppend().load(_with_body_limit())
+    body = _events_append.load(_with_body_limit())
 
     def visible(execution: dict[str, t.Any]) -> None:
         # Checked on the locked row, inside the append's own transaction.
@@ -207,7 +212,7 @@ def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
             raise NotFound()
 
     result = state.producer.append_events(exec_id, body["events"], kind=kind, check=visible)
-    return jsonify(AppendOut().dump(result)), 201
+    return jsonify(_append_out.dump(result)), 201
 
 
 @bp.post("/executions/<segment>/<exec_id>/stream-ticket")
