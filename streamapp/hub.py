@@ -18,6 +18,7 @@ hub's cursor. Only this module holds process-wide mutable state (STYLE §4).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -102,10 +103,9 @@ class Hub:
         self.revoked_check = revoked_check
         self.worker_id = ""
         self._reassembler = chunks.Reassembler()
-        # Slot bookkeeping (issue 6): the slots of this worker's open streams, refreshed
-        # by maintain(), and slots let go since the last round, deleted by it once more.
-        self._held_slots: set[str] = set()
-        self._released_slots: set[str] = set()
+        # Per-user stream counts of this worker (issue 6): the truth maintain() writes back.
+        self._stream_counts: collections.Counter[str] = collections.Counter()
+        self._counts_changed = False  # since the last round wrote them
 
     # -- life cycle -------------------------------------------------------
 
@@ -293,18 +293,21 @@ class Hub:
 
     # -- maintenance: slots and credentials ---------------------------------
 
-    def hold_slot(self, slot_id: str) -> None:
-        """Keep a stream's slot counting: each maintenance round refreshes it until released."""
-        self._held_slots.add(slot_id)
+    def hold_slot(self, user_id: str) -> None:
+        """Count an open stream of ``user_id`` until :meth:`release_slot`; maintain() writes it back."""
+        self._stream_counts[user_id] += 1
+        self._counts_changed = True
 
-    def release_slot(self, slot_id: str) -> None:
-        """Stop refreshing a slot; the next round deletes it, in case its give-back failed."""
-        self._held_slots.discard(slot_id)
-        self._released_slots.add(slot_id)
+    def release_slot(self, user_id: str) -> None:
+        """Stop counting one stream of ``user_id``; the next round writes the new count."""
+        self._stream_counts[user_id] -= 1
+        self._counts_changed = True
+        if self._stream_counts[user_id] <= 0:
+            del self._stream_counts[user_id]
 
     @property
-    def held_slots(self) -> frozenset[str]:
-        return frozenset(self._held_slots)
+    def stream_counts(self) -> dict[str, int]:
+        return dict(self._stream_counts)
 
     def _maintain_forever(self) -> None:
         while not self._stopping:
@@ -329,14 +332,16 @@ class Hub:
             log.warning("checking for revoked credentials failed; the database may be unavailable")
 
     def _refresh_slots(self) -> None:
-        """Refresh the held slots and delete the released ones; no query when there are none."""
-        held, released = list(self._held_slots), list(self._released_slots)
-        if not held and not released:
+        """Write this worker's stream counts; no query while it holds none and nothing changed."""
+        if not self._stream_counts and not self._counts_changed:
             return
-        with self.db.autocommit() as cur:
-            slots.refresh(cur, held, released)
-        # Only those sent: more may have been released while the query ran.
-        self._released_slots.difference_update(released)
+        self._counts_changed = False
+        try:
+            with self.db.autocommit() as cur:
+                slots.sync(cur, self.worker_id, dict(self._stream_counts))
+        except BaseException:
+            self._counts_changed = True  # write them at the next round
+            raise
 
     def _end_revoked(self, subs: list[Subscriber]) -> None:
         """Close the streams whose user was disabled or whose token was revoked."""

@@ -1,71 +1,75 @@
-"""Per-user stream slots, counted in PostgreSQL across every worker (SPEC §7).
+"""Per-user stream counts, kept in PostgreSQL across every worker (SPEC §7).
 
-A stream takes a slot at connect and gives it back when it closes; each
-worker's hub refreshes the slots of its open streams (``seen_at``), so that
-the slots of a worker that died, and a slot whose give-back failed, stop
-counting after :func:`stale_after`. The hub also retries those give-backs.
+A stream counts one for its user on its worker from connect to close. Each
+worker has one row per user it serves (``stream_counts``), so admitting a
+stream sums one row per worker, however many streams the user holds. The
+worker's hub keeps the true counts in memory and writes them back at every
+maintenance round (:func:`sync`): a give-back that failed, or one that raced
+the round, is corrected there, and rows of a worker that died stop counting
+after :func:`stale_after`.
 """
 
 from __future__ import annotations
 
-import secrets
 import typing as t
 
 if t.TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Mapping
 
     from psycopg2.extensions import cursor as Cursor
 
 # One round trip: the statements run as one implicit transaction, so the
-# advisory lock (released at its end) makes count-then-insert atomic for one
-# user across workers; slots are not durable state, so no WAL flush is awaited.
+# advisory lock (released at its end) makes sum-then-add atomic for one user
+# across workers; counts are not durable state, so no WAL flush is awaited.
 _TAKE = """
 SET LOCAL synchronous_commit TO off;
 SELECT pg_advisory_xact_lock(hashtext('streamapp-slots:' || %(user_id)s));
-INSERT INTO stream_slots (id, user_id, worker)
-SELECT %(id)s, %(user_id)s, %(worker)s
-WHERE (SELECT count(*) FROM stream_slots
+INSERT INTO stream_counts AS c (user_id, worker, streams)
+SELECT %(user_id)s, %(worker)s, 1
+WHERE (SELECT coalesce(sum(streams), 0) FROM stream_counts
        WHERE user_id = %(user_id)s AND seen_at > now() - make_interval(secs => %(stale_s)s)) < %(limit)s
-RETURNING id
+ON CONFLICT (user_id, worker) DO UPDATE SET streams = c.streams + 1, seen_at = now()
+RETURNING streams
 """
 _GIVE_BACK = """
 SET LOCAL synchronous_commit TO off;
-DELETE FROM stream_slots WHERE id = %(id)s
+UPDATE stream_counts SET streams = streams - 1
+WHERE user_id = %(user_id)s AND worker = %(worker)s AND streams > 0
 """
-_REFRESH = """
+_SYNC = """
 SET LOCAL synchronous_commit TO off;
-UPDATE stream_slots SET seen_at = now() WHERE id = ANY(%(held)s::text[]);
-DELETE FROM stream_slots WHERE id = ANY(%(released)s::text[])
+INSERT INTO stream_counts AS c (user_id, worker, streams)
+SELECT u, %(worker)s, n FROM unnest(%(users)s::text[], %(counts)s::int[]) AS held(u, n)
+ON CONFLICT (user_id, worker) DO UPDATE SET streams = excluded.streams, seen_at = now();
+DELETE FROM stream_counts WHERE worker = %(worker)s AND NOT user_id = ANY(%(users)s::text[])
 """
 
 
 def stale_after(refresh_s: float) -> float:
-    """Seconds after which a slot whose worker stopped refreshing it no longer counts."""
+    """Seconds after which the counts of a worker that stopped writing them no longer count."""
     return max(3 * refresh_s, 30.0)
 
 
-def take(cur: Cursor, user_id: str, worker: str, limit: int, stale_s: float) -> str | None:
-    """Take a slot for ``user_id`` unless they hold ``limit`` already; its id, else ``None``.
+def take(cur: Cursor, user_id: str, worker: str, limit: int, stale_s: float) -> bool:
+    """Count one more stream of ``user_id`` on ``worker``, unless they hold ``limit`` already.
 
     Run it on an autocommit cursor: the statements form their own transaction.
     """
-    slot_id = secrets.token_hex(12)
-    params = {"id": slot_id, "user_id": user_id, "worker": worker, "stale_s": stale_s, "limit": limit}
+    params = {"user_id": user_id, "worker": worker, "stale_s": stale_s, "limit": limit}
     cur.execute(_TAKE, params)
-    return slot_id if cur.fetchone() else None
+    return cur.fetchone() is not None
 
 
-def give_back(cur: Cursor, slot_id: str) -> None:
-    cur.execute(_GIVE_BACK, {"id": slot_id})
+def give_back(cur: Cursor, user_id: str, worker: str) -> None:
+    """Count one stream fewer; never below zero."""
+    cur.execute(_GIVE_BACK, {"user_id": user_id, "worker": worker})
 
 
-def refresh(cur: Cursor, held: Collection[str], released: Collection[str]) -> None:
-    """Mark the ``held`` slots as alive and delete the ``released`` ones, in one round trip.
+def sync(cur: Cursor, worker: str, counts: Mapping[str, int]) -> None:
+    """Write ``worker``'s true counts (users with open streams only) and refresh them, in one round trip.
 
-    Only the slots of streams still open are named in ``held``: refreshing
-    every row of a worker would keep a leaked slot counting for as long as the
-    worker lives (issue 6). Deleting ``released`` again retries a give-back
-    that failed; for one that worked it deletes nothing. Run it on an
-    autocommit cursor.
+    Users missing from ``counts`` lose their row, whatever a failed give-back
+    left there. Run it on an autocommit cursor.
     """
-    cur.execute(_REFRESH, {"held": list(held), "released": list(released)})
+    users = list(counts)
+    cur.execute(_SYNC, {"worker": worker, "users": users, "counts": [counts[u] for u in users]})

@@ -125,7 +125,7 @@ def stream(kind: str, exec_id: str) -> Response:
         if terminal_id is not None and cursor >= terminal_id:
             return Response(status=204)
         state.hub.start()  # the slot is recorded under this worker's id, which start() makes
-        slot = _take_slot(cur, state, str(user.get_id()))
+        _take_slot(cur, state, str(user.get_id()))
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,
@@ -146,7 +146,8 @@ def stream(kind: str, exec_id: str) -> Response:
     metrics.OPEN_STREAMS.inc()
     metrics.STREAMS_OPENED.inc()
     response = Response(_generate(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS)
-    response.call_on_close(lambda: _release(state, slot))
+    user_id = str(user.get_id())
+    response.call_on_close(lambda: _release(state, user_id))
     return response
 
 
@@ -155,33 +156,41 @@ def _retry_after(settings: t.Any) -> int:
     return max(1, round(settings.retry_ms / 1000 * random.uniform(1, 3)))
 
 
-def _take_slot(cur: t.Any, state: State, user_id: str) -> str:
-    """The caller's per-user stream slot, counted across workers.
+def _take_slot(cur: t.Any, state: State, user_id: str) -> None:
+    """Count the caller's stream toward their limit, across workers.
+
+    The hub counts it first and forgets it last, so a maintenance round
+    running meanwhile errs on the side of one stream too many, never too few.
 
     :raises TooManyStreams: the user holds ``max_streams_per_user`` streams already.
     """
     stale = slots.stale_after(state.hub.maintenance_s)
-    slot = slots.take(cur, user_id, state.hub.worker_id, state.settings.max_streams_per_user, stale)
-    if slot is None:
+    state.hub.hold_slot(user_id)
+    try:
+        taken = slots.take(cur, user_id, state.hub.worker_id, state.settings.max_streams_per_user, stale)
+    except BaseException:
+        state.hub.release_slot(user_id)
+        raise
+    if not taken:
+        state.hub.release_slot(user_id)
         metrics.STREAMS_REFUSED.labels("user").inc()
         raise TooManyStreams(
             f"you have {state.settings.max_streams_per_user} streams open; close one or retry later",
             retry_after=_retry_after(state.settings),
         )
-    state.hub.hold_slot(slot)
-    return slot
 
 
-def _release(state: State, slot: str) -> None:
-    state.hub.release_slot(slot)
+def _release(state: State, user_id: str) -> None:
     state.hub.open_streams -= 1
     metrics.OPEN_STREAMS.dec()
     try:
         with state.db.autocommit() as cur:
-            slots.give_back(cur, slot)
+            slots.give_back(cur, user_id, state.hub.worker_id)
     except (psycopg2.Error, PoolTimeout):
-        # The hub's next maintenance round deletes it again; until then it still counts.
-        log.warning("could not give a stream slot back; the hub retries")
+        # The hub's next maintenance round writes the true count.
+        log.warning("could not count a closed stream off; the hub corrects it")
+    finally:
+        state.hub.release_slot(user_id)
 
 
 def _direct_socket(environ: dict[str, t.Any], settings: t.Any) -> dict[str, t.Any]:

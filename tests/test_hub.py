@@ -53,80 +53,84 @@ def test_revocation_is_checked_when_the_slot_refresh_fails(empty_database, make_
     # No stream_slots table there: every slot query fails.
     hub = make_hub(empty_database, revoked_check=revoked)
     sub = hub.subscribe("e-1", user_id="7", token_prefix=None, text_mode=False)
-    hub.hold_slot("a-slot")  # so there is something to refresh
+    hub.hold_slot("7")  # so there is something to write back
     hub.maintain()
     assert checked == [{"7"}]
     assert sub.closing
 
 
-def _take(hub: Hub, user_id: str, limit: int) -> str | None:
+def _take(hub: Hub, user_id: str, limit: int) -> bool:
     with hub.db.autocommit() as cur:
         return slots.take(cur, user_id, hub.worker_id, limit, STALE_S)
 
 
-def _age_slots(hub: Hub, user_id: str) -> None:
-    """Make the user's slots look unrefreshed for an hour."""
-    with hub.db.autocommit() as cur:
-        cur.execute("UPDATE stream_slots SET seen_at = now() - interval '1 hour' WHERE user_id = %s", (user_id,))
-
-
-def _slots(hub: Hub, user_id: str) -> dict[str, bool]:
-    """The user's slot rows: id -> whether it still counts."""
+def _counted(hub: Hub, user_id: str) -> int:
+    """How many streams of the user count toward their limit now."""
     with hub.db.autocommit() as cur:
         cur.execute(
-            "SELECT id, seen_at > now() - make_interval(secs => %s) FROM stream_slots WHERE user_id = %s",
-            (STALE_S, user_id),
+            "SELECT coalesce(sum(streams), 0) FROM stream_counts"
+            " WHERE user_id = %s AND seen_at > now() - make_interval(secs => %s)",
+            (user_id, STALE_S),
         )
-        return dict(cur.fetchall())
+        return int(cur.fetchone()[0])
 
 
-def test_maintain_refreshes_only_the_slots_the_hub_holds(database, make_hub, new_user_id):
+def test_maintain_writes_back_what_the_hub_holds(database, make_hub, new_user_id):
     hub = make_hub(database)
-    held, leaked, dropped = (_take(hub, new_user_id, 10) for _ in range(3))
-    assert held and leaked and dropped
-    for slot in (held, leaked, dropped):
-        hub.hold_slot(slot)
-    # A stream ended and its give-back failed: the hub no longer holds the slot.
-    hub.release_slot(leaked)
-    # Another ended and gave its slot back.
-    hub.release_slot(dropped)
-    with hub.db.autocommit() as cur:
-        slots.give_back(cur, dropped)
-    _age_slots(hub, new_user_id)
+    for _ in range(3):
+        assert _take(hub, new_user_id, 10)
+        hub.hold_slot(new_user_id)
+    # One stream ended and its give-back failed: only the hub knows.
+    hub.release_slot(new_user_id)
+    assert _counted(hub, new_user_id) == 3
     hub.maintain()
-    assert _slots(hub, new_user_id) == {held: True}  # the leaked slot was given back on retry
+    assert _counted(hub, new_user_id) == 2
 
 
-def test_a_leaked_slot_stops_counting(database, make_hub, new_user_id):
+def test_a_failed_give_back_stops_counting_at_the_next_round(database, make_hub, new_user_id):
     hub = make_hub(database)
-    leaked = _take(hub, new_user_id, 1)
-    assert leaked is not None
-    hub.hold_slot(leaked)
-    assert _take(hub, new_user_id, 1) is None  # the limit holds while the stream is open
-    hub.release_slot(leaked)  # ...and its give-back "failed"
+    assert _take(hub, new_user_id, 1)
+    hub.hold_slot(new_user_id)
+    assert not _take(hub, new_user_id, 1)  # the limit holds while the stream is open
+    hub.release_slot(new_user_id)  # ...and its give-back "failed"
     hub.maintain()
-    assert _take(hub, new_user_id, 1) is not None
+    assert _take(hub, new_user_id, 1)
 
 
-def test_a_failed_retry_is_retried_at_the_next_round(database, empty_database, make_hub, new_user_id):
+def test_counts_of_a_worker_that_stopped_writing_them_go_stale(database, make_hub, new_user_id):
     hub = make_hub(database)
-    leaked = _take(hub, new_user_id, 10)
-    assert leaked is not None
-    hub.hold_slot(leaked)
-    hub.release_slot(leaked)
-    real_db, hub.db = hub.db, Database(empty_database, 1)  # a round in which every slot query fails
+    assert _take(hub, new_user_id, 1)
+    with hub.db.autocommit() as cur:  # an hour without a maintenance round: the worker died
+        cur.execute("UPDATE stream_counts SET seen_at = now() - interval '1 hour' WHERE user_id = %s", (new_user_id,))
+    assert _take(hub, new_user_id, 1)
+
+
+def test_a_failed_round_is_made_good_at_the_next(database, empty_database, make_hub, new_user_id):
+    hub = make_hub(database)
+    assert _take(hub, new_user_id, 10)
+    hub.hold_slot(new_user_id)
+    hub.maintain()
+    hub.release_slot(new_user_id)
+    real_db, hub.db = hub.db, Database(empty_database, 1)  # a round in which every count query fails
     try:
         hub.maintain()
     finally:
         hub.db.close()
         hub.db = real_db
-    assert leaked in _slots(hub, new_user_id)
+    assert _counted(hub, new_user_id) == 1
     hub.maintain()
-    assert _slots(hub, new_user_id) == {}
+    assert _counted(hub, new_user_id) == 0
+
+
+def test_the_per_user_sum_covers_every_worker(database, make_hub, new_user_id):
+    one, two = make_hub(database), make_hub(database)
+    two.worker_id = "another-worker"
+    assert _take(one, new_user_id, 2) and _take(two, new_user_id, 2)
+    assert not _take(one, new_user_id, 2) and not _take(two, new_user_id, 2)
 
 
 def test_maintain_without_slots_or_streams_sends_no_query(empty_database, make_hub, caplog):
     hub = make_hub(empty_database)
     with caplog.at_level(logging.WARNING, logger="streamapp.hub"):
-        hub.maintain()  # a query would fail there: no stream_slots table
+        hub.maintain()  # a query would fail there: no stream_counts table
     assert caplog.records == []

@@ -257,7 +257,9 @@ def test_an_open_stream_keeps_its_slot_fresh_and_gives_it_back(server, account, 
 
     def slot_rows():
         with db.transaction() as cur:
-            cur.execute("SELECT worker, seen_at FROM stream_slots WHERE user_id = %s", (str(account.user.id),))
+            cur.execute(
+                "SELECT worker, seen_at FROM stream_counts WHERE user_id = %s AND streams > 0", (str(account.user.id),)
+            )
             return cur.fetchall()
 
     with Stream(_url(server, workflow), account.headers) as s:
