@@ -1254,7 +1254,7 @@ def producer_threads_main(ctrl: t.Any, url: str, notify: bool, exec_ids: list[st
 
 MODES = {
     "no_notify": "Producer(db, notify=False): no NOTIFY at all",
-    "coalesced": "Producer(db): own transaction, coalesced post-commit NOTIFY",
+    "coalesced": "Producer(db): own transaction, NOTIFY after COMMIT in the same round trip",
     "in_txn": "append_events(cur, ..., notify=True): NOTIFY inside each transaction",
 }
 
@@ -1351,7 +1351,6 @@ _ACTIVITIES = (
     ("hub: listener (LISTEN connection, notifications)", ("(streamapp/hub.py", "_listen_forever")),
     ("hub: batched safety check", ("_safety_forever (streamapp",)),
     ("POST /events: Flask-Login token lookup (1 transaction)", ("append_events (streamapp/api.py", "_load_token_user")),
-    ("POST /events: post-commit NOTIFY transaction (Producer._wakeups)", ("append_events (streamapp/api.py", "_Wakeups")),
     ("POST /events: append transaction (Producer.append_events)",
      ("append_events (streamapp/api.py", "Producer.append_events")),
     ("POST /events: visibility check (1 transaction)", ("append_events (streamapp/api.py", "visible_execution")),
