@@ -29,11 +29,7 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
 
-import jsonschema
 import psycopg2
-import referencing
-import referencing.exceptions
-import referencing.jsonschema
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from . import catalog
@@ -43,6 +39,8 @@ from .errors import Conflict
 from .errors import Invalid
 from .errors import NotFound
 from .errors import TooLarge
+from .output_schema import check_schema
+from .output_schema import check_value
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import connection as Connection
@@ -71,50 +69,6 @@ def new_exec_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def check_output_schema(schema: t.Any) -> None:
-    """Check that ``schema`` is a valid JSON Schema document.
-
-    :raises Invalid: with the validator's message.
-    """
-    if not isinstance(schema, (dict, bool)):
-        raise Invalid("output_schema must be a JSON Schema (an object, true or false)")
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise Invalid(f"output_schema is not a valid JSON Schema: {exc.message}") from None
-    _check_refs(schema)
-
-
-def _check_refs(schema: t.Any) -> None:
-    """Every ``$ref`` must resolve inside the schema itself: the server never fetches one."""
-    if not isinstance(schema, dict):
-        return
-    dialect = jsonschema.validators.validator_for(schema).META_SCHEMA["$id"]
-    root = referencing.jsonschema.specification_with(dialect).create_resource(schema)
-    resolver = referencing.Registry().resolver_with_root(root)
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str):
-                try:
-                    resolver.lookup(ref)
-                except referencing.exceptions.Unresolvable:
-                    raise Invalid(
-                        f"output_schema: $ref {ref!r} does not resolve inside the schema "
-                        "(references to other documents are not fetched)"
-                    ) from None
-            stack.extend(node.values())
-
-
-def _validator(schema: t.Any) -> t.Any:
-    # An empty registry with no retrieval: a $ref to another document is unresolvable.
-    return jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
-
-
 def create_execution(
     cur: Cursor,
     kind: str,
@@ -139,7 +93,7 @@ def create_execution(
     if exec_id is not None and not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise Invalid("exec_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
     if output_schema is not None:
-        check_output_schema(output_schema)
+        check_schema(output_schema)
     if input is not None and redact is not None:
         input = redact(input)
     return storage.insert_execution(
@@ -190,7 +144,7 @@ def _check_batch(
         spec = catalog.CATALOG.get(type_name)
         if spec is not None:
             for name in spec.schema_checked_fields:
-                _check_against_schema(f"events[{index}]: {type_name}.data.{name}", schema, data, name)
+                check_value(f"events[{index}]: {type_name}.data.{name}", schema, data, name)
             if spec.sequence_field:
                 sequence = data[spec.sequence_field]
         if redact is not None:
@@ -201,24 +155,6 @@ def _check_batch(
         terminal_seen = type_name in catalog.TERMINAL_TYPES
         checked.append((type_name, data, data_json))
     return checked
-
-
-def _check_against_schema(
-    where: str, schema: dict[str, t.Any] | bool | None, data: dict[str, t.Any], name: str
-) -> None:
-    """Check ``data[name]`` against the execution's output schema (issue 5).
-
-    :raises Invalid: with the validator's own message.
-    """
-    if schema is None or name not in data:
-        return
-    try:
-        error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data[name]))
-    except referencing.exceptions.Unresolvable as exc:
-        # Schemas stored before $refs were checked at creation.
-        raise Invalid(f"{where}: output_schema has an unresolvable $ref: {exc}") from None
-    if error is not None:
-        raise Invalid(f"{where} does not match output_schema: {error.message}")
 
 
 def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:

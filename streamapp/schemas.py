@@ -40,7 +40,7 @@ class _Strict(Schema):
 class ExecutionCreate(_Strict):
     name = fields.String(required=True, validate=[validate.Length(min=1, max=200), _storable])
     input = fields.Raw(load_default=None, allow_none=True, validate=_storable)
-    # Checked as a JSON Schema (an object, true or false) by producer.check_output_schema.
+    # Checked as a JSON Schema (an object, true or false) by output_schema.check_schema.
     output_schema = fields.Raw(load_default=None, allow_none=True, validate=_storable)
     exec_id = fields.String(
         load_default=None,
