@@ -129,13 +129,13 @@ def test_publisher_never_sends_text_younger_than_its_interval(server, account, d
     exec_id = _create(server, account)
     with _open(server, account, exec_id) as stream:
         _subscribed(stream, server, account, exec_id)
-        with ChunkPublisher(db, exec_id, interval_s=2.0) as out:
+        with ChunkPublisher(db, exec_id, interval_s=3.0) as out:
             out.write("partial ")  # t=0 starts the timer
             out.write("line\n")  # flushed at its line end, long before the timer fires
-            time.sleep(1.0)  # a producer that pauses mid-line
-            out.write("next ")  # t=1: due at 3, not when the t=0 timer fires at 2
-            time.sleep(1.5)
-            out.write("words")  # t=2.5
+            time.sleep(1.5)  # a producer that pauses mid-line
+            out.write("next ")  # t=1.5: due at 4.5, not when the t=0 timer fires at 3
+            time.sleep(2.0)
+            out.write("words")  # t=3.5: a second of margin before 4.5 on a slow machine
             assert stream.next_frame().data == "partial line\n"
             assert stream.next_frame().data == "next words"
 
