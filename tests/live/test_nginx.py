@@ -1,0 +1,126 @@
+"""docs/nginx.conf, as written, in front of a live gunicorn (SPEC §9).
+
+The test renders the documented file with only its two addresses replaced,
+so the configuration users copy is the one that passed. nginx comes from the
+distribution (`.ci/run` installs it); without it the test is skipped, except
+under CI, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT
+from tests.conftest import free_port
+from tests.sse import Stream
+from tests.sse import parse
+
+pytestmark = pytest.mark.live
+
+COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
+
+
+def _nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed; .ci/run installs it (nginx-light)")
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    return found
+
+
+def render(upstream: str, listen: int) -> str:
+    """docs/nginx.conf with its gunicorn address and listening port replaced, nothing else."""
+    text = (ROOT / "docs" / "nginx.conf").read_text()
+    text, servers = re.subn(r"server 127\.0\.0\.1:8000;", f"server {upstream};", text)
+    text, listens = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen};", text)
+    assert (servers, listens) == (1, 1), "docs/nginx.conf changed shape: update render()"
+    return text
+
+
+@pytest.fixture(scope="module")
+def nginx(server, tmp_path_factory):
+    """nginx running docs/nginx.conf in front of the shared gunicorn; its base URL."""
+    binary = _nginx_binary()
+    prefix = tmp_path_factory.mktemp("nginx")
+    prefix.chmod(0o755)  # nginx's workers may run as another user
+    port = free_port()
+    (prefix / "streamapp.conf").write_text(render(server.url.removeprefix("http://"), port))
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (prefix / "nginx.conf").write_text(
+        f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
+        "events {}\n"
+        f"http {{\n access_log off;\n client_body_temp_path {prefix}/body;\n proxy_temp_path {prefix}/proxy;\n"
+        f" fastcgi_temp_path {prefix}/fcgi;\n uwsgi_temp_path {prefix}/uwsgi;\n scgi_temp_path {prefix}/scgi;\n"
+        f" gzip on;\n gzip_proxied any;\n gzip_types text/event-stream application/json;\n gzip_min_length 1;\n"
+        f" include {prefix}/streamapp.conf;\n}}\n"
+    )
+    process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > end:
+                error_log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+                raise RuntimeError(f"nginx did not start: {process.stderr.read()!r} {error_log}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _stream_url(base: str, exec_id: str) -> str:
+    return f"{base}/api/v0/executions/workflows/{exec_id}/stream"
+
+
+def test_prelude_and_live_frames_pass_unbuffered(nginx, account, workflow, producer):
+    with Stream(_stream_url(nginx, workflow), account.headers) as stream:
+        # Nothing has been appended yet: the prelude can only arrive if nginx passes it on at once.
+        assert stream.next_item().retry is not None and stream.next_item() == "connected"
+        producer.append_events(workflow, [{"type": "workflow_status", "data": {"status": "RUNNING"}}])
+        assert stream.next_frame().id == "1"
+        producer.append_events(workflow, [COMPLETE])
+        assert [f.event for f in stream.rest()] == ["complete"]
+
+
+def test_resume_and_204_through_nginx(nginx, account, workflow, producer):
+    producer.append_events(workflow, [{"type": "warning", "data": {"code": "a", "message": "b"}}] * 3 + [COMPLETE])
+    r = requests.get(_stream_url(nginx, workflow), headers={**account.headers, "Last-Event-ID": "2"}, timeout=10)
+    assert [f.id for f in parse(r.content)[0]] == ["3", "4"]
+    r = requests.get(_stream_url(nginx, workflow), headers={**account.headers, "Last-Event-ID": "4"}, timeout=10)
+    assert r.status_code == 204
+
+
+def test_streams_are_never_compressed(nginx, account, workflow, producer):
+    producer.append_events(workflow, [COMPLETE])
+    headers = {**account.headers, "Accept-Encoding": "gzip", "Last-Event-ID": "0"}
+    r = requests.get(_stream_url(nginx, workflow), headers=headers, timeout=10, stream=True)
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    assert "Content-Encoding" not in r.headers
+    assert r.headers.get("Cache-Control") == "no-cache, no-transform"
+    r.close()
+
+
+def test_same_origin_cookie_login_through_nginx(nginx, account):
+    """The app compares a browser's Origin with the Host nginx passes on, port included."""
+    session = requests.Session()
+    r = session.post(nginx + "/api/v0/auth/login", json={"email": account.email, "password": account.password},
+                     headers={"Origin": nginx}, timeout=10)
+    assert r.status_code == 200, r.text
+    r = session.post(nginx + "/api/v0/auth/login", json={"email": account.email, "password": account.password},
+                     headers={"Origin": "http://elsewhere.example"}, timeout=10)
+    assert r.status_code == 403
