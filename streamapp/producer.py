@@ -168,10 +168,7 @@ def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
-    rows: list[tuple[int, str, str, str]]
-    status: str | None
-    last_sequence: int
-    terminal_event_id: int | None
+    append: storage.Append
     result: AppendResult
 
 
@@ -204,7 +201,7 @@ def _prepare(
         if type_name in catalog.TERMINAL_TYPES:
             terminal_id = event_id
     result = AppendResult(first_id, first_id + len(rows) - 1, status or execution["status"])
-    return _Prepared(rows, status, sequence, terminal_id, result)
+    return _Prepared(storage.Append(rows, status, sequence, terminal_id), result)
 
 
 def append_events(
@@ -226,14 +223,7 @@ def append_events(
     """
     execution = storage.get_execution(cur, kind, exec_id, lock=True)
     prepared = _prepare(execution, events, max_event_bytes, redact, None)
-    storage.insert_events(
-        cur,
-        exec_id,
-        prepared.rows,
-        status=prepared.status,
-        last_sequence=prepared.last_sequence,
-        terminal_event_id=prepared.terminal_event_id,
-    )
+    storage.insert_events(cur, exec_id, prepared.append)
     if notify:
         storage.notify(cur, exec_id, prepared.result.last_id)
     return prepared.result
@@ -301,15 +291,7 @@ class Producer:
             execution = storage.begin_and_lock(cur, kind, exec_id)
             prepared = _prepare(execution, events, self.max_event_bytes, self.redact, check)
             try:
-                storage.commit_events(
-                    cur,
-                    exec_id,
-                    prepared.rows,
-                    status=prepared.status,
-                    last_sequence=prepared.last_sequence,
-                    terminal_event_id=prepared.terminal_event_id,
-                    notify_after=self.notify,
-                )
+                storage.commit_events(cur, exec_id, prepared.append, notify_after=self.notify)
             except psycopg2.Error:
                 if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
                     raise  # failed before COMMIT: nothing is stored

@@ -6,6 +6,7 @@ transaction, so a host app can commit its own state and an event atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import typing as t
 
 import psycopg2.errors
@@ -125,33 +126,36 @@ WHERE exec_id = %(exec_id)s
 _INSERT_EVENTS = "INSERT INTO events (exec_id, id, type, created_at, envelope) VALUES %s"
 
 
-def insert_events(
-    cur: Cursor,
-    exec_id: str,
-    rows: list[tuple[int, str, t.Any, str]],
-    *,
-    status: str | None,
-    last_sequence: int,
-    terminal_event_id: int | None,
-) -> None:
-    """Store rendered events ``(id, type, ts, envelope)`` and move the execution's counter.
+@dataclasses.dataclass(frozen=True)
+class Append:
+    """What one append writes: rendered rows ``(id, type, ts, envelope)`` and the execution's new state."""
+
+    rows: list[tuple[int, str, t.Any, str]]
+    status: str | None
+    last_sequence: int
+    terminal_event_id: int | None
+
+    def bump(self, exec_id: str) -> dict[str, t.Any]:
+        """The parameters of :data:`_BUMP_COUNTER`."""
+        return {
+            "count": len(self.rows),
+            "status": self.status,
+            "last_sequence": self.last_sequence,
+            "terminal_event_id": self.terminal_event_id,
+            "exec_id": exec_id,
+        }
+
+
+def insert_events(cur: Cursor, exec_id: str, append: Append) -> None:
+    """Store rendered events and move the execution's counter.
 
     The caller holds the execution's row lock (``get_execution(lock=True)``)
     and chose the ids as ``last_event_id + 1 …``; the lock is what keeps ids
     gap-free and in commit order across concurrent producers.
     """
-    cur.execute(
-        _BUMP_COUNTER,
-        {
-            "count": len(rows),
-            "status": status,
-            "last_sequence": last_sequence,
-            "terminal_event_id": terminal_event_id,
-            "exec_id": exec_id,
-        },
-    )
+    cur.execute(_BUMP_COUNTER, append.bump(exec_id))
     psycopg2.extras.execute_values(
-        cur, _INSERT_EVENTS, [(exec_id, *row) for row in rows], page_size=1000
+        cur, _INSERT_EVENTS, [(exec_id, *row) for row in append.rows], page_size=1000
     )
 
 
@@ -164,16 +168,7 @@ def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> dict[str, t.A
     return _row(cur.fetchone())
 
 
-def commit_events(
-    cur: Cursor,
-    exec_id: str,
-    rows: list[tuple[int, str, t.Any, str]],
-    *,
-    status: str | None,
-    last_sequence: int,
-    terminal_event_id: int | None,
-    notify_after: bool,
-) -> None:
+def commit_events(cur: Cursor, exec_id: str, append: Append, *, notify_after: bool) -> None:
     """Store events, move the counter and COMMIT the transaction :func:`begin_and_lock` opened,
     then (``notify_after``) send the wake-up in a second, implicit transaction: one round trip.
 
@@ -183,20 +178,11 @@ def commit_events(
     connection is idle afterwards, not inside the failed transaction block;
     that is how the caller tells "stored" from "not stored".
     """
-    bump = cur.mogrify(
-        _BUMP_COUNTER,
-        {
-            "count": len(rows),
-            "status": status,
-            "last_sequence": last_sequence,
-            "terminal_event_id": terminal_event_id,
-            "exec_id": exec_id,
-        },
-    )
-    values = b",".join(cur.mogrify("(%s,%s,%s,%s,%s)", (exec_id, *row)) for row in rows)
+    bump = cur.mogrify(_BUMP_COUNTER, append.bump(exec_id))
+    values = b",".join(cur.mogrify("(%s,%s,%s,%s,%s)", (exec_id, *row)) for row in append.rows)
     sql = bump + b";\n" + _INSERT_EVENTS.encode().replace(b"%s", values) + b";\nCOMMIT;"
     if notify_after:
-        wake = cur.mogrify("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{rows[-1][0]}"))
+        wake = cur.mogrify("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{append.rows[-1][0]}"))
         sql += b"\nSET LOCAL synchronous_commit TO off;\n" + wake
     cur.execute(sql)
 
