@@ -90,37 +90,35 @@ def test_fresh_var_serves_a_stream(scratch: Path):
         assert "development token:" not in log.read_text()
 
 
+def _refused(cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run app.py where it must refuse to start; its stderr, which must carry no traceback."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py")], cwd=cwd, env={**_env(), **(env or {})},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
 def test_half_initialised_var_gives_a_clear_message(tmp_path: Path):
     pgdata = tmp_path / "var" / "pgdata"
     pgdata.mkdir(parents=True)
     (pgdata / "leftover").write_text("x")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode != 0
-    assert "half-initialised" in result.stderr and "remove" in result.stderr
-    assert "Traceback" not in result.stderr
+    stderr = _refused(tmp_path)
+    assert "half-initialised" in stderr and "remove" in stderr
 
 
 def test_pgdata_that_is_a_file_gives_a_clear_message(tmp_path: Path):
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "pgdata").write_text("not a directory")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode != 0
-    assert "not a directory" in result.stderr and "remove" in result.stderr
-    assert "Traceback" not in result.stderr
+    stderr = _refused(tmp_path)
+    assert "not a directory" in stderr and "remove" in stderr
 
 
 def test_unreachable_database_gives_a_clear_message(tmp_path: Path):
-    env = {**_env(), "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode != 0
-    assert "cannot reach the database" in result.stderr
-    assert "Traceback" not in result.stderr
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
+    assert "cannot reach the database" in _refused(tmp_path, {"DATABASE_URL": url})
 
 
 def test_app_py_on_your_own_database_is_development_too(tmp_path: Path, database: str):
