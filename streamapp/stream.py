@@ -114,6 +114,7 @@ def stream(kind: str, exec_id: str) -> Response:
     refuse_token_in_url()
     cursor, query = _cursor_and_query()
     user = stream_user(kind_name, exec_id, query["ticket"])
+    user_id = str(user.get_id())
     state = current_state()
     settings = state.settings
     if state.hub.open_streams >= settings.max_streams_per_worker:
@@ -125,7 +126,7 @@ def stream(kind: str, exec_id: str) -> Response:
         if terminal_id is not None and cursor >= terminal_id:
             return Response(status=204)
         state.hub.start()  # the slot is recorded under this worker's id, which start() makes
-        _take_slot(cur, state, str(user.get_id()))
+        _take_slot(cur, state, user_id)
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,
@@ -137,7 +138,7 @@ def stream(kind: str, exec_id: str) -> Response:
         # Jitter: streams opened together must not all reconnect together.
         lifetime_s=settings.stream_lifetime_s * random.uniform(0.85, 1.0),
         retry_ms=settings.retry_ms,
-        user_id=str(user.get_id()),
+        user_id=user_id,
         token_prefix=getattr(user, "token_prefix", None),
         text_mode=kind_name != "workflow" and execution["output_schema"] is None,
     )
@@ -146,7 +147,6 @@ def stream(kind: str, exec_id: str) -> Response:
     metrics.OPEN_STREAMS.inc()
     metrics.STREAMS_OPENED.inc()
     response = Response(_generate(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS)
-    user_id = str(user.get_id())
     response.call_on_close(lambda: _release(state, user_id))
     return response
 
