@@ -291,7 +291,7 @@ class Hub:
         except (psycopg2.Error, PoolTimeout):
             log.warning("safety check failed; the database may be unavailable")
 
-    # -- maintenance: slots and credentials ---------------------------------
+    # -- maintenance: per-user stream counts and credentials -----------------
 
     def hold_slot(self, user_id: str) -> None:
         """Count an open stream of ``user_id`` until :meth:`release_slot`; maintain() writes it back."""
@@ -315,17 +315,17 @@ class Hub:
             self.maintain()
 
     def maintain(self) -> None:
-        """Refresh this worker's stream slots; end streams whose user or token was revoked.
+        """Write this worker's per-user stream counts; end streams whose user or token was revoked.
 
         Two queries per interval per worker, whatever the number of streams.
-        Each has its own error handling: a failed slot refresh must not skip
+        Each has its own error handling: a failed count write must not skip
         the revocation check of that round, nor the other way round.
         """
         subs = self._subscribers()
         try:
             self._refresh_slots()
         except (psycopg2.Error, PoolTimeout):
-            log.warning("refreshing stream slots failed; the database may be unavailable")
+            log.warning("writing stream counts failed; the database may be unavailable")
         try:
             self._end_revoked(subs)
         except (psycopg2.Error, PoolTimeout):
