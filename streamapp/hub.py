@@ -338,7 +338,7 @@ class Hub:
         self._counts_changed = False
         try:
             with self.db.autocommit() as cur:
-                slots.sync(cur, self.worker_id, dict(self._stream_counts))
+                slots.sync(cur, self.worker_id, dict(self._stream_counts), slots.stale_after(self.maintenance_s))
         except BaseException:
             self._counts_changed = True  # write them at the next round
             raise

@@ -41,8 +41,12 @@ SET LOCAL synchronous_commit TO off;
 INSERT INTO stream_counts AS c (user_id, worker, streams)
 SELECT u, %(worker)s, n FROM unnest(%(users)s::text[], %(counts)s::int[]) AS held(u, n)
 ON CONFLICT (user_id, worker) DO UPDATE SET streams = excluded.streams, seen_at = now();
-DELETE FROM stream_counts WHERE worker = %(worker)s AND NOT user_id = ANY(%(users)s::text[])
+DELETE FROM stream_counts WHERE worker = %(worker)s AND NOT user_id = ANY(%(users)s::text[]);
+DELETE FROM stream_counts WHERE seen_at < now() - make_interval(secs => %(forget_s)s)
 """
+#: Rows of workers that died are deleted once they are this much older than stale: by then they
+#: have long stopped counting, and the table must not grow with every worker ever started.
+FORGET_AFTER_STALE = 10
 
 
 def stale_after(refresh_s: float) -> float:
@@ -65,11 +69,14 @@ def give_back(cur: Cursor, user_id: str, worker: str) -> None:
     cur.execute(_GIVE_BACK, {"user_id": user_id, "worker": worker})
 
 
-def sync(cur: Cursor, worker: str, counts: Mapping[str, int]) -> None:
+def sync(cur: Cursor, worker: str, counts: Mapping[str, int], stale_s: float) -> None:
     """Write ``worker``'s true counts (users with open streams only) and refresh them, in one round trip.
 
     Users missing from ``counts`` lose their row, whatever a failed give-back
-    left there. Run it on an autocommit cursor.
+    left there, and rows of workers long dead are deleted. Run it on an
+    autocommit cursor.
     """
     users = list(counts)
-    cur.execute(_SYNC, {"worker": worker, "users": users, "counts": [counts[u] for u in users]})
+    params = {"worker": worker, "users": users, "counts": [counts[u] for u in users],
+              "forget_s": stale_s * FORGET_AFTER_STALE}
+    cur.execute(_SYNC, params)

@@ -122,6 +122,20 @@ def test_a_failed_round_is_made_good_at_the_next(database, empty_database, make_
     assert _counted(hub, new_user_id) == 0
 
 
+def test_rows_of_workers_long_dead_are_deleted(database, make_hub, new_user_id):
+    hub = make_hub(database)
+    dead = make_hub(database)
+    dead.worker_id = "a-worker-that-died"
+    assert _take(dead, new_user_id, 10)
+    with hub.db.autocommit() as cur:
+        cur.execute("UPDATE stream_counts SET seen_at = now() - interval '1 day' WHERE worker = %s", (dead.worker_id,))
+    hub.hold_slot("someone")  # any round that writes
+    hub.maintain()
+    with hub.db.autocommit() as cur:
+        cur.execute("SELECT count(*) FROM stream_counts WHERE worker = %s", (dead.worker_id,))
+        assert cur.fetchone()[0] == 0
+
+
 def test_the_per_user_sum_covers_every_worker(database, make_hub, new_user_id):
     one, two = make_hub(database), make_hub(database)
     two.worker_id = "another-worker"
