@@ -42,6 +42,9 @@ CHANNEL = "streamapp_chunks"
 PART_BYTES = 7800
 #: A Python publisher flushes at a line end, or when its oldest text is this old.
 FLUSH_INTERVAL_S = 0.05
+#: ...or once it holds this many characters: a model that writes fast without line ends would
+#: otherwise build chunks of hundreds of KB that every stream must take at once (issue 5).
+MAX_CHUNK_CHARS = 16_000
 #: Text is redacted before it leaves the producer unless a caller passes another function.
 _DEFAULT_REDACT = Redactor().redact_text
 
@@ -143,15 +146,18 @@ class ChunkPublisher:
         exec_id: str,
         *,
         interval_s: float = FLUSH_INTERVAL_S,
+        max_chars: int = MAX_CHUNK_CHARS,
         redact: Callable[[str], str] | None = _DEFAULT_REDACT,
     ) -> None:
         self.db = db
         self.exec_id = exec_id
         self.interval_s = interval_s
+        self.max_chars = max_chars
         self.redact = redact
         self.producer_id = secrets.token_hex(6)
         self._seq = 0
         self._buffer: list[str] = []
+        self._buffered = 0  # characters
         self._since: float | None = None
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -167,21 +173,23 @@ class ChunkPublisher:
         self.close()
 
     def write(self, text: str) -> None:
-        """Buffer text; flushed at a line end or after ``interval_s``."""
+        """Buffer text; flushed at a line end, at ``max_chars`` or after ``interval_s``."""
         check_text(text)
         with self._lock:
             self._buffer.append(text)
+            self._buffered += len(text)
+            full = self._buffered >= self.max_chars
             if self._since is None:
                 self._since = time.monotonic()
                 self._wake.set()
-        if "\n" in text:
+        if full or "\n" in text:
             self.flush()
 
     def flush(self) -> None:
         """Send what is buffered now, as one chunk."""
         with self._send_lock:
             with self._lock:
-                text, self._buffer, self._since = "".join(self._buffer), [], None
+                text, self._buffer, self._buffered, self._since = "".join(self._buffer), [], 0, None
             if not text:
                 return
             if self.redact is not None:
@@ -207,9 +215,11 @@ class ChunkPublisher:
                     break
                 delay = since + self.interval_s - time.monotonic()
                 if delay > 0:
-                    # Re-read after sleeping: a line-end flush may have sent that text
+                    # Re-read after waiting: a line-end flush may have sent that text
                     # meanwhile, and younger text must not go out early, cut mid-line.
-                    time.sleep(delay)
+                    # close() (and new text after a flush) cut the wait short.
+                    self._wake.wait(delay)
+                    self._wake.clear()
                     continue
                 self._flush_on_timer()
 

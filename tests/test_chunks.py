@@ -174,6 +174,30 @@ def test_publisher_coalesces_tokens_and_flushes_at_line_ends(server, account, db
         assert stream.next_frame().data == "".join(tokens[150:])
 
 
+def test_publisher_closes_without_waiting_for_its_timer(server, account, db):
+    exec_id = _create(server, account)
+    out = ChunkPublisher(db, exec_id, interval_s=3600)
+    out.write("held by an hour-long timer")
+    time.sleep(0.5)  # the timer thread is now inside its hour-long wait
+    closing = threading.Thread(target=out.close)  # flushes now; must not sit out the timer's wait
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive(), "close() waited for the timer"
+
+
+def test_publisher_flushes_once_it_holds_max_chars(server, account, db):
+    exec_id = _create(server, account)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        with ChunkPublisher(db, exec_id, interval_s=60, max_chars=100) as out:  # no timer in this test
+            for n in range(25):
+                out.write(f"token{n:04d} ")  # 10 characters, no line end
+            chunks = [stream.next_frame().data for _ in range(2)]
+        chunks.append(stream.next_frame().data)  # the rest, sent by close()
+    assert [len(c) for c in chunks] == [100, 100, 50]
+    assert "".join(chunks) == "".join(f"token{n:04d} " for n in range(25))
+
+
 def test_reconnect_resumes_durable_events_and_live_text_from_now(server, account):
     exec_id = _create(server, account)
     with _open(server, account, exec_id) as stream:
