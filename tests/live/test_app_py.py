@@ -56,19 +56,24 @@ def _wait_for(log: Path, pattern: str, process: subprocess.Popen, deadline_s: fl
     raise AssertionError(f"{pattern!r} not seen in time:\n{log.read_text()}")
 
 
+def _wait_ready(port: int, log: Path, deadline_s: float = 30) -> None:
+    """Until the served app answers /readyz with 200; its log if it never does."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz never answered 200:\n{log.read_text()}")
+
+
 def test_fresh_var_serves_a_stream(scratch: Path):
     port = free_port()
     base = f"http://127.0.0.1:{port}/api/v0"
     with _run_app(scratch, port) as (process, log):
         token = _wait_for(log, r"^development token: (\S+)$", process).group(1)
-        _wait_for(log, r"Booting worker", process)
+        _wait_ready(port, log)
         headers = {"Authorization": f"Bearer {token}"}
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
         created = requests.post(f"{base}/executions/workflows", json={"name": "demo"}, headers=headers, timeout=10)
         assert created.status_code == 201, created.text
         stream_url = f"http://127.0.0.1:{port}{created.json()['stream_url']}"
@@ -126,14 +131,6 @@ def test_app_py_on_your_own_database_is_development_too(tmp_path: Path, database
     port = free_port()
     with _run_app(tmp_path, port, {"DATABASE_URL": database}) as (process, log):
         _wait_for(log, r"serving on", process)
-        _wait_for(log, r"Booting worker", process)
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(log.read_text())
+        _wait_ready(port, log)
     assert (tmp_path / "var" / "secret_key").exists()
     assert not (tmp_path / "var" / "pgdata").exists()
