@@ -9,11 +9,11 @@ Two ways to append:
   the data commit carries no ``NOTIFY``; the wake-up follows it in the same
   round trip, in a transaction of its own with ``synchronous_commit`` off
   (BEGIN + lock, then insert + COMMIT + NOTIFY: two round trips in all).
-  PostgreSQL serializes the
-  commits of notifying transactions on one database-wide lock; keeping the
-  data commit (and its WAL flush) out from under it is what keeps appends/s
-  near the no-NOTIFY bound (issue 4). A wake-up lost in between is covered by
-  every worker's batched safety check within ``poll_ms``.
+  PostgreSQL serializes the commits of notifying transactions on one
+  database-wide lock; keeping the data commit (and its WAL flush) out from
+  under it is what keeps appends/s near the no-NOTIFY bound (issue 4). A
+  wake-up lost in between is covered by every worker's batched safety check
+  within ``poll_ms``.
 """
 
 from __future__ import annotations
@@ -116,8 +116,11 @@ def _check_batch(
     events: Sequence[t.Any],
     max_event_bytes: int,
     redact: Redactor | None = None,
-) -> list[tuple[str, dict[str, t.Any], str]]:
-    """Validate a whole batch before anything is stored; return redacted ``(type, data, data_json)``.
+) -> tuple[list[tuple[str, dict[str, t.Any], str]], int]:
+    """Validate a whole batch before anything is stored.
+
+    Returns the redacted ``(type, data, data_json)`` of each event and the
+    execution's ``structured_delta`` sequence after the batch.
 
     The catalog and the output schema judge what the producer sent (a schema
     describes the real output, not its redacted copy); what is stored and
@@ -128,13 +131,13 @@ def _check_batch(
     checked = []
     terminal_seen = execution["terminal_event_id"] is not None
     sequence = execution["last_sequence"]
+    schema = execution.get("output_schema")
     for index, event in enumerate(events):
         if terminal_seen:
             raise Conflict("the execution has ended: no event may follow complete or error")
         if not isinstance(event, dict) or set(event) - {"type", "data"} or "type" not in event:
             raise Invalid(f"events[{index}] must be an object with 'type' and 'data'")
         type_name, data = event["type"], event.get("data", {})
-        schema = execution.get("output_schema")
         try:
             catalog.validate_event(
                 execution["kind"], type_name, data, has_output_schema=schema is not None, last_sequence=sequence
@@ -154,7 +157,7 @@ def _check_batch(
             raise TooLarge(f"events[{index}].data is over {max_event_bytes} bytes")
         terminal_seen = type_name in catalog.TERMINAL_TYPES
         checked.append((type_name, data, data_json))
-    return checked
+    return checked, sequence
 
 
 def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
@@ -184,20 +187,16 @@ def _prepare(
         raise NotFound()
     if check is not None:
         check(execution)
-    checked = _check_batch(execution, events, max_event_bytes, redact)
+    checked, sequence = _check_batch(execution, events, max_event_bytes, redact)
     first_id = execution["last_event_id"] + 1
     ts = _now()
     rows = []
     status = None
-    sequence = execution["last_sequence"]
     terminal_id = None
     for offset, (type_name, data, data_json) in enumerate(checked):
         event_id = first_id + offset
         rows.append((event_id, type_name, ts, _envelope(event_id, type_name, ts, execution, data_json)))
         status = catalog.status_after(execution["kind"], type_name, data) or status
-        spec = catalog.CATALOG.get(type_name)
-        if spec is not None and spec.sequence_field:
-            sequence = data[spec.sequence_field]
         if type_name in catalog.TERMINAL_TYPES:
             terminal_id = event_id
     result = AppendResult(first_id, first_id + len(rows) - 1, status or execution["status"])
