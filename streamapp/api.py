@@ -122,9 +122,10 @@ def create_execution(segment: str) -> tuple[Response, int]:
             body["name"],
             owner_id,
             exec_id=body["exec_id"],
-            # The input is shown in the execution document: secrets go as they do from events.
-            input=current_state().redactor(body["input"]),
+            input=body["input"],
             output_schema=body["output_schema"],
+            # The configured rules (STREAMAPP_REDACT_KEYS too), not only the built-in ones.
+            redact=current_state().redactor,
         )
     return jsonify(_document(execution)), 201
 

@@ -173,3 +173,17 @@ def test_the_stream_carries_the_redacted_events(server, account):
     _assert_redacted(text)
     assert frames[0].json["data"]["input"]["headers"]["Authorization"] == "[REDACTED]"
     assert frames[1].json["data"]["output"] == {"session_cookie": "[REDACTED]"}
+
+
+def test_execution_input_is_redacted_with_the_configured_keys(redacting_client, account, db):
+    r = redacting_client.post(
+        "/api/v0/executions/agents",
+        json={"name": "a", "input": {"ssn": "078-05-1120", "api_key": "k-1", "n": 1}},
+        headers=account.headers,
+    )
+    assert r.status_code == 201, r.get_data(as_text=True)
+    with db.transaction() as cur:
+        cur.execute("SELECT input FROM executions WHERE exec_id = %s", (r.get_json()["exec_id"],))
+        stored = cur.fetchone()[0]
+    assert stored == {"ssn": "[REDACTED]", "api_key": "[REDACTED]", "n": 1}
+    assert r.get_json()["input"] == stored
