@@ -124,7 +124,8 @@ def stream(kind: str, exec_id: str) -> Response:
         execution = visible_execution(cur, kind_name, exec_id, user)
         terminal_id = execution["terminal_event_id"]
         if terminal_id is not None and cursor >= terminal_id:
-            return Response(status=204)
+            # SPEC §5.4: generic SSE clients end cleanly only on an event-stream 204.
+            return Response(status=204, content_type="text/event-stream")
         state.hub.start()  # the slot is recorded under this worker's id, which start() makes
         _take_slot(cur, state, user_id)
     plan = Plan(

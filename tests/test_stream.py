@@ -109,6 +109,7 @@ def test_finished_stream_answers_204(server, account, workflow, producer):
     for cursor in ("1", "7"):
         r = requests.get(_url(server, workflow), headers={**account.headers, "Last-Event-ID": cursor}, timeout=10)
         assert r.status_code == 204 and r.content == b""
+        assert r.headers["Content-Type"].startswith("text/event-stream")
 
 
 def test_cursor_ahead_resets_and_replays(server, account, workflow, producer):
