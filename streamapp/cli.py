@@ -35,6 +35,16 @@ def db_upgrade() -> None:
     click.echo("\n".join(f"applied {name}" for name in applied) or "already up to date")
 
 
+@db_group.command("url")
+def db_url() -> None:
+    """Print the database URL this app uses (the embedded one under ./var/ in development).
+
+    A script that appends inside its own transaction needs it; the embedded
+    server's address is chosen at its first start, so it cannot be guessed.
+    """
+    click.echo(current_state().settings.database_url)
+
+
 @users_group.command("create")
 @click.argument("email")
 @click.option("--password", required=True, help="At least 8 characters.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+import psycopg2
 import pytest
 
 from streamapp import create_app
@@ -59,6 +60,14 @@ def test_db_upgrade_applies_then_is_idempotent(settings, empty_database):
 
 
 # -- users ----------------------------------------------------------------------------------------
+
+
+def test_db_url_prints_the_url_the_app_connects_to(runner, settings):
+    result = runner.invoke(args=["db", "url"])
+    assert result.exit_code == 0
+    url = result.output.strip()
+    assert url == settings.database_url
+    psycopg2.connect(url).close()
 
 
 def test_users_create(runner, client):
