@@ -2,40 +2,24 @@
 
 The test renders the documented file with only its two addresses replaced,
 so the configuration users copy is the one that passed. nginx comes from the
-distribution (`.ci/run` installs it); without it the test is skipped, except
-under CI, where that is a failure.
+distribution (see tests/live/nginx.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.conftest import free_port
+from tests.live.nginx import running
 from tests.sse import Stream
 from tests.sse import parse
 
 pytestmark = pytest.mark.live
 
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
-
-
-def _nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed; .ci/run installs it (nginx-light)")
-        pytest.skip("nginx is not installed (apt-get install nginx-light)")
-    return found
 
 
 def render(upstream: str, listen: int) -> str:
@@ -50,37 +34,9 @@ def render(upstream: str, listen: int) -> str:
 @pytest.fixture(scope="module")
 def nginx(server, tmp_path_factory):
     """nginx running docs/nginx.conf in front of the shared gunicorn; its base URL."""
-    binary = _nginx_binary()
-    prefix = tmp_path_factory.mktemp("nginx")
-    prefix.chmod(0o755)  # nginx's workers may run as another user
-    port = free_port()
-    (prefix / "streamapp.conf").write_text(render(server.url.removeprefix("http://"), port))
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (prefix / "nginx.conf").write_text(
-        f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
-        "events {}\n"
-        f"http {{\n access_log off;\n client_body_temp_path {prefix}/body;\n proxy_temp_path {prefix}/proxy;\n"
-        f" fastcgi_temp_path {prefix}/fcgi;\n uwsgi_temp_path {prefix}/uwsgi;\n scgi_temp_path {prefix}/scgi;\n"
-        f" gzip on;\n gzip_proxied any;\n gzip_types text/event-stream application/json;\n gzip_min_length 1;\n"
-        f" include {prefix}/streamapp.conf;\n}}\n"
-    )
-    process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > end:
-                error_log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-                raise RuntimeError(f"nginx did not start: {process.stderr.read()!r} {error_log}")
-            time.sleep(0.1)
+    upstream = server.url.removeprefix("http://")
+    with running(lambda port: render(upstream, port), tmp_path_factory.mktemp("nginx")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _stream_url(base: str, exec_id: str) -> str:
