@@ -17,6 +17,7 @@ from . import cli
 from . import cors
 from . import health
 from . import metrics
+from . import serving
 from . import stream
 from .config import ConfigError
 from .config import Settings
@@ -131,3 +132,4 @@ class StreamApp:
             app.register_error_handler(Exception, _handle)
         for group in cli.GROUPS:
             app.cli.add_command(group)
+        serving.warn_if_streams_block()

@@ -36,6 +36,7 @@ def running(render: t.Callable[[int], str], prefix: Path, ready_path: str = "/he
     gzip is on for everything, so a test shows that the snippet itself turns it off for streams.
     """
     nginx = binary()
+    prefix.mkdir(parents=True, exist_ok=True)
     prefix.chmod(0o755)  # nginx's workers may run as another user
     port = free_port()
     (prefix / "site.conf").write_text(render(port))
