@@ -18,6 +18,10 @@ if t.TYPE_CHECKING:
     from .chunks import ChunkPublisher
     from .config import Settings
     from .config import load_settings
+    from .errors import Conflict
+    from .errors import Invalid
+    from .errors import NotFound
+    from .errors import TooLarge
     from .extension import StreamApp
     from .producer import AppendResult
     from .producer import Producer
@@ -27,9 +31,13 @@ if t.TYPE_CHECKING:
 __all__ = [
     "AppendResult",
     "ChunkPublisher",
+    "Conflict",
+    "Invalid",
+    "NotFound",
     "Producer",
     "Settings",
     "StreamApp",
+    "TooLarge",
     "append_events",
     "create_app",
     "create_execution",
@@ -40,6 +48,10 @@ __all__ = [
 _LAZY = {
     "AppendResult": "producer",
     "ChunkPublisher": "chunks",
+    "Conflict": "errors",
+    "Invalid": "errors",
+    "NotFound": "errors",
+    "TooLarge": "errors",
     "Producer": "producer",
     "Settings": "config",
     "StreamApp": "extension",
