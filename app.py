@@ -24,8 +24,8 @@ from streamapp import migrate
 from streamapp.config import ConfigError
 from streamapp.config import Settings
 from streamapp.config import load_settings
-from streamapp.db import PoolTimeout
 from streamapp.embedded import EmbeddedError
+from streamapp.errors import DatabaseUnavailable
 from streamapp.state import current_state
 
 HERE = Path(__file__).resolve().parent
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             for name in migrate.upgrade(state.db):
                 print(f"applied migration {name}", flush=True)
             _create_dev_user()
-        except (psycopg2.OperationalError, PoolTimeout) as exc:
-            sys.exit(f"streamapp: cannot reach the database: {str(exc).strip()}")
+        except (psycopg2.OperationalError, DatabaseUnavailable) as exc:
+            sys.exit(f"streamapp: cannot reach the database: {str(exc.__cause__ or exc).strip()}")
     # Connections opened here must not be shared with the forked worker.
     state.db.close()
     print(f"serving on http://{args.host}:{args.port}", flush=True)

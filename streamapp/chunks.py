@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import psycopg2
 
-from .db import PoolTimeout
+from .errors import DatabaseUnavailable
 from .errors import Invalid
 from .redact import Redactor
 
@@ -226,6 +226,8 @@ class ChunkPublisher:
     def _flush_on_timer(self) -> None:
         try:
             self.flush()
-        except (psycopg2.Error, PoolTimeout):
+        except DatabaseUnavailable:
+            pass  # best-effort text; the pool logs an outage once
+        except psycopg2.Error:
             # Best-effort text: one failed flush loses that chunk, never the timer.
             log.warning("a text chunk of execution %s could not be published", self.exec_id, exc_info=True)

@@ -14,6 +14,7 @@
           ├── TooManyStreams   429
           ├── TooManyAttempts  429
           └── Unavailable      503
+               └── DatabaseUnavailable  503 (PostgreSQL unreachable, restarting or full)
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ class Unavailable(_RetryAfter):
     status = 503
     code = "unavailable"
     default_message = "The service is at capacity; retry later."
+
+
+class DatabaseUnavailable(Unavailable):
+    """PostgreSQL is unreachable, restarting or out of connections (SPEC §2 "Robustness").
+
+    ``db.py`` raises it in place of the driver's error, so every endpoint
+    answers 503 with ``Retry-After`` through :func:`problem` and no view needs
+    to know about psycopg2. The message says nothing about the server.
+    """
+
+    default_message = "The database is unavailable; retry later."
 
 
 def problem_body(code: str, message: str) -> dict[str, t.Any]:

@@ -40,8 +40,9 @@ from . import framing
 from . import metrics
 from . import slots
 from . import storage
-from .db import PoolTimeout
 from .db import connect
+from .db import describe
+from .errors import DatabaseUnavailable
 from .subscriber import Rendered
 from .subscriber import Subscriber
 
@@ -198,8 +199,9 @@ class Hub:
                     else:
                         sub.push(batch, size)
                 metrics.DELIVERED.inc(len(batch) * len(topic.subscribers))
-        except (psycopg2.Error, PoolTimeout):
-            # The database is away; the safety check retries once it is back.
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the pool; the safety check retries once it is back
+        except psycopg2.Error:
             log.warning("reading new events of one execution failed; will retry")
         finally:
             topic.fetching = False
@@ -208,6 +210,7 @@ class Hub:
 
     def _listen_forever(self) -> None:
         backoff = 0.1
+        lost: BaseException | None = None  # why the last connection ended, until a reconnect tells more
         while not self._stopping:
             conn = None
             try:
@@ -217,12 +220,22 @@ class Hub:
                     cur.execute(f"LISTEN {storage.CHANNEL}; LISTEN {chunks.CHANNEL}")
                 self.listener_healthy = True
                 metrics.LISTENER_RECONNECTS.inc()
+                self.db.outage.up()
+                if lost is not None:
+                    # Only this connection was lost (pg_terminate_backend, a proxy): one line.
+                    log.warning("listener connection lost (%s); reconnected", describe(lost))
+                    lost = None
                 backoff = 0.1
                 # Notifications sent while we were away are lost: re-check everyone now.
                 self._recheck.set()
                 self._drain(conn)
-            except (psycopg2.Error, OSError):
-                log.warning("listener connection lost; reconnecting in %.1f s", backoff)
+            except (psycopg2.Error, OSError) as exc:
+                if self.listener_healthy:
+                    lost = exc  # reconnect first: a lost listener and an outage are logged differently
+                else:
+                    # The database is away: one line per outage, however many retries (SPEC §2).
+                    lost = None
+                    self.db.outage.down(exc)
             finally:
                 self.listener_healthy = False
                 if conn is not None and not conn.closed:
@@ -288,8 +301,10 @@ class Hub:
                 metrics.SAFETY_CHECKS.inc()
                 for exec_id, last_id in last_ids.items():
                     self.wake(exec_id, last_id)
-        except (psycopg2.Error, PoolTimeout):
-            log.warning("safety check failed; the database may be unavailable")
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the pool; the next check retries
+        except psycopg2.Error:
+            log.warning("safety check failed; will retry")
 
     # -- maintenance: per-user stream counts and credentials -----------------
 
@@ -322,14 +337,19 @@ class Hub:
         the revocation check of that round, nor the other way round.
         """
         subs = self._subscribers()
+        # An outage was logged once by the pool; the next round retries both.
         try:
             self._refresh_slots()
-        except (psycopg2.Error, PoolTimeout):
-            log.warning("writing stream counts failed; the database may be unavailable")
+        except DatabaseUnavailable:
+            pass
+        except psycopg2.Error:
+            log.warning("writing stream counts failed; the next round retries")
         try:
             self._end_revoked(subs)
-        except (psycopg2.Error, PoolTimeout):
-            log.warning("checking for revoked credentials failed; the database may be unavailable")
+        except DatabaseUnavailable:
+            pass
+        except psycopg2.Error:
+            log.warning("checking for revoked credentials failed; the next round retries")
 
     def _refresh_slots(self) -> None:
         """Write this worker's stream counts; no query while it holds none and nothing changed."""

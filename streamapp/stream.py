@@ -34,8 +34,8 @@ from .api import single_valued_args
 from .auth import refuse_token_in_url
 from .auth import stream_user
 from .auth import visible_execution
-from .db import PoolTimeout
 from .errors import BadRequest
+from .errors import DatabaseUnavailable
 from .errors import TooManyStreams
 from .errors import Unavailable
 from .schemas import StreamQuery
@@ -187,7 +187,9 @@ def _release(state: State, user_id: str) -> None:
     try:
         with state.db.autocommit() as cur:
             slots.give_back(cur, user_id, state.hub.worker_id)
-    except (psycopg2.Error, PoolTimeout):
+    except DatabaseUnavailable:
+        pass  # an outage, logged once by the pool; the hub's next round writes the true count
+    except psycopg2.Error:
         # The hub's next maintenance round writes the true count.
         log.warning("could not count a closed stream off; the hub corrects it")
     finally:
@@ -284,6 +286,10 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
             sub.fd, sub.chunked = plan.socket.fileno(), plan.chunked
         hub.caught_up(sub, last)
         yield from _live(state, plan, sub, last)
+    except DatabaseUnavailable:
+        # After the first byte a status can no longer say 503: end cleanly instead; the
+        # client resumes with Last-Event-ID and gets the 503 while the outage lasts (SPEC §2).
+        return
     finally:
         hub.unsubscribe(sub)
 

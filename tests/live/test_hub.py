@@ -13,6 +13,7 @@ import requests
 
 from streamapp import migrate
 from streamapp.db import Database
+from streamapp.errors import DatabaseUnavailable
 from streamapp.producer import Producer
 from tests.conftest import AuthActions
 from tests.conftest import live_server
@@ -218,7 +219,7 @@ def _append_retrying(producer: Producer, exec_id: str, event: dict) -> None:
         try:
             producer.append_events(exec_id, [event])
             return
-        except psycopg2.OperationalError:
+        except DatabaseUnavailable:
             continue
     raise AssertionError("could not append after the restart")
 
