@@ -15,7 +15,9 @@ and ``.venv/bin/`` the test's own virtualenv. HTML comments steer a block:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import re
 import shutil
@@ -82,6 +84,16 @@ def _substitute(text: str, env: dict[str, str], base_url: str) -> str:
     return text.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
 
 
+@contextlib.contextmanager
+def _node_lock() -> t.Iterator[None]:
+    """One block at a time in examples/node: a page's `npm ci` replaces node_modules under another's `node`."""
+    path = ROOT / "var" / "docs-node.lock"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _needs_node(text: str) -> bool:
     return bool(re.search(r"^\s*(npm|node)\b", text, re.M))
 
@@ -106,13 +118,14 @@ class Scenario:
             env_dump.close()
             script = f"set -euo pipefail\n{code}\n" + ("" if block.background else f"env -0 > {env_dump.name}\n")
             command = ["bash", "-c", script]
-        process = subprocess.Popen(
-            command, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        if block.background:
-            self.background.append((block, process))
-            return
-        out, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
+        with _node_lock() if _needs_node(block.text) else contextlib.nullcontext():
+            process = subprocess.Popen(
+                command, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            if block.background:
+                self.background.append((block, process))
+                return
+            out, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
         _check(block, process.returncode, out)
         if block.language != "python":
             raw = Path(env_dump.name).read_bytes()
