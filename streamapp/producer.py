@@ -228,6 +228,64 @@ def append_events(
     return prepared.result
 
 
+def _cancel_event(reason: str | None) -> dict[str, t.Any]:
+    if reason is not None and (not isinstance(reason, str) or not reason):
+        raise Invalid("reason must be a non-empty string")
+    return {
+        "type": "error",
+        "data": {"status": "CANCELED", "error": {"message": reason or "canceled", "code": "canceled"}},
+    }
+
+
+def _end(
+    cur: Cursor,
+    exec_id: str,
+    event: dict[str, t.Any],
+    *,
+    kind: str | None,
+    check: Callable[[dict[str, t.Any]], None] | None = None,
+    **append: t.Any,
+) -> dict[str, t.Any]:
+    """Append one terminal ``event`` under the execution's row lock; return the row as it is after.
+
+    The lock is what makes it exactly one terminal event however many
+    requests, workers and hosts race: the losers wait for it, then see the
+    execution ended (SPEC §2).
+    """
+    execution = storage.get_execution(cur, kind, exec_id, lock=True)
+    if execution is None:
+        raise NotFound()
+    if check is not None:
+        check(execution)
+    if execution["terminal_event_id"] is not None:
+        raise Conflict("the execution has already ended")
+    result = append_events(cur, exec_id, [event], kind=kind, **append)
+    return {**execution, "status": result.status, "last_event_id": result.last_id, "terminal_event_id": result.last_id}
+
+
+def cancel(
+    cur: Cursor,
+    exec_id: str,
+    *,
+    reason: str | None = None,
+    kind: str | None = None,
+    redact: Redactor | None = DEFAULT_REDACTOR,
+    notify: bool = True,
+) -> dict[str, t.Any]:
+    """Cancel an execution inside the caller's transaction; return its row as it is after.
+
+    Appends one ``error`` event ``{status: "CANCELED", error: {message:
+    reason or "canceled", code: "canceled"}}`` (SPEC §2); the reason is
+    redacted as event data is.
+
+    :raises NotFound: unknown execution (of ``kind``, when given).
+    :raises Conflict: it has already ended (``complete`` or ``error``).
+    :raises Invalid: a reason that is not a non-empty string.
+    :raises TooLarge: a reason over the event size limit.
+    """
+    return _end(cur, exec_id, _cancel_event(reason), kind=kind, redact=redact, notify=notify)
+
+
 class Producer:
     """Appends in transactions of its own: two round trips, the wake-up after the commit."""
 
@@ -277,6 +335,31 @@ class Producer:
                         conn.cursor().execute("ROLLBACK")
                 if not conn.closed:
                     conn.autocommit = False
+
+    def cancel(
+        self,
+        exec_id: str,
+        *,
+        reason: str | None = None,
+        kind: str | None = None,
+        check: Callable[[dict[str, t.Any]], None] | None = None,
+    ) -> dict[str, t.Any]:
+        """Cancel an execution in a transaction of its own (see :func:`cancel` for errors).
+
+        ``check(execution)`` runs on the locked row first, as in :meth:`append_events`.
+        Cancels are rare: the wake-up simply rides in the same transaction.
+        """
+        with self.db.transaction() as cur:
+            return _end(
+                cur,
+                exec_id,
+                _cancel_event(reason),
+                kind=kind,
+                check=check,
+                redact=self.redact,
+                notify=self.notify,
+                max_event_bytes=self.max_event_bytes,
+            )
 
     def _append(
         self,

@@ -141,3 +141,9 @@ def parse_cursor(value: str) -> int:
     :raises ValidationError: unless it is a non-negative integer.
     """
     return t.cast(int, CursorField().deserialize(value))
+
+
+class CancelBody(_Strict):
+    """The optional body of ``POST …/cancel`` (SPEC §2): the reason becomes the error's message."""
+
+    reason = fields.String(load_default=None, validate=[validate.Length(min=1, max=1000), _storable])
