@@ -1,23 +1,24 @@
-"""A small, strict SSE reader for tests: splits lines only at CR, LF or CRLF."""
+"""The tests' SSE reader: frames over ``streamapp.sse``, the one parser, and a live ``Stream``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 import typing as t
 
 import requests
 
-_LINE = re.compile(rb"\r\n|\r|\n")
+from streamapp import sse
 
 
 @dataclasses.dataclass
 class Frame:
+    """An event frame as the tests look at it; a ``retry:`` value arrives as a frame of its own."""
+
     event: str = "message"
     data: str = ""
-    id: str | None = None
+    id: str | None = None  # this frame's own ``id:`` field, never an inherited one
     retry: int | None = None
 
     @property
@@ -38,51 +39,28 @@ def parse(raw: bytes) -> tuple[list[Frame], list[str]]:
 
 
 class Reader:
-    """Incremental parser: feed bytes, get frames (and comment strings) back."""
+    """Incremental parser: feed bytes, get frames (and comment strings) back.
+
+    A thin adapter over ``streamapp.sse.Decoder``, so the tests read streams
+    with the same parser as the client.
+    """
 
     def __init__(self) -> None:
-        self.buffer = b""
-        self.lines: list[bytes] = []
+        self.decoder = sse.Decoder()
 
     def feed(self, chunk: bytes, final: bool = False) -> list[t.Any]:
-        self.buffer += chunk
-        out: list[t.Any] = []
-        while True:
-            match = _LINE.search(self.buffer)
-            if not match:
-                break
-            # A CR at the end of the buffer may be the first half of a CRLF.
-            if match.group() == b"\r" and match.end() == len(self.buffer) and not final:
-                break
-            line, self.buffer = self.buffer[: match.start()], self.buffer[match.end() :]
-            out.extend(self._line(line))
-        return out
+        items = self.decoder.feed(chunk)
+        if final:
+            items += self.decoder.close()
+        return [_adapt(item) for item in items]
 
-    def _line(self, line: bytes) -> list[t.Any]:
-        if line:
-            if line.startswith(b":"):
-                return [line[1:].strip().decode()]
-            self.lines.append(line)
-            return []
-        if not self.lines:
-            return []
-        frame, data = Frame(), []
-        for raw in self.lines:
-            name, _, value = raw.decode().partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                frame.event = value
-            elif name == "id":
-                frame.id = value
-            elif name == "retry":
-                frame.retry = int(value)
-        self.lines = []
-        frame.data = "\n".join(data)
-        if not data and frame.retry is not None:
-            return [frame]
-        return [frame] if data else []
+
+def _adapt(item: sse.Item) -> Frame | str:
+    if isinstance(item, sse.Comment):
+        return item.text.strip()
+    if isinstance(item, sse.Retry):
+        return Frame(retry=item.ms)
+    return Frame(event=item.type, data=item.data, id=item.id)
 
 
 class Stream:
