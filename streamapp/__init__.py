@@ -16,6 +16,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from .chunks import ChunkPublisher
+    from .client import follow
     from .config import Settings
     from .config import load_settings
     from .errors import Conflict
@@ -41,6 +42,7 @@ __all__ = [
     "append_events",
     "create_app",
     "create_execution",
+    "follow",
     "load_settings",
 ]
 
@@ -57,6 +59,7 @@ _LAZY = {
     "StreamApp": "extension",
     "append_events": "producer",
     "create_execution": "producer",
+    "follow": "client",
     "load_settings": "config",
 }
 

@@ -1,0 +1,435 @@
+"""Follow one execution's stream from Python: ``follow(url, …)`` yields its events (SPEC §6).
+
+``follow`` reconnects with ``Last-Event-ID`` after connection errors, 5xx, 429/503
+and a server-side end without a terminal event (lifetime, shutdown: SPEC §5.4),
+honours ``retry:`` and ``Retry-After`` with capped exponential back-off and
+jitter, drops durable events it has already yielded (id ≤ the last one seen),
+passes text chunks (``llm_chunk``, no ``id:``) through as their own event type,
+and returns after ``complete`` or ``error`` without another round trip.
+
+The HTTP layer is the standard library's ``http.client``, so a client-only
+install (``pip install streamapp`` without the ``server`` extra) needs nothing
+else (SPEC §6). One GET whose body is read as it arrives, its status and three
+headers is all a stream needs. ``urllib.request`` is not used because it
+follows redirects by itself and keeps the ``Authorization`` header when the
+host changes; here a redirect to another origin drops the token.
+
+Exceptions::
+
+    FollowError                    anything follow() raises; .last_id: where to resume
+     ├── StatusError               refused, and retrying would not help; .status .code .message
+     │    ├── BadRequestError      400  bad cursor or filter, a token in the URL
+     │    ├── AuthenticationError  401  no, wrong or revoked token; expired ticket
+     │    ├── ForbiddenError       403
+     │    └── NotFoundError        404  unknown execution, or not visible to this token
+     ├── UnavailableError          no stream for max_wait seconds of continuous failure
+     │                             (connection errors, 5xx, 429/503); .reason
+     └── ProtocolError             the answer is not an event stream of one execution
+
+Bad arguments raise ``ValueError`` when ``follow`` is called, before any I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import email.utils
+import http.client
+import json
+import random
+import re
+import time
+import typing as t
+import urllib.parse
+
+from . import sse
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Generator
+    from collections.abc import Iterable
+    from collections.abc import Iterator
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "Event",
+    "FollowError",
+    "ForbiddenError",
+    "NotFoundError",
+    "ProtocolError",
+    "Status",
+    "StatusError",
+    "TERMINAL",
+    "UnavailableError",
+    "follow",
+]
+
+#: Event types after which an execution's stream is over (SPEC §4).
+TERMINAL = frozenset({"complete", "error"})
+_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # SPEC §2: the event type pattern
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_CHUNK = 65536
+_DEFAULT_RETRY_S = 1.0  # until the server's `retry:` arrives
+_MIN_BACKOFF_S = 0.1  # a `retry: 0` must not turn failures into a busy loop
+_NOT_JSON = object()
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+
+
+class FollowError(Exception):
+    """Base of everything ``follow`` raises; ``last_id`` is the cursor to resume from."""
+
+    def __init__(self, message: str, last_id: int | None = None) -> None:
+        super().__init__(message)
+        self.last_id = last_id
+
+
+class StatusError(FollowError):
+    """The server refused the stream with ``status``; retrying would get the same answer."""
+
+    def __init__(self, status: int, code: str, message: str, last_id: int | None = None) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}", last_id)
+        self.status, self.code, self.message = status, code, message
+
+
+class BadRequestError(StatusError):
+    """400: a bad cursor, filter or poll_ms, or a long-lived token in the URL."""
+
+
+class AuthenticationError(StatusError):
+    """401: no token, a wrong or revoked one, or an expired ticket."""
+
+
+class ForbiddenError(StatusError):
+    """403: authenticated, but not allowed."""
+
+
+class NotFoundError(StatusError):
+    """404: no such execution, or not visible to this token (SPEC §5 does not say which)."""
+
+
+class UnavailableError(FollowError):
+    """No stream for ``max_wait`` seconds of continuous failure; ``reason`` is the last one."""
+
+    def __init__(self, reason: str, waited: float, last_id: int | None = None) -> None:
+        super().__init__(f"no stream for {waited:.1f} s: {reason}", last_id)
+        self.reason, self.waited = reason, waited
+
+
+class ProtocolError(FollowError):
+    """The answer is not the event stream of one execution."""
+
+
+_BY_STATUS: dict[int, type[StatusError]] = {
+    400: BadRequestError, 401: AuthenticationError, 403: ForbiddenError, 404: NotFoundError,
+}
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt: connection errors, 5xx, 429, 503."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the stream.
+
+    ``data`` is the envelope's ``data`` for JSON frames, the text itself for a
+    text-mode ``llm_chunk`` (then ``envelope`` is None), and the parsed JSON of
+    frames that are not envelopes (``stream_reset``).
+    """
+
+    type: str
+    id: int | None  # None for text chunks: they are not durable (SPEC §5.2)
+    data: t.Any
+    envelope: dict[str, t.Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL
+
+    @property
+    def text(self) -> str | None:
+        """The text of an ``llm_chunk``, in text or JSON mode; None for other events."""
+        if self.type != "llm_chunk":
+            return None
+        content = self.data.get("content") if isinstance(self.data, dict) else self.data
+        return content if isinstance(content, str) else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Status:
+    """The connection's state, reported to ``on_status``: connecting, open, reconnecting, closed."""
+
+    state: str
+    last_id: int | None
+    reason: str | None = None  # why it is reconnecting
+    delay: float | None = None  # seconds until the next attempt
+    retry_after: float | None = None  # what the server's Retry-After asked for, if it sent one
+
+
+def follow(
+    url: str,
+    *,
+    token: str | None = None,
+    last_event_id: int | None = None,
+    events: Iterable[str] | str | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 45.0,
+    max_wait: float | None = 60.0,
+    max_delay: float = 30.0,
+    on_status: Callable[[Status], None] | None = None,
+) -> Iterator[Event]:
+    """Yield the events of the execution streamed at ``url`` until its terminal event.
+
+    ``events`` (names, or one comma-separated string) keeps only those types, terminal
+    events always included (SPEC §5). ``read_timeout`` must exceed two heartbeats
+    (15 s each by default, SPEC §5.3): ``: ping`` comments are what keep a quiet
+    stream from timing out. ``max_wait`` (None: forever) bounds continuous failure;
+    ``max_delay`` caps the back-off before jitter. ``on_status`` gets a ``Status``
+    at each change of connection state. The generator closes its connection when it
+    ends or is closed. A ``204`` (the execution ended at or before the cursor) ends
+    it with no event.
+
+    :raises ValueError: at once, for a bad argument.
+    :raises StatusError: 400, 401, 403, 404 and other refusals; never retried.
+    :raises UnavailableError: after ``max_wait`` seconds of continuous failure.
+    :raises ProtocolError: the server does not answer with an event stream.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if last_event_id is not None and not (0 <= last_event_id < 2**63):
+        raise ValueError("last_event_id must be a non-negative integer below 2**63")
+    if token is not None and (not token or any(c in token for c in "\r\n\0")):
+        raise ValueError("token must be a non-empty string without CR, LF or NUL")
+    if min(connect_timeout, read_timeout, max_delay) <= 0 or (max_wait is not None and max_wait < 0):
+        raise ValueError("timeouts and max_delay must be positive, max_wait non-negative")
+    if events is not None:
+        names = events.split(",") if isinstance(events, str) else list(events)
+        bad = [name for name in names if not _TYPE.fullmatch(name)]
+        if bad or not names:
+            raise ValueError(f"events: not event type names: {bad or names}")
+        url = _with_query(parts, "events", ",".join(names))
+    follower = _Follower(url, token, last_event_id, (connect_timeout, read_timeout), max_wait, max_delay, on_status)
+    return follower.run()
+
+
+def _with_query(parts: urllib.parse.SplitResult, name: str, value: str) -> str:
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != name]
+    query.append((name, value))
+    return parts._replace(query=urllib.parse.urlencode(query, safe=",")).geturl()
+
+
+class _Follower:
+    """The state one ``follow`` call carries across connections."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        cursor: int | None,
+        timeouts: tuple[float, float],
+        max_wait: float | None,
+        max_delay: float,
+        on_status: Callable[[Status], None] | None,
+    ) -> None:
+        self.url, self.token, self.cursor, self.timeouts = url, token, cursor, timeouts
+        self.max_wait, self.max_delay, self.on_status = max_wait, max_delay, on_status
+        self.retry_s = _DEFAULT_RETRY_S
+        self.failures = 0
+        self.failing_since: float | None = None
+
+    def run(self) -> Generator[Event, None, None]:
+        while True:
+            self._report("connecting")
+            try:
+                over = yield from self._connection()
+            except _Retryable as problem:
+                reason, delay, retry_after = problem.reason, self._after_failure(problem), problem.retry_after
+            else:
+                if over:
+                    self._report("closed")
+                    return
+                # A healthy stream the server ended (lifetime, shutdown): resume after `retry:`.
+                reason, delay, retry_after = "the server ended the stream", self._backoff(self.retry_s, 0), None
+            self._report("reconnecting", reason, delay, retry_after)
+            time.sleep(delay)
+
+    def _connection(self) -> Generator[Event, None, bool]:
+        """One connection's events; True once nothing more will come (terminal event or 204)."""
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", "User-Agent": "streamapp-client"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.cursor is not None:
+            headers["Last-Event-ID"] = str(self.cursor)
+        with _open(self.url, headers, self.timeouts, self.cursor) as response:
+            if response.status == 204:
+                return True
+            self._report("open")
+            decoder, alive = sse.Decoder(), False
+            while True:
+                try:
+                    chunk = response.read1(_CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Retryable(_describe(exc, f"no data for {self.timeouts[1]:g} s")) from exc
+                if not chunk:
+                    if not alive:  # e.g. a proxy that answers 200 and hangs up
+                        raise _Retryable("the stream ended before its first line")
+                    return False
+                for item in decoder.feed(chunk):
+                    if not alive:
+                        alive, self.failures, self.failing_since = True, 0, None
+                    if isinstance(item, sse.Retry):
+                        self.retry_s = item.ms / 1000
+                    elif isinstance(item, sse.Message):
+                        event = self._accept(item)
+                        if event is not None and event.terminal:
+                            response.close()  # SPEC §5.4: no round trip for the 204
+                            yield event
+                            return True
+                        if event is not None:
+                            yield event
+
+    def _accept(self, message: sse.Message) -> Event | None:
+        """The event to yield, or None for a durable event already yielded."""
+        if message.id is None:
+            # Text chunks carry no `id:`; the id they inherit is not theirs to de-duplicate by.
+            return _event(message, None)
+        if not _DIGITS.fullmatch(message.id):
+            raise ProtocolError(f"event id {message.id[:40]!r} is not an execution's event id", self.cursor)
+        event_id = int(message.id)
+        if message.type != "stream_reset" and self.cursor is not None and event_id <= self.cursor:
+            return None
+        # SPEC §5.5: a reset moves the cursor back to its id; replay follows from there.
+        self.cursor = event_id
+        return _event(message, event_id)
+
+    def _after_failure(self, problem: _Retryable) -> float:
+        """The wait before the next attempt.
+
+        :raises UnavailableError: when the next attempt could not start within ``max_wait``.
+        """
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        delay = max(self._backoff(max(self.retry_s, _MIN_BACKOFF_S), self.failures), problem.retry_after or 0.0)
+        self.failures += 1
+        if self.max_wait is not None:
+            left = self.failing_since + self.max_wait - now
+            if left <= 0 or (problem.retry_after or 0.0) > left:
+                raise UnavailableError(problem.reason, now - self.failing_since, self.cursor)
+            delay = min(delay, left)  # one last try at the deadline
+        return delay
+
+    def _backoff(self, base: float, failures: int) -> float:
+        return min(self.max_delay, base * 2.0**failures) * random.uniform(1.0, 1.25)
+
+    def _report(self, state: str, *details: t.Any) -> None:
+        if self.on_status is not None:
+            self.on_status(Status(state, self.cursor, *details))
+
+
+def _event(message: sse.Message, event_id: int | None) -> Event:
+    try:
+        parsed = json.loads(message.data)
+    except (ValueError, RecursionError):
+        parsed = _NOT_JSON
+    if isinstance(parsed, dict) and parsed.get("type") == message.type and "data" in parsed:
+        return Event(message.type, event_id, parsed["data"], parsed)
+    if message.type == "llm_chunk" or parsed is _NOT_JSON:
+        return Event(message.type, event_id, message.data)  # text mode: the text as it is
+    return Event(message.type, event_id, parsed)
+
+
+@contextlib.contextmanager
+def _open(
+    url: str, headers: dict[str, str], timeouts: tuple[float, float], cursor: int | None
+) -> Iterator[http.client.HTTPResponse]:
+    """A 200 event stream or a 204, following redirects; the connection is closed on exit.
+
+    :raises _Retryable: connection errors, 5xx, 429 and 503 (with their ``Retry-After``).
+    :raises StatusError: other refusals.
+    """
+    origin = _origin(urllib.parse.urlsplit(url))
+    for _ in range(_MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if _origin(parts) != origin:
+            # Never hand the token to another host, or over plain http after https.
+            headers = {k: v for k, v in headers.items() if k != "Authorization"}
+        conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_type(t.cast(str, parts.hostname), parts.port, timeout=timeouts[0])
+        try:
+            try:
+                conn.connect()
+                t.cast(t.Any, conn.sock).settimeout(timeouts[1])
+                target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Retryable(_describe(exc, "no answer in time")) from exc
+            if response.status in _REDIRECTS:
+                url = _redirect(url, response, cursor)
+                continue
+            if response.status not in (200, 204):
+                raise _refusal(response, cursor)
+            content_type = response.getheader("Content-Type") or ""
+            if response.status == 200 and not content_type.startswith("text/event-stream"):
+                raise ProtocolError(f"expected text/event-stream, got {content_type[:80]!r}", cursor)
+            yield response
+            return
+        finally:
+            conn.close()
+    raise ProtocolError(f"more than {_MAX_REDIRECTS} redirects", cursor)
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str | None, int | None]:
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname, parts.port or default
+
+
+def _redirect(url: str, response: http.client.HTTPResponse, cursor: int | None) -> str:
+    location = response.getheader("Location")
+    target = urllib.parse.urljoin(url, location or "")
+    if not location or urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+        raise ProtocolError(f"HTTP {response.status} without an http(s) Location", cursor)
+    return target
+
+
+def _refusal(response: http.client.HTTPResponse, cursor: int | None) -> Exception:
+    """The exception for a status that is not 200, 204 or a redirect."""
+    status = response.status
+    try:
+        body = json.loads(response.read(65536))
+        problem = body["error"]
+        code, message = str(problem["code"]), str(problem["message"])[:500]
+    except (OSError, http.client.HTTPException, ValueError, RecursionError, KeyError, TypeError):
+        code, message = "http_error", response.reason or "no problem document"
+    if status in (408, 429) or status >= 500:
+        return _Retryable(f"HTTP {status} {code}", _retry_after(response.getheader("Retry-After")))
+    return _BY_STATUS.get(status, StatusError)(status, code, message, cursor)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _describe(exc: BaseException, timed_out: str) -> str:
+    if isinstance(exc, TimeoutError):
+        return timed_out
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the connection broke mid-stream"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
