@@ -1,0 +1,7 @@
+"""``python -m streamapp``: the same command-line client as the ``streamapp`` script."""
+
+from __future__ import annotations
+
+from .follow_cli import main
+
+raise SystemExit(main())
