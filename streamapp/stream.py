@@ -8,15 +8,21 @@ to the worker's hub, replays from the table and goes live.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import random
+import struct
+import termios
 import time
 import typing as t
+from collections.abc import Callable
 from collections.abc import Generator
 from collections.abc import Iterator
 
+import gevent
 import psycopg2
 from flask import Blueprint
 from flask import Response
@@ -75,6 +81,7 @@ class Plan:
     token_prefix: str | None
     text_mode: bool
     socket: t.Any = None  # set when frames may be written straight to it (see Subscriber.try_write)
+    client: t.Any = None  # the client's socket, watched for a hang-up (see _hangup_watch)
     chunked: bool = True
 
 
@@ -147,9 +154,22 @@ def stream(kind: str, exec_id: str) -> Response:
     state.hub.open_streams += 1
     metrics.OPEN_STREAMS.inc()
     metrics.STREAMS_OPENED.inc()
-    response = Response(_generate(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS)
-    response.call_on_close(lambda: _release(state, user_id))
+    release = _once(lambda: _release(state, user_id))
+    response = Response(_generate(state, plan, release), status=200, mimetype="text/event-stream", headers=HEADERS)
+    response.call_on_close(release)  # the generator gives the slot back; this, if it never ran
     return response
+
+
+def _once(call: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            call()
+
+    return once
 
 
 def _retry_after(settings: t.Any) -> int:
@@ -175,9 +195,10 @@ def _take_slot(cur: t.Any, state: State, user_id: str) -> None:
     if not taken:
         state.hub.release_slot(user_id)
         metrics.STREAMS_REFUSED.labels("user").inc()
+        # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
         raise TooManyStreams(
             f"you have {state.settings.max_streams_per_user} streams open; close one or retry later",
-            retry_after=_retry_after(state.settings),
+            retry_after=1,
         )
 
 
@@ -212,8 +233,38 @@ def _direct_socket(environ: dict[str, t.Any], settings: t.Any) -> dict[str, t.An
     if not settings.direct_writes or environ.get("wsgi.url_scheme") != "http" or protocol not in (
         "HTTP/1.0", "HTTP/1.1"
     ):
-        return {}
-    return {"socket": sock, "chunked": protocol == "HTTP/1.1"}
+        return {"client": sock}
+    return {"client": sock, "socket": sock, "chunked": protocol == "HTTP/1.1"}
+
+
+@contextlib.contextmanager
+def _hangup_watch(sock: t.Any, sub: Subscriber) -> Iterator[None]:
+    """End the stream as soon as its client hangs up, not at the next heartbeat.
+
+    A closed stream gives its user's slot back at once (SPEC §5), so the
+    server must notice the close. An SSE client sends nothing after its
+    request: the socket turning readable with no byte to read is its FIN or
+    RST. One libev watcher, no greenlet. A client that vanishes without
+    either is noticed when a write (a heartbeat at the latest) fails.
+    """
+    if sock is None:
+        yield
+        return
+    fd = sock.fileno()
+    watcher = gevent.get_hub().loop.io(fd, 1)  # 1: readable
+
+    def readable() -> None:
+        watcher.stop()  # level-triggered: stop first; a client that sent bytes is left alone
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        if struct.unpack("i", waiting)[0] == 0:
+            sub.close()
+
+    watcher.start(readable)
+    try:
+        yield
+    finally:
+        watcher.stop()
+        watcher.close()
 
 
 def _wanted(plan: Plan, type_name: str) -> bool:
@@ -264,7 +315,7 @@ def _replay(
             return last, ended
 
 
-def _generate(state: State, plan: Plan) -> Iterator[bytes]:
+def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator[bytes]:
     yield framing.prelude(plan.retry_ms)
     hub = state.hub
     sub = hub.subscribe(
@@ -285,13 +336,16 @@ def _generate(state: State, plan: Plan) -> Iterator[bytes]:
         if plan.socket is not None:
             sub.fd, sub.chunked = plan.socket.fileno(), plan.chunked
         hub.caught_up(sub, last)
-        yield from _live(state, plan, sub, last)
+        with _hangup_watch(plan.client, sub):
+            yield from _live(state, plan, sub, last)
     except DatabaseUnavailable:
         # After the first byte a status can no longer say 503: end cleanly instead; the
         # client resumes with Last-Event-ID and gets the 503 while the outage lasts (SPEC §2).
         return
     finally:
         hub.unsubscribe(sub)
+        # Before the response's last byte: a client that sees the end may open another at once.
+        release()
 
 
 def _send_pending(plan: Plan, sub: Subscriber) -> bool:
