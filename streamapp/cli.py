@@ -1,4 +1,4 @@
-"""``flask db|users|tokens`` commands (SPEC §9). Output is the result only."""
+"""``flask db|users|tokens|events`` commands (SPEC §9). Output is the result only."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from flask.cli import AppGroup
 
 from . import accounts
 from . import migrate
+from . import retention
 from .errors import StreamappError
 from .state import current_state
 
 db_group = AppGroup("db", help="Database schema.")
 users_group = AppGroup("users", help="Users of the standalone service.")
 tokens_group = AppGroup("tokens", help="API tokens.")
-GROUPS = (db_group, users_group, tokens_group)
+events_group = AppGroup("events", help="Stored events.")
+GROUPS = (db_group, users_group, tokens_group, events_group)
 
 
 class _Failed(click.ClickException):
@@ -93,3 +95,28 @@ def tokens_revoke(prefix: str) -> None:
     """Revoke a token by its prefix."""
     _run(lambda cur: accounts.revoke_token(cur, prefix))
     click.echo(f"revoked {prefix}")
+
+
+def _age(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return retention.parse_age(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@events_group.command("prune")
+@click.option("--older-than", "older_than_s", required=True, callback=_age, help="Ns, Nm, Nh or Nd, like 7d.")
+@click.option(
+    "--batch-size",
+    default=retention.BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Events deleted per transaction.",
+)
+def events_prune(older_than_s: int, batch_size: int) -> None:
+    """Delete the events of executions that ended before the cutoff; their rows stay (SPEC §9).
+
+    Small transactions that never block appends: safe to run on a live service.
+    """
+    pruned = retention.prune(current_state().db, older_than_s, batch_size=batch_size)
+    click.echo(f"removed {pruned.events} events of {pruned.executions} ended executions")

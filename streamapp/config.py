@@ -58,6 +58,10 @@ class Settings:
     max_concurrent_replays: int = 32
     var_dir: str = "var"
     metrics_dir: str | None = None
+    #: End executions with no durable event for this long with TIMED_OUT (SPEC §2); None: never.
+    execution_timeout_s: float | None = None
+    #: Prune events of executions that ended this long ago, in the background (SPEC §9); None: never.
+    retention_s: float | None = None
 
     @property
     def development(self) -> bool:
@@ -181,6 +185,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_SEND_TIMEOUT_S": ("send_timeout_s", _seconds),
     "STREAMAPP_MAX_CONCURRENT_REPLAYS": ("max_concurrent_replays", _int_range(1, 10_000)),
     "STREAMAPP_VAR_DIR": ("var_dir", str),
+    "STREAMAPP_EXECUTION_TIMEOUT_S": ("execution_timeout_s", _seconds),
+    "STREAMAPP_RETENTION_S": ("retention_s", _seconds),
     # prometheus-client's own variable: where gunicorn workers share their metrics.
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", str),
 }

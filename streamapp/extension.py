@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import typing as t
 
@@ -17,8 +18,10 @@ from . import cli
 from . import cors
 from . import health
 from . import metrics
+from . import retention
 from . import serving
 from . import stream
+from . import sweeper
 from .config import ConfigError
 from .config import Settings
 from .config import load_settings
@@ -47,6 +50,16 @@ def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
 # on an app, and one process may build several apps (tests, several hosts).
 for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp):
     _bp.register_error_handler(Exception, _handle)
+
+
+def _background(db: Database, settings: Settings) -> list[t.Callable[[], None]]:
+    """The loops each worker's hub runs beside its own (issue 13): sweeper, retention."""
+    loops: list[t.Callable[[], None]] = []
+    if settings.execution_timeout_s is not None:
+        loops.append(functools.partial(sweeper.run_forever, db, settings.execution_timeout_s))
+    if settings.retention_s is not None:
+        loops.append(functools.partial(retention.run_forever, db, settings.retention_s))
+    return loops
 
 
 class StreamApp:
@@ -99,12 +112,17 @@ class StreamApp:
                 # Revoked credentials end their streams within one heartbeat (SPEC §7).
                 maintenance_s=settings.heartbeat_s,
                 revoked_check=accounts.revoked if own_users else None,
+                background=_background(db, settings),
             ),
             authorize=self.authorize or owner_or_admin,
             own_users=own_users,
             url_prefix=self.url_prefix,
         )
         app.extensions[EXTENSION_KEY] = state
+        if state.hub.background:
+            # The hub starts lazily (first stream, /readyz); background jobs must not wait for
+            # one, so any request of a worker starts it there, never in gunicorn's master.
+            app.before_request(state.hub.start)
         if own_users:
             app.secret_key = app.secret_key or settings.secret_key
             # Flask-Login's remember-me cookie is as good as a session: same flags (SPEC §7).

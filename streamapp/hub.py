@@ -27,6 +27,7 @@ import secrets
 import socket
 import typing as t
 from collections.abc import Callable
+from collections.abc import Sequence
 
 import gevent
 import gevent.event
@@ -86,6 +87,7 @@ class Hub:
         probe_s: float = 5.0,
         maintenance_s: float = MAINTENANCE_S,
         revoked_check: RevokedCheck | None = None,
+        background: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.db = db
         self.listen_url = listen_url
@@ -102,6 +104,8 @@ class Hub:
         self._recheck = gevent.event.Event()
         self.maintenance_s = maintenance_s
         self.revoked_check = revoked_check
+        #: Loops that run beside the hub's own in each worker: the sweeper, retention (issue 13).
+        self.background = tuple(background)
         self.worker_id = ""
         self._reassembler = chunks.Reassembler()
         # Per-user stream counts of this worker (issue 6): the truth maintain() writes back.
@@ -122,6 +126,7 @@ class Hub:
         else:
             self.listener_healthy = True
         self._greenlets.append(gevent.spawn(self._safety_forever))
+        self._greenlets.extend(gevent.spawn(loop) for loop in self.background)
 
     def stop(self) -> None:
         """End every stream (they resume elsewhere with Last-Event-ID) and the greenlets."""

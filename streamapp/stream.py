@@ -83,6 +83,7 @@ class Plan:
     socket: t.Any = None  # set when frames may be written straight to it (see Subscriber.try_write)
     client: t.Any = None  # the client's socket, watched for a hang-up (see _hangup_watch)
     chunked: bool = True
+    terminal_id: int | None = None  # an ended execution's terminal id: the replay ends there, pruned or not
 
 
 def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
@@ -139,7 +140,8 @@ def stream(kind: str, exec_id: str) -> Response:
         exec_id=exec_id,
         cursor=cursor,
         # A cursor at the head is never stale; any other is checked after the prelude.
-        newest=execution["last_event_id"] if terminal_id is None and cursor != execution["last_event_id"] else None,
+        # An ended one's cursor too: retention may have removed its events (SPEC §9).
+        newest=execution["last_event_id"] if cursor != execution["last_event_id"] else None,
         types=query["events"],
         poll_ms=query["poll_ms"] or settings.poll_ms,
         heartbeat_s=settings.heartbeat_s,
@@ -149,6 +151,7 @@ def stream(kind: str, exec_id: str) -> Response:
         user_id=user_id,
         token_prefix=getattr(user, "token_prefix", None),
         text_mode=kind_name != "workflow" and execution["output_schema"] is None,
+        terminal_id=terminal_id,
     )
     plan = dataclasses.replace(plan, **_direct_socket(request.environ, settings))
     state.hub.open_streams += 1
@@ -331,7 +334,8 @@ def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator
             yield t.cast(bytes, reset)
             newest = None
         last, ended = yield from _replay(state, plan, cursor, newest)
-        if ended:
+        if ended or (plan.terminal_id is not None and last >= plan.terminal_id):
+            # Pruned to the end: the stream_reset's id was the terminal id; a reconnect gets 204 (SPEC §9).
             return
         if plan.socket is not None:
             sub.fd, sub.chunked = plan.socket.fileno(), plan.chunked

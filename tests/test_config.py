@@ -74,6 +74,8 @@ VALID = [
     ("STREAMAPP_SEND_TIMEOUT_S", "2.5", "send_timeout_s", 2.5),
     ("STREAMAPP_MAX_CONCURRENT_REPLAYS", "10000", "max_concurrent_replays", 10000),
     ("STREAMAPP_VAR_DIR", "/tmp/sa", "var_dir", "/tmp/sa"),
+    ("STREAMAPP_EXECUTION_TIMEOUT_S", "3600", "execution_timeout_s", 3600.0),
+    ("STREAMAPP_RETENTION_S", "604800", "retention_s", 604800.0),
 ]
 
 
@@ -131,6 +133,8 @@ ORIGINS_RULE = "must be comma-separated origins like https://app.example.com"
         ("STREAMAPP_HEARTBEAT_S", "nan", "must be a number greater than 0"),
         ("STREAMAPP_STREAM_LIFETIME_S", "inf", "must be a number greater than 0"),
         ("STREAMAPP_SEND_TIMEOUT_S", "0", "must be a number greater than 0"),
+        ("STREAMAPP_EXECUTION_TIMEOUT_S", "0", "must be a number greater than 0"),
+        ("STREAMAPP_RETENTION_S", "7d", "must be a number greater than 0"),
         ("STREAMAPP_RETRY_MS", "-1", "must be between 0 and 600000"),
         ("STREAMAPP_RETRY_MS", "600001", "must be between 0 and 600000"),
         ("STREAMAPP_RETRY_MS", "1.5", "must be an integer"),
