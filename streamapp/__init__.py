@@ -27,6 +27,7 @@ if t.TYPE_CHECKING:
     from .producer import AppendResult
     from .producer import Producer
     from .producer import append_events
+    from .producer import cancel
     from .producer import create_execution
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "StreamApp",
     "TooLarge",
     "append_events",
+    "cancel",
     "create_app",
     "create_execution",
     "follow",
@@ -58,6 +60,7 @@ _LAZY = {
     "Settings": "config",
     "StreamApp": "extension",
     "append_events": "producer",
+    "cancel": "producer",
     "create_execution": "producer",
     "follow": "client",
     "load_settings": "config",

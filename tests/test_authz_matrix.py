@@ -50,6 +50,8 @@ KIND_EXPECTED: dict[str, tuple[int, ...]] = {
     "append":         (401, 201, 403, 201, 404, 201, 401, 401, 401, 401, 401, 404),
     "chunks":         (401, 202, 403, 202, 404, 202, 401, 401, 401, 401, 401, 404),
     "stream_ticket":  (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 401, 404),
+    # Every cell cancels an execution of its own (_request): a 200 ends the one it names.
+    "cancel":         (401, 200, 403, 200, 404, 200, 401, 401, 401, 401, 401, 404),
     # reused: B's token carrying A's ticket is refused (issue 6). Without credentials the server
     # cannot tell who holds a ticket, which is why tickets live 60 s and name one execution.
     "stream":         (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 401),
@@ -177,6 +179,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "append": ("POST", "/executions/<segment>/<exec_id>/events"),
     "chunks": ("POST", "/executions/<segment>/<exec_id>/chunks"),
     "stream_ticket": ("POST", "/executions/<segment>/<exec_id>/stream-ticket"),
+    "cancel": ("POST", "/executions/<segment>/<exec_id>/cancel"),
     "stream": ("GET", "/executions/<kind>/<exec_id>/stream"),
     "catalog": ("GET", "/events/catalog"),
     "login": ("POST", "/auth/login"),
@@ -192,6 +195,7 @@ def _body(world: World, endpoint: str) -> t.Any:
         "create": {"name": "matrix"},
         "append": {"events": [WARNING]},
         "chunks": {"text": "matrix"},
+        "cancel": {"reason": "matrix"},
         "login": {"email": world.owner.email, "password": world.owner.password},
         "logout": {},
         "tokens_create": {"scopes": ["read"]},
@@ -203,6 +207,8 @@ def _request(
     world: World, endpoint: str, caller: str, kind: str | None = None, exec_id: str | None = None
 ) -> requests.Response:
     kind = kind or "workflow"
+    if exec_id is None and endpoint == "cancel":
+        exec_id = _fresh_execution(world, kind)
     exec_id = exec_id or world.executions[kind][0]
     session, headers, params = _credentials(world, caller, kind)
     method, rule = ROUTES[endpoint]
@@ -228,6 +234,13 @@ def _request(
         if session is not None:
             session.close()
     return response
+
+
+def _fresh_execution(world: World, kind: str) -> str:
+    url = world.server.api(f"/executions/{kind}s")
+    r = requests.post(url, headers=world.owner.headers, json={"name": "m"}, timeout=10)
+    assert r.status_code == 201, r.text
+    return t.cast(str, r.json()["exec_id"])
 
 
 def _fresh_prefix(world: World) -> str:
@@ -262,8 +275,8 @@ def test_the_tables_cover_every_endpoint_and_caller(app):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "endpoint, caller",
-    [(e, "other_user") for e in ("get", "append", "chunks", "stream_ticket", "stream")]
-    + [(e, "reused_ticket") for e in ("get", "append", "chunks", "stream_ticket")],
+    [(e, "other_user") for e in ("get", "append", "chunks", "stream_ticket", "stream", "cancel")]
+    + [(e, "reused_ticket") for e in ("get", "append", "chunks", "stream_ticket", "cancel")],
 )
 def test_not_yours_and_does_not_exist_are_byte_identical(world, endpoint, caller, kind):
     theirs = _request(world, endpoint, caller, kind)
