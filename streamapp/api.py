@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import io
 import secrets
 import typing as t
 
@@ -20,19 +19,22 @@ from . import catalog
 from . import chunks
 from . import producer
 from . import storage
-from .auth import authenticated_by_cookie
 from .auth import issue_ticket
-from .auth import refuse_cross_site
+from .auth import refuse_token_in_url
 from .auth import require
-from .auth import require_json_body
 from .auth import visible_execution
 from .errors import BadRequest
 from .errors import Conflict
 from .errors import Forbidden
 from .errors import Invalid
 from .errors import NotFound
-from .errors import TooLarge
 from .errors import Unavailable
+from .inputs import authenticated_by_cookie
+from .inputs import bad_query
+from .inputs import kind_of
+from .inputs import refuse_cross_site
+from .inputs import require_json_body
+from .inputs import single_valued_args
 from .schemas import AppendOut
 from .schemas import CancelBody
 from .schemas import EventsAppend
@@ -42,8 +44,9 @@ from .schemas import ListQuery
 from .state import current_state
 
 bp = Blueprint("streamapp_api", __name__)
+# Before anything else, authentication included: a token in the URL is 400 (SPEC §7).
+bp.before_request(refuse_token_in_url)
 
-_KIND_SEGMENTS = {"workflows": "workflow", "agents": "agent", "tasks": "task"}
 # Built once, used by every request: a marshmallow Schema costs more to make than to use.
 _execution_out = ExecutionOut()
 _execution_create = ExecutionCreate()
@@ -52,45 +55,10 @@ _events_append = EventsAppend()
 _append_out = AppendOut()
 
 
-def kind_of(segment: str) -> str:
-    """The execution kind named by a URL segment.
-
-    :raises NotFound: an unknown segment.
-    """
-    kind = _KIND_SEGMENTS.get(segment)
-    if kind is None:
-        raise NotFound()
-    return kind
-
-
 def _document(execution: dict[str, t.Any]) -> dict[str, t.Any]:
     segment = execution["kind"] + "s"
     stream_url = url_for("streamapp_stream.stream", kind=segment, exec_id=execution["exec_id"])
     return t.cast(dict[str, t.Any], _execution_out.dump({**execution, "stream_url": stream_url}))
-
-
-def _with_body_limit() -> t.Any:
-    limit = current_state().settings.max_body_bytes
-    request.max_content_length = limit
-    if request.content_length is None:
-        _hold_chunked_body(limit)
-    return require_json_body()
-
-
-def _hold_chunked_body(limit: int) -> None:
-    """Read a body sent without Content-Length (chunked), refusing it past ``limit``.
-
-    werkzeug cuts such a body off at the limit without a word, and a cut-off
-    body that still parsed would be accepted; read one byte more to know.
-
-    :raises TooLarge: a body over ``limit`` (nothing is stored).
-    """
-    data = request.environ["wsgi.input"].read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"the request body is over {limit} bytes")
-    # Hand werkzeug the body as if it had come with its length.
-    request.environ["wsgi.input"] = io.BytesIO(data)
-    request.environ["CONTENT_LENGTH"] = str(len(data))
 
 
 def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
@@ -102,8 +70,10 @@ def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
         raise Forbidden("only an admin's publish token may set owner")
     if not current_state().own_users:
         return owner
+    # Plain ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500 once).
+    user_id = int(owner) if owner.isascii() and owner.isdigit() and len(owner) <= 18 else None
     found = accounts.find_user(cur, owner) if "@" in owner else (
-        accounts.get_user(cur, int(owner)) if owner.isdigit() else None
+        accounts.get_user(cur, user_id) if user_id is not None else None
     )
     if found is None:
         raise Invalid("owner: no such user")
@@ -114,7 +84,7 @@ def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
 def create_execution(segment: str) -> tuple[Response, int]:
     kind = kind_of(segment)
     user = require("publish")
-    body = _execution_create.load(_with_body_limit())
+    body = _execution_create.load(require_json_body())
     with current_state().db.transaction() as cur:
         owner_id = _owner_for(cur, user, body["owner"])
         execution = producer.create_execution(
@@ -127,6 +97,7 @@ def create_execution(segment: str) -> tuple[Response, int]:
             output_schema=body["output_schema"],
             # The configured rules (STREAMAPP_REDACT_KEYS too), not only the built-in ones.
             redact=current_state().redactor,
+            max_json_depth=current_state().settings.max_json_depth,
         )
     return jsonify(_document(execution)), 201
 
@@ -150,13 +121,18 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, exec_id = raw.split("|", 1)
         created_at = datetime.datetime.fromisoformat(ts)
-    except (ValueError, UnicodeDecodeError):
+        # Python reads ISO forms PostgreSQL does not (week dates, offsets with fractions
+        # of a second), and a failed query would log the cursor: hand PostgreSQL only the
+        # one form it always reads, the moment in UTC (SPEC §2 "Robustness").
+        if created_at.tzinfo is None:
+            raise ValueError("no time zone")
+        moment = created_at.astimezone(datetime.UTC).isoformat()
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise BadRequest("cursor: not a cursor this endpoint returned") from None
-    # Python reads ISO forms PostgreSQL does not (week dates), and a NUL fails the query:
-    # pass on only what _encode_cursor could have written.
-    if created_at.tzinfo is None or not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+    # A NUL would fail the query too: pass on only an exec_id _encode_cursor could have written.
+    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
         raise BadRequest("cursor: not a cursor this endpoint returned")
-    return created_at.isoformat(), exec_id
+    return moment, exec_id
 
 
 @bp.get("/executions/<segment>")
@@ -166,7 +142,7 @@ def list_executions(segment: str) -> Response:
     try:
         query = _list_query.load(single_valued_args())
     except ValidationError as exc:
-        raise _bad_query(exc) from None
+        raise bad_query(exc) from None
     after = _decode_cursor(query["cursor"]) if query["cursor"] else None
     owner_id = None if getattr(user, "is_admin", False) else str(user.get_id())
     with current_state().db.transaction() as cur:
@@ -175,23 +151,6 @@ def list_executions(segment: str) -> Response:
     return jsonify(
         {"items": [_document(r) for r in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
     )
-
-
-def single_valued_args() -> dict[str, str]:
-    """The query string, one value per name.
-
-    :raises BadRequest: a name given twice, rather than silently using the first.
-    """
-    for name, values in request.args.lists():
-        if len(values) > 1:
-            raise BadRequest(f"{name}: given more than once")
-    return request.args.to_dict()
-
-
-def _bad_query(exc: ValidationError) -> BadRequest:
-    from .errors import flatten_messages
-
-    return BadRequest("; ".join(flatten_messages(exc.messages)))
 
 
 @bp.post("/executions/<segment>/<exec_id>/events")
@@ -206,7 +165,7 @@ def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
         require("publish")
     if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
         raise NotFound()
-    body = _events_append.load(_with_body_limit())
+    body = _events_append.load(require_json_body())
 
     def visible(execution: dict[str, t.Any]) -> None:
         # Checked on the locked row, inside the append's own transaction.
@@ -261,7 +220,7 @@ def publish_chunks(segment: str, exec_id: str) -> tuple[Response, int]:
     """Best-effort text: travels by NOTIFY to the streams open now, never stored (SPEC §5.2)."""
     kind = kind_of(segment)
     user = require("read")
-    texts = _chunk_texts(_with_body_limit())
+    texts = _chunk_texts(require_json_body())
     state = current_state()
     if not state.settings.notify:
         raise Unavailable("text chunks travel by LISTEN/NOTIFY, which STREAMAPP_NOTIFY=false turns off", 3600)
@@ -290,7 +249,7 @@ def _cancel_reason() -> str | None:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if not request.content_length and not chunked:
         return None
-    return t.cast("str | None", _cancel_body.load(_with_body_limit())["reason"])
+    return t.cast("str | None", _cancel_body.load(require_json_body())["reason"])
 
 
 @bp.post("/executions/<segment>/<exec_id>/cancel")

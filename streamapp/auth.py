@@ -9,9 +9,6 @@ its ``authorize(user, execution)`` hook decides who reads what.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import re
 import typing as t
 
 from flask import Blueprint
@@ -27,7 +24,6 @@ from flask_login import login_user
 from flask_login import logout_user
 
 from . import accounts
-from . import cors
 from . import login_limits
 from . import storage
 from . import tickets
@@ -36,6 +32,9 @@ from .errors import Forbidden
 from .errors import NotAuthenticated
 from .errors import NotFound
 from .errors import Unavailable
+from .inputs import authenticated_by_cookie
+from .inputs import refuse_cross_site
+from .inputs import require_json_body
 from .producer import EXEC_ID_PATTERN
 from .schemas import TokenCreate
 from .schemas import TokenCreated
@@ -47,8 +46,6 @@ if t.TYPE_CHECKING:
 
 bp = Blueprint("streamapp_auth", __name__)
 URL_TOKEN_PARAMS = ("token", "access_token", "api_key")
-#: A \uD800-\uDFFF escape in a body: the only way a lone surrogate gets in.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def init_login(app: Flask, own_users: bool) -> None:
@@ -84,11 +81,6 @@ def _load_token_user(req: t.Any) -> accounts.User | None:
         return accounts.authenticate_token(cur, token.strip())
 
 
-def authenticated_by_cookie() -> bool:
-    """Whether this request's user came from the session cookie (not a bearer token)."""
-    return current_user.is_authenticated and getattr(current_user, "token_prefix", None) is None
-
-
 def require(scope: str) -> t.Any:
     """The current user, if authenticated with ``scope``.
 
@@ -119,6 +111,10 @@ def refuse_token_in_url() -> None:
             f"do not put a token in the URL ('{name}='): send 'Authorization: Bearer <token>', "
             "or POST .../stream-ticket and pass the ticket as ?ticket="
         )
+
+
+# Before anything else, authentication included, on every endpoint (issue 11).
+bp.before_request(refuse_token_in_url)
 
 
 def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
@@ -202,74 +198,6 @@ def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> dict
     return execution
 
 
-def require_json_body() -> t.Any:
-    """The JSON body of a state-changing request.
-
-    A cookie-authenticated request must be ``application/json`` so a cross-site
-    form cannot forge it (SPEC §7).
-
-    :raises Forbidden: a cookie-authenticated request that is not JSON or comes from another origin.
-    :raises BadRequest: a body that is not JSON.
-    """
-    if authenticated_by_cookie():
-        refuse_cross_site()
-    if not request.is_json:
-        raise BadRequest("send the body as JSON with Content-Type: application/json")
-    return _strict_json(request.get_data(cache=True))
-
-
-def refuse_cross_site(*, json_required: bool = True) -> None:
-    """Refuse a cookie-authenticated request a cross-site page could forge (SPEC §7).
-
-    It must be ``application/json`` (a form cannot send that without a CORS
-    preflight) and an ``Origin`` header, when present, must be ours or
-    allow-listed (:func:`cors.same_or_allowed_origin`). This is the one place
-    the rule lives: login, logout, every state-changing API call made with the
-    session cookie, and — origin only, ``json_required=False`` — the
-    stream-ticket request.
-
-    :raises Forbidden: otherwise.
-    """
-    if json_required and not request.is_json:
-        raise Forbidden("state-changing requests must be sent as Content-Type: application/json")
-    origin = request.headers.get("Origin")
-    if not cors.same_or_allowed_origin(origin, request.host_url, current_state().settings.cors_origins):
-        raise Forbidden(f"requests from origin {origin!r} are not allowed")
-
-
-def _not_json(value: str) -> t.NoReturn:
-    raise ValueError(f"{value} is not JSON")
-
-
-def _finite(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{value} is out of range")
-    return number
-
-
-def _strict_json(raw: bytes) -> t.Any:
-    """Parse a JSON body as RFC 8259 defines it.
-
-    Python's parser also takes ``NaN``, ``Infinity`` and ``1e999``; stored in an
-    envelope they would reach every client as invalid JSON. A lone surrogate
-    cannot be encoded as UTF-8 for the database.
-
-    :raises BadRequest: for anything that is not valid JSON.
-    """
-    try:
-        body = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
-        if _SURROGATE_ESCAPE.search(raw):
-            json.dumps(body, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise BadRequest("the body holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
-    if body is None:
-        raise BadRequest("the body is not valid JSON")
-    return body
-
-
 def client_address() -> str:
     """The client's address: the connecting one, or the one ``STREAMAPP_PROXY_HOPS`` proxies saw.
 
@@ -281,7 +209,8 @@ def client_address() -> str:
     hops = current_state().settings.proxy_hops
     if hops:
         forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
-        if len(forwarded) >= hops and forwarded[-hops]:
+        # Our proxies write addresses; anything unprintable (a NUL fails the query) is not one.
+        if len(forwarded) >= hops and forwarded[-hops] and forwarded[-hops].isprintable():
             return forwarded[-hops]
     return request.remote_addr or "unknown"
 
@@ -289,11 +218,15 @@ def client_address() -> str:
 @bp.post("/auth/login")
 def login() -> Response:
     refuse_cross_site()
-    body = request.get_json(silent=True)
+    # The one body parser, with its size and depth limits: this endpoint is open to anyone.
+    body = require_json_body()
     if not isinstance(body, dict) or not isinstance(body.get("email"), str) or not isinstance(
         body.get("password"), str
     ):
         raise BadRequest("send {\"email\": ..., \"password\": ...}")
+    if "\x00" in body["email"]:
+        # No account has one, and PostgreSQL text cannot hold it: refuse before any query.
+        raise BadRequest("email must not contain U+0000")
     email, address, settings = body["email"], client_address(), current_state().settings
     window_s = settings.login_window_s
     with current_state().db.transaction() as cur:

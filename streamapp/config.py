@@ -45,6 +45,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     max_event_bytes: int = 256 * 1024
+    #: Objects and arrays a JSON body may nest (SPEC §2 "Robustness"); deeper → 422, never parsed.
+    max_json_depth: int = 64
     redact_keys: tuple[str, ...] = ()
     login_max_failures: int = 5
     login_max_address_failures: int = 20
@@ -173,6 +175,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_CORS_ORIGINS": ("cors_origins", _origins),
     "STREAMAPP_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1024)),
     "STREAMAPP_MAX_EVENT_BYTES": ("max_event_bytes", _int_range(256)),
+    # Below 8 an ordinary event batch does not fit; above 100 the recursive checks that
+    # come after parsing (JSON Schema validation above all) could run out of stack.
+    "STREAMAPP_MAX_JSON_DEPTH": ("max_json_depth", _int_range(8, 100)),
     "STREAMAPP_REDACT_KEYS": ("redact_keys", _key_patterns),
     "STREAMAPP_LOGIN_MAX_FAILURES": ("login_max_failures", _int_range(1, 1000)),
     "STREAMAPP_LOGIN_MAX_ADDRESS_FAILURES": ("login_max_address_failures", _int_range(1, 100_000)),

@@ -99,7 +99,11 @@ class StreamApp:
             settings=settings,
             db=db,
             producer=Producer(
-                db, notify=settings.notify, max_event_bytes=settings.max_event_bytes, redact=redactor
+                db,
+                notify=settings.notify,
+                max_event_bytes=settings.max_event_bytes,
+                redact=redactor,
+                max_json_depth=settings.max_json_depth,
             ),
             tickets=Tickets(secret_key, settings.ticket_ttl_s) if secret_key else None,
             redactor=redactor,

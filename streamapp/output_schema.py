@@ -75,5 +75,9 @@ def check_value(
     except referencing.exceptions.Unresolvable as exc:
         # Schemas stored before $refs were checked at creation.
         raise Invalid(f"{where}: output_schema has an unresolvable $ref: {exc}") from None
+    except RecursionError:
+        # A $ref cycle that never moves into the value ({"$ref": "#"}) validates without end;
+        # values nest no deeper than STREAMAPP_MAX_JSON_DEPTH, so only a cycle gets here (issue 11).
+        raise Invalid(f"{where}: output_schema refers to itself without end (a $ref cycle)") from None
     if error is not None:
         raise Invalid(f"{where} does not match output_schema: {error.message}")

@@ -33,6 +33,7 @@ import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from . import catalog
+from . import nesting
 from . import redact as redaction
 from . import storage
 from .errors import Conflict
@@ -51,7 +52,9 @@ if t.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXEC_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+DEFAULT_MAX_JSON_DEPTH = nesting.DEFAULT_MAX_DEPTH
 Redactor = Callable[[t.Any], t.Any]
 #: Secrets are redacted before storage unless a caller passes another redactor (SPEC §7).
 DEFAULT_REDACTOR: Redactor = redaction.Redactor()
@@ -79,19 +82,26 @@ def create_execution(
     input: t.Any = None,
     output_schema: dict[str, t.Any] | bool | None = None,
     redact: Redactor | None = DEFAULT_REDACTOR,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> dict[str, t.Any]:
     """Create an execution inside the caller's transaction; return its row.
 
     ``input`` is shown in the execution document, so it is redacted as event
     data is (SPEC §7); ``redact=None`` stores it as given.
 
-    :raises Invalid: for a bad kind, exec_id or output schema.
+    :raises Invalid: for a bad kind, exec_id or output schema, or an input or
+        schema nested deeper than ``max_json_depth``.
     :raises Conflict: if ``exec_id`` is already in use.
     """
     if kind not in catalog.KINDS:
         raise Invalid(f"kind must be one of {', '.join(catalog.KINDS)}")
     if exec_id is not None and not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise Invalid("exec_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
+    # Before the schema check and the redactor, which recurse (issue 11).
+    nesting.check_value(input, max_json_depth, "input")
+    nesting.check_value(output_schema, max_json_depth, "output_schema")
+    _check_storable(input, "input")
+    _check_storable(output_schema, "output_schema")
     if output_schema is not None:
         check_schema(output_schema)
     if input is not None and redact is not None:
@@ -107,6 +117,27 @@ def create_execution(
     )
 
 
+def _check_storable(value: t.Any, where: str) -> None:
+    """Refuse what PostgreSQL's jsonb cannot hold (U+0000, a lone surrogate) before the INSERT.
+
+    A failing statement would put the whole input into the server's log (SPEC §2).
+    Called after :func:`nesting.check_value`, so the walk ends.
+
+    :raises Invalid: naming ``where``.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or (not item.isascii() and _SURROGATE.search(item)):
+                raise Invalid(f"{where} holds U+0000 or a lone UTF-16 surrogate, which cannot be stored")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -116,6 +147,7 @@ def _check_batch(
     events: Sequence[t.Any],
     max_event_bytes: int,
     redact: Redactor | None = None,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> tuple[list[tuple[str, dict[str, t.Any], str]], int]:
     """Validate a whole batch before anything is stored.
 
@@ -138,6 +170,8 @@ def _check_batch(
         if not isinstance(event, dict) or set(event) - {"type", "data"} or "type" not in event:
             raise Invalid(f"events[{index}] must be an object with 'type' and 'data'")
         type_name, data = event["type"], event.get("data", {})
+        # Before the catalog, the output schema and the redactor, which recurse (issue 11).
+        nesting.check_value(data, max_json_depth, f"events[{index}].data")
         try:
             catalog.validate_event(
                 execution["kind"], type_name, data, has_output_schema=schema is not None, last_sequence=sequence
@@ -153,7 +187,11 @@ def _check_batch(
         if redact is not None:
             data = redact(data)
         data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        if len(data_json.encode()) > max_event_bytes:
+        try:
+            size = len(data_json.encode())
+        except UnicodeEncodeError:
+            raise Invalid(f"events[{index}].data holds a lone UTF-16 surrogate, which cannot be stored") from None
+        if size > max_event_bytes:
             raise TooLarge(f"events[{index}].data is over {max_event_bytes} bytes")
         terminal_seen = type_name in catalog.TERMINAL_TYPES
         checked.append((type_name, data, data_json))
@@ -181,13 +219,14 @@ def _prepare(
     max_event_bytes: int,
     redact: Redactor | None,
     check: Callable[[dict[str, t.Any]], None] | None,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> _Prepared:
     """Check a batch against the locked execution and render its rows; nothing is stored yet."""
     if execution is None:
         raise NotFound()
     if check is not None:
         check(execution)
-    checked, sequence = _check_batch(execution, events, max_event_bytes, redact)
+    checked, sequence = _check_batch(execution, events, max_event_bytes, redact, max_json_depth)
     first_id = execution["last_event_id"] + 1
     ts = _now()
     rows = []
@@ -212,16 +251,18 @@ def append_events(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     redact: Redactor | None = DEFAULT_REDACTOR,
     notify: bool = True,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> AppendResult:
     """Append a batch inside the caller's transaction, all or nothing; NOTIFY on its commit.
 
     :raises NotFound: unknown execution (of ``kind``, when given).
     :raises Conflict: after a terminal event.
-    :raises Invalid: a type, data or sequence that breaks the catalog (nothing stored).
+    :raises Invalid: a type, data or sequence that breaks the catalog, or data nested
+        deeper than ``max_json_depth`` (nothing stored).
     :raises TooLarge: an event's data over ``max_event_bytes``.
     """
     execution = storage.get_execution(cur, kind, exec_id, lock=True)
-    prepared = _prepare(execution, events, max_event_bytes, redact, None)
+    prepared = _prepare(execution, events, max_event_bytes, redact, None, max_json_depth)
     storage.insert_events(cur, exec_id, prepared.append)
     if notify:
         storage.notify(cur, exec_id, prepared.result.last_id)
@@ -296,11 +337,13 @@ class Producer:
         notify: bool = True,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         redact: Redactor | None = DEFAULT_REDACTOR,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     ) -> None:
         self.db = db
         self.notify = notify
         self.max_event_bytes = max_event_bytes
         self.redact = redact
+        self.max_json_depth = max_json_depth
 
     def create_execution(self, kind: str, name: str, owner_id: str, **fields: t.Any) -> dict[str, t.Any]:
         """Create an execution in its own transaction (see :func:`create_execution`).
@@ -308,6 +351,7 @@ class Producer:
         Its ``input`` goes through this producer's redactor unless ``redact=`` is given.
         """
         fields.setdefault("redact", self.redact)
+        fields.setdefault("max_json_depth", self.max_json_depth)
         with self.db.transaction() as cur:
             return create_execution(cur, kind, name, owner_id, **fields)
 
@@ -359,6 +403,7 @@ class Producer:
                 redact=self.redact,
                 notify=self.notify,
                 max_event_bytes=self.max_event_bytes,
+                max_json_depth=self.max_json_depth,
             )
 
     def _append(
@@ -371,7 +416,7 @@ class Producer:
     ) -> AppendResult:
         with conn.cursor() as cur:
             execution = storage.begin_and_lock(cur, kind, exec_id)
-            prepared = _prepare(execution, events, self.max_event_bytes, self.redact, check)
+            prepared = _prepare(execution, events, self.max_event_bytes, self.redact, check, self.max_json_depth)
             try:
                 storage.commit_events(cur, exec_id, prepared.append, notify_after=self.notify)
             except psycopg2.Error:

@@ -13,7 +13,9 @@ from marshmallow import validate
 
 from .catalog import TYPE_PATTERN
 
-_CURSOR = re.compile(r"[0-9]{1,18}")  # not \d: it matches every script's digits
+_DIGITS = re.compile(r"[0-9]+")  # not \d: it matches every script's digits
+#: Cursors are PostgreSQL bigints: any value below 2^63 (SPEC §5), so 19 digits past leading zeros.
+CURSOR_LIMIT = 2**63
 _EXEC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -56,12 +58,16 @@ class EventsAppend(_Strict):
 
 
 class CursorField(fields.Field):
-    """A non-negative integer written in plain digits (``Last-Event-ID``)."""
+    """A non-negative integer below 2^63 written in plain ASCII digits (``Last-Event-ID``, SPEC §5)."""
 
     def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> int:
-        if not isinstance(value, str) or not _CURSOR.fullmatch(value):
-            raise ValidationError("must be a non-negative integer")
-        return int(value)
+        # Length first: int() of a long digit string costs time before it can be refused.
+        if not isinstance(value, str) or not _DIGITS.fullmatch(value) or len(value.lstrip("0")) > 19:
+            raise ValidationError("must be a non-negative integer below 2^63 in plain digits")
+        number = int(value)
+        if number >= CURSOR_LIMIT:
+            raise ValidationError("must be a non-negative integer below 2^63 in plain digits")
+        return number
 
 
 class PlainInteger(CursorField):
@@ -138,7 +144,7 @@ class AppendOut(Schema):
 def parse_cursor(value: str) -> int:
     """Parse a ``Last-Event-ID`` header value.
 
-    :raises ValidationError: unless it is a non-negative integer.
+    :raises ValidationError: unless it is a non-negative integer below 2^63.
     """
     return t.cast(int, CursorField().deserialize(value))
 

@@ -34,9 +34,6 @@ from . import framing
 from . import metrics
 from . import slots
 from . import storage
-from .api import _bad_query
-from .api import kind_of
-from .api import single_valued_args
 from .auth import refuse_token_in_url
 from .auth import stream_user
 from .auth import visible_execution
@@ -44,6 +41,9 @@ from .errors import BadRequest
 from .errors import DatabaseUnavailable
 from .errors import TooManyStreams
 from .errors import Unavailable
+from .inputs import bad_query
+from .inputs import kind_of
+from .inputs import single_valued_args
 from .schemas import StreamQuery
 from .schemas import parse_cursor
 from .state import State
@@ -55,6 +55,8 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 bp = Blueprint("streamapp_stream", __name__)
+# Before anything else, authentication included: a token in the URL is 400 (SPEC §7).
+bp.before_request(refuse_token_in_url)
 
 REPLAY_PAGE = 5000
 # Built once: a marshmallow Schema costs more to make than to use, on every connect.
@@ -94,12 +96,12 @@ def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
     try:
         query = _stream_query.load(args)
     except ValidationError as exc:
-        raise _bad_query(exc) from None
+        raise bad_query(exc) from None
     if header is not None:
         try:
             return parse_cursor(header), query
         except ValidationError:
-            raise BadRequest("Last-Event-ID: must be a non-negative integer") from None
+            raise BadRequest("Last-Event-ID: must be a non-negative integer below 2^63 in plain digits") from None
     return query["last_event_id"] or 0, query
 
 
@@ -119,7 +121,6 @@ def _reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | 
 @bp.get("/executions/<kind>/<exec_id>/stream")
 def stream(kind: str, exec_id: str) -> Response:
     kind_name = kind_of(kind)
-    refuse_token_in_url()
     cursor, query = _cursor_and_query()
     user = stream_user(kind_name, exec_id, query["ticket"])
     user_id = str(user.get_id())

@@ -28,6 +28,7 @@ def test_defaults():
     assert (settings.ticket_ttl_s, settings.cors_origins, settings.poll_ms) == (60, (), 500)
     assert settings.max_body_bytes == 4 * 1024 * 1024
     assert settings.max_event_bytes == 256 * 1024
+    assert settings.max_json_depth == 64
     assert settings.database_url is None and settings.secret_key is None
     assert (settings.login_max_failures, settings.login_max_address_failures) == (5, 20)
     assert (settings.login_window_s, settings.proxy_hops) == (900, 0)
@@ -62,6 +63,7 @@ VALID = [
     ),
     ("STREAMAPP_MAX_BODY_BYTES", "1024", "max_body_bytes", 1024),
     ("STREAMAPP_MAX_EVENT_BYTES", "256", "max_event_bytes", 256),
+    ("STREAMAPP_MAX_JSON_DEPTH", "100", "max_json_depth", 100),
     ("STREAMAPP_REDACT_KEYS", "ssn, pin ,", "redact_keys", ("ssn", "pin")),
     ("STREAMAPP_LOGIN_MAX_FAILURES", "3", "login_max_failures", 3),
     ("STREAMAPP_LOGIN_MAX_ADDRESS_FAILURES", "100", "login_max_address_failures", 100),
@@ -149,6 +151,9 @@ ORIGINS_RULE = "must be comma-separated origins like https://app.example.com"
         ("STREAMAPP_CORS_ORIGINS", "https://a.example.com?x=1", ORIGINS_RULE),
         ("STREAMAPP_MAX_BODY_BYTES", "1023", "must be at least 1024"),
         ("STREAMAPP_MAX_EVENT_BYTES", "255", "must be at least 256"),
+        ("STREAMAPP_MAX_JSON_DEPTH", "7", "must be between 8 and 100"),
+        ("STREAMAPP_MAX_JSON_DEPTH", "101", "must be between 8 and 100"),
+        ("STREAMAPP_MAX_JSON_DEPTH", "deep", "must be an integer"),
         ("STREAMAPP_POOL_SIZE", "101", "must be between 1 and 100"),
         ("STREAMAPP_POLL_MS", "249", "must be between 250 and 2000"),
         ("STREAMAPP_POLL_MS", "2001", "must be between 250 and 2000"),
