@@ -79,6 +79,7 @@ def test_idle_executions_each_get_exactly_one_timed_out(live, producer, account,
     finally:
         for stream in streams.values():
             stream.close()
+    assert "Traceback" not in live.log_text()
 
 
 def test_an_active_execution_does_not_time_out(live, producer, account, db):
