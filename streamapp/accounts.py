@@ -15,7 +15,6 @@ import hmac
 import secrets
 import typing as t
 
-import psycopg2.errors
 from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
@@ -77,8 +76,11 @@ def _user(row: t.Any) -> User:
 
 
 _USER_COLUMNS = "id, email, is_admin, disabled_at IS NOT NULL"
+# A taken email inserts nothing and returns no row, instead of failing in the database
+# with the statement in its log (SPEC §2); users_email_key is the unique index on lower(email).
 _INSERT_USER = f"""
 INSERT INTO users (email, password_hash, is_admin) VALUES (%(email)s, %(hash)s, %(admin)s)
+ON CONFLICT ((lower(email))) DO NOTHING
 RETURNING {_USER_COLUMNS}
 """
 
@@ -94,13 +96,11 @@ def create_user(cur: Cursor, email: str, password: str, *, admin: bool = False) 
         raise Invalid("email must be an email address")
     if len(password) < 8:
         raise Invalid("password must be at least 8 characters")
-    cur.execute("SAVEPOINT create_user")
-    try:
-        cur.execute(_INSERT_USER, {"email": email, "hash": generate_password_hash(password), "admin": admin})
-    except psycopg2.errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT create_user")
-        raise Conflict(f"a user with email {email} already exists") from None
-    return _user(cur.fetchone())
+    cur.execute(_INSERT_USER, {"email": email, "hash": generate_password_hash(password), "admin": admin})
+    row = cur.fetchone()
+    if row is None:
+        raise Conflict(f"a user with email {email} already exists")
+    return _user(row)
 
 
 _SELECT_USER_BY_ID = f"SELECT {_USER_COLUMNS} FROM users WHERE id = %(id)s"

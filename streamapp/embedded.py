@@ -1,4 +1,7 @@
-"""The embedded PostgreSQL under ``./var/`` for development (``python app.py``)."""
+"""The embedded PostgreSQL under ``./var/`` for development (``python app.py``) and the tests.
+
+Its log (``<pgdata>/log``) never holds statement text (:data:`QUIET_LOG`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,18 @@ from pathlib import Path
 import psutil
 
 log = logging.getLogger(__name__)
+
+#: A request's content never reaches the server's log (SPEC §2 "Robustness"): no statement
+#: text or parameters, whatever fails, and no DETAIL or CONTEXT lines, which quote the
+#: values an error is about (a taken key, a line of bad JSON). Errors are still logged.
+QUIET_LOG = {
+    "log_statement": "none",
+    "log_min_error_statement": "panic",
+    "log_min_duration_statement": "-1",
+    "log_error_verbosity": "terse",
+    "log_parameter_max_length": "0",
+    "log_parameter_max_length_on_error": "0",
+}
 
 
 class EmbeddedError(Exception):
@@ -52,7 +67,33 @@ def start(var_dir: Path) -> str:
             f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); "
             f"its log is {pgdata / 'log'}; {_fresh_start_hint(var_dir)}"
         ) from None
-    return str(server.get_uri())
+    url = str(server.get_uri())
+    _quiet_log(url, pgdata)
+    return url
+
+
+def _quiet_log(url: str, pgdata: Path) -> None:
+    """Apply :data:`QUIET_LOG`: kept in ``postgresql.auto.conf``, reloaded into a running server too.
+
+    :raises EmbeddedError: the server refused the settings.
+    """
+    import psycopg2
+    from psycopg2 import sql
+
+    try:
+        conn = psycopg2.connect(url)
+    except psycopg2.Error as exc:
+        raise EmbeddedError(f"the embedded PostgreSQL in {pgdata} cannot be reached: {exc}") from None
+    try:
+        conn.autocommit = True  # ALTER SYSTEM runs outside a transaction
+        with conn.cursor() as cur:
+            for name, value in QUIET_LOG.items():
+                cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)), (value,))
+            cur.execute("SELECT pg_reload_conf()")
+    except psycopg2.Error as exc:
+        raise EmbeddedError(f"the embedded PostgreSQL in {pgdata} refused its log settings: {exc}") from None
+    finally:
+        conn.close()
 
 
 def _forget_dead_handles(pgdata: Path) -> None:

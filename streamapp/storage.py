@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-import psycopg2.errors
 import psycopg2.extras
 from psycopg2.extras import Json
 
@@ -27,9 +26,12 @@ _EXECUTION_COLUMNS = """
 """
 _COLUMN_NAMES = [c.strip() for c in _EXECUTION_COLUMNS.split(",")]
 
+# An exec_id in use inserts nothing and returns no row: no unique violation fails in the
+# database, so the statement, with the execution's input, never reaches its log (SPEC §2).
 _INSERT_EXECUTION = f"""
 INSERT INTO executions (exec_id, kind, name, input, output_schema, owner_id)
 VALUES (%(exec_id)s, %(kind)s, %(name)s, %(input)s, %(output_schema)s, %(owner_id)s)
+ON CONFLICT (exec_id) DO NOTHING
 RETURNING {_EXECUTION_COLUMNS}
 """
 
@@ -52,25 +54,21 @@ def insert_execution(
 
     :raises Conflict: if ``exec_id`` is already in use.
     """
-    cur.execute("SAVEPOINT insert_execution")
-    try:
-        cur.execute(
-            _INSERT_EXECUTION,
-            {
-                "exec_id": exec_id,
-                "kind": kind,
-                "name": name,
-                "input": None if input is None else Json(input),
-                "output_schema": None if output_schema is None else Json(output_schema),
-                "owner_id": owner_id,
-            },
-        )
-    except psycopg2.errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT insert_execution")
-        raise Conflict(f"exec_id {exec_id!r} is already in use") from None
+    cur.execute(
+        _INSERT_EXECUTION,
+        {
+            "exec_id": exec_id,
+            "kind": kind,
+            "name": name,
+            "input": None if input is None else Json(input),
+            "output_schema": None if output_schema is None else Json(output_schema),
+            "owner_id": owner_id,
+        },
+    )
     row = _row(cur.fetchone())
-    cur.execute("RELEASE SAVEPOINT insert_execution")
-    return t.cast(dict[str, t.Any], row)
+    if row is None:
+        raise Conflict(f"exec_id {exec_id!r} is already in use")
+    return row
 
 
 _SELECT_EXECUTION = f"""
