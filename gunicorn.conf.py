@@ -27,6 +27,9 @@ accesslog = "-"
 # The path only (%(U)s), never the query string (%(r)s or %(q)s): stream
 # tickets travel in it (SPEC §7, issue 6), and no secret goes to a log.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
+# Every value in every log line escaped: a CR LF in a path cannot forge a line (SPEC §2, issue 11).
+# It also sends the application's log lines to the error log, in its format.
+logger_class = "streamapp.logs.GunicornLogger"
 
 
 def on_starting(server):
