@@ -1,10 +1,18 @@
-"""SSE framing: inputs against exact bytes (SPEC §5)."""
+"""SSE framing: inputs against exact bytes, and any input parsed back by the one parser (SPEC §5)."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from streamapp import framing
+from streamapp import sse
+from streamapp.catalog import TYPE_PATTERN
 
 
 @pytest.mark.parametrize(
@@ -117,3 +125,65 @@ def test_prelude_is_retry_then_connected_comment():
 
 def test_ping_constant():
     assert framing.PING == b": ping\n\n"
+
+
+# -- any event, any data: frames parse back to the same event (issue 11) ---------------------------
+
+_TYPES = st.from_regex(TYPE_PATTERN, fullmatch=True)
+_IDS = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
+# Every character a str can hold in UTF-8, line breaks of all kinds and control characters included.
+_BREAKS = st.lists(st.sampled_from(["\r", "\n", "\r\n", "x", ":", " ", "\x00", "data: x", "id: 9"])).map("".join)
+_DATA = st.text(st.characters(codec="utf-8")) | _BREAKS
+_EVENTS = st.lists(st.tuples(_IDS, _TYPES, _DATA), min_size=1, max_size=5)
+
+
+def _as_sent(data: str) -> str:
+    """What SSE promises a reader: every CR, LF or CRLF in data arrives as LF."""
+    return re.sub(r"\r\n|\r", "\n", data)
+
+
+def _decoded(raw: bytes, cuts: list[int]) -> list[sse.Message]:
+    """Decode ``raw`` fed in pieces cut at ``cuts``: a CRLF may be split between two reads."""
+    decoder = sse.Decoder()
+    items, start = [], 0
+    for cut in sorted({c % (len(raw) + 1) for c in cuts}) + [len(raw)]:
+        items += decoder.feed(raw[start:cut])
+        start = cut
+    return [item for item in items + decoder.close() if isinstance(item, sse.Message)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_EVENTS, st.lists(st.integers(min_value=0), max_size=8))
+def test_any_events_parse_back_to_the_same_events(events, cuts):
+    raw = framing.prelude(3000) + b"".join(framing.event_frame(i, typ, data) + framing.PING for i, typ, data in events)
+    messages = _decoded(raw, cuts)
+    assert [(m.id, m.type, m.data) for m in messages] == [
+        (None if i is None else str(i), typ, _as_sent(data)) for i, typ, data in events
+    ]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(st.characters(codec="utf-8")),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=2**63 - 1), _TYPES, _JSON, st.lists(st.integers(min_value=0), max_size=4))
+def test_any_stored_envelope_parses_back_to_the_same_json(event_id, type_name, data, cuts):
+    envelope = json.dumps({"id": event_id, "type": type_name, "data": data}, ensure_ascii=False)
+    (message,) = _decoded(framing.prelude(0) + framing.stored_event_frame(event_id, type_name, envelope), cuts)
+    assert (message.id, message.type, message.data) == (str(event_id), type_name, envelope)
+    assert json.loads(message.data)["data"] == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_no_other_event_name_is_framed(name):
+    if TYPE_PATTERN.fullmatch(name):
+        assert framing.event_frame(None, name, "").startswith(b"event: " + name.encode() + b"\n")
+    else:
+        with pytest.raises(ValueError):
+            framing.event_frame(None, name, "")
+
