@@ -45,11 +45,13 @@ _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%(key)s)"
 
 # created_at is indexed for open executions (migrations/0005) and never moves;
 # updated_at >= created_at, so the first bound narrows the scan and the second decides.
+# now() (this transaction's start, a moment ago) rather than clock_timestamp(): an
+# index condition cannot use a volatile function.
 _SELECT_IDLE = """
 SELECT exec_id FROM executions
 WHERE terminal_event_id IS NULL
-  AND created_at < clock_timestamp() - make_interval(secs => %(timeout_s)s)
-  AND updated_at < clock_timestamp() - make_interval(secs => %(timeout_s)s)
+  AND created_at < now() - make_interval(secs => %(timeout_s)s)
+  AND updated_at < now() - make_interval(secs => %(timeout_s)s)
 ORDER BY created_at
 LIMIT %(batch)s
 FOR UPDATE SKIP LOCKED
