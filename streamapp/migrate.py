@@ -10,7 +10,15 @@ from .db import Database
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+def _migrations_dir() -> Path:
+    # An installed package carries them as streamapp/migrations (pyproject.toml); a checkout
+    # keeps them at its top level, as the house layout fixes.
+    package = Path(__file__).resolve().parent
+    inside = package / "migrations"
+    return inside if inside.is_dir() else package.parent / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 _NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 #: Any fixed number shared by every process that migrates this database.
 _LOCK_KEY = 0x5354524D  # "STRM"

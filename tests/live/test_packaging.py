@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "migrations", source / "migrations")
     shutil.copytree(ROOT / "streamapp", source / "streamapp", ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
@@ -98,6 +100,20 @@ def test_static_files_are_installed(client_venv):
     shipped = sorted(p.relative_to(static) for p in static.rglob("*") if p.is_file()) if static.is_dir() else []
     installed = next((client_venv / "lib").glob("python3*/site-packages/streamapp"))
     assert [p for p in shipped if not (installed / "static" / p).is_file()] == []
+
+
+@pytest.mark.live
+def test_migrations_are_installed_where_migrate_finds_them(client_venv):
+    installed = next((client_venv / "lib").glob("python3*/site-packages/streamapp"))
+    assert sorted(p.name for p in (installed / "migrations").glob("*.sql")) == sorted(
+        p.name for p in (ROOT / "migrations").glob("*.sql")
+    )
+    # The installed package, imported by an interpreter that has psycopg2: migrate uses its own copy.
+    code = "import streamapp.migrate as m; print(m.MIGRATIONS_DIR, m.pending_files()[0].name)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=client_venv, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(installed.parent)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(installed / "migrations"), "0001_initial.sql"]
 
 
 @pytest.mark.live
