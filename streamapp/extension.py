@@ -18,6 +18,7 @@ from . import cli
 from . import cors
 from . import health
 from . import metrics
+from . import openapi
 from . import retention
 from . import serving
 from . import stream
@@ -48,7 +49,7 @@ def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
 
 # Once, at import: Flask refuses setup calls on a blueprint already registered
 # on an app, and one process may build several apps (tests, several hosts).
-for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp):
+for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp, openapi.bp):
     _bp.register_error_handler(Exception, _handle)
 
 
@@ -143,6 +144,7 @@ class StreamApp:
         blueprints: list[tuple[Blueprint, str | None]] = [
             (api.bp, self.url_prefix),
             (stream.bp, self.url_prefix),
+            (openapi.bp, self.url_prefix),
             (health.bp, None),
             (metrics.bp, None),
         ]

@@ -153,3 +153,111 @@ class CancelBody(_Strict):
     """The optional body of ``POST …/cancel`` (SPEC §2): the reason becomes the error's message."""
 
     reason = fields.String(load_default=None, validate=[validate.Length(min=1, max=1000), _storable])
+
+
+# -- Shapes the views build or check by hand, described for the OpenAPI document (issue 9) --------
+# The views do not load these; tests/test_openapi.py feeds the views bodies these schemas accept
+# and checks their answers against them, so the document cannot drift from what the views do.
+
+
+class ErrorDetail(Schema):
+    code = fields.String(required=True, metadata={"description": "a short machine word: not_found, invalid, …"})
+    message = fields.String(required=True)
+
+
+class ErrorOut(Schema):
+    """Every error body (SPEC §2): ``{"error": {"code", "message"}}``, as ``errors.problem`` builds it."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class EventIn(_Strict):
+    """One event of ``POST …/events`` (SPEC §2, §4); ``catalog.validate_event`` checks it by hand."""
+
+    type = fields.String(required=True, validate=validate.Regexp(rf"^{TYPE_PATTERN.pattern}$"))
+    data = fields.Dict(load_default=dict, metadata={"description": "the catalog's fields for a catalog type"})
+
+
+class ChunkText(_Strict):
+    """``POST …/chunks`` with one text chunk (SPEC §2)."""
+
+    text = fields.String(required=True, validate=[validate.Length(min=1), _storable])
+
+
+class ChunkList(_Strict):
+    """``POST …/chunks`` with several text chunks, in order (SPEC §2)."""
+
+    chunks = fields.List(
+        fields.String(validate=[validate.Length(min=1), _storable]),
+        required=True,
+        validate=validate.Length(min=1, max=1000),
+    )
+
+
+class ChunksOut(Schema):
+    accepted = fields.Integer(required=True, metadata={"description": "how many chunks were published"})
+
+
+class TicketOut(Schema):
+    """A stream ticket (SPEC §7): pass it as ``?ticket=`` on that execution's stream until it expires."""
+
+    ticket = fields.String(required=True)
+    expires_at = fields.DateTime(required=True, format="iso")
+
+
+class ExecutionList(Schema):
+    items = fields.List(fields.Nested(ExecutionOut), required=True)
+    next_cursor = fields.String(
+        required=True, allow_none=True, metadata={"description": "pass as ?cursor= for the next page; null at the end"}
+    )
+
+
+class TokenList(Schema):
+    items = fields.List(fields.Nested(TokenOut), required=True)
+
+
+class LoginIn(_Strict):
+    email = fields.String(required=True, validate=_storable)
+    password = fields.String(required=True)
+
+
+class LoginOut(Schema):
+    id = fields.String(required=True)
+    email = fields.String(required=True)
+    is_admin = fields.Boolean(required=True)
+
+
+class CatalogField(Schema):
+    """One key of an event type's ``data`` and its rules, as ``catalog.describe`` writes it."""
+
+    name = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["string", "integer", "number", "object", "any"]))
+    required = fields.Boolean(required=True)
+    choices = fields.List(fields.String())
+    minimum = fields.Integer()
+    required_in = fields.List(fields.String())
+    marks_step = fields.Boolean()
+    own_status_choices = fields.List(fields.String())
+    sequence = fields.Boolean()
+    schema_checked = fields.Boolean()
+    # "fields" would shadow marshmallow's module in this class body.
+    keys = fields.List(fields.Nested(lambda: CatalogField()), data_key="fields")
+
+
+class CatalogType(Schema):
+    type = fields.String(required=True)
+    kinds = fields.List(fields.String(), required=True)
+    durable = fields.Boolean(required=True)
+    terminal = fields.Boolean(required=True)
+    sets_status_of = fields.List(fields.String(), required=True)
+    requires_output_schema = fields.Boolean(required=True)
+    description = fields.String(required=True)
+    keys = fields.List(fields.Nested(CatalogField), required=True, data_key="fields")
+
+
+class CatalogOut(Schema):
+    """``GET …/events/catalog``: the event catalog as ``catalog.describe`` publishes it (SPEC §4)."""
+
+    type_pattern = fields.String(required=True)
+    terminal_types = fields.List(fields.String(), required=True)
+    types = fields.List(fields.Nested(CatalogType), required=True)
