@@ -140,6 +140,11 @@ _QUERY_DOCS = {
     "limit": "page size",
     "cursor": "next_cursor of the previous page",
 }
+_DESCRIPTION = (
+    "Progress of workflows, agents and tasks over Server-Sent Events. Every error body is "
+    '{"error": {"code", "message"}}; 429 and 503 carry Retry-After. With the session cookie, a request '
+    "that changes state must be Content-Type: application/json, even without a body (SPEC §7)."
+)
 _RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 
 
@@ -264,8 +269,7 @@ def build_document(app: Flask) -> dict[str, t.Any]:
         version=API_VERSION,
         openapi_version="3.1.0",
         plugins=[plugin],
-        info={"description": "Progress of workflows, agents and tasks over Server-Sent Events. Every error "
-              "body is {\"error\": {\"code\", \"message\"}}; 429 and 503 carry Retry-After."},
+        info={"description": _DESCRIPTION},
     )
     plugin.map_to_openapi_type(schemas.CursorField, fields.Integer)
     plugin.map_to_openapi_type(schemas.TypeList, fields.String)
