@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     # Connections opened here must not be shared with the forked worker.
     state.db.close()
     print(f"serving on http://{args.host}:{args.port}", flush=True)
+    print(f"open http://{args.host}:{args.port}/ in a browser for the demo", flush=True)
     _Gunicorn(f"{args.host}:{args.port}").run()
 
 

@@ -16,6 +16,7 @@ from . import api
 from . import auth
 from . import cli
 from . import cors
+from . import demo
 from . import health
 from . import metrics
 from . import openapi
@@ -49,7 +50,7 @@ def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
 
 # Once, at import: Flask refuses setup calls on a blueprint already registered
 # on an app, and one process may build several apps (tests, several hosts).
-for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp, openapi.bp):
+for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp, openapi.bp, demo.assets, demo.bp):
     _bp.register_error_handler(Exception, _handle)
 
 
@@ -147,9 +148,15 @@ class StreamApp:
             (openapi.bp, self.url_prefix),
             (health.bp, None),
             (metrics.bp, None),
+            # /static/streamapp.js in every app, a host's too (SPEC §6).
+            (demo.assets, None),
         ]
         if own_users:
             blueprints.append((auth.bp, self.url_prefix))
+        if settings.development and own_users and own_error_pages:
+            # The demo page claims `/`: only in development, and only on the standalone
+            # app (create_app), never over a host's own home page (SPEC §6).
+            blueprints.append((demo.bp, None))
         for bp, prefix in blueprints:
             app.register_blueprint(bp, url_prefix=prefix)
         if own_error_pages:
