@@ -37,6 +37,17 @@
     return value !== null && typeof value === 'object' && value.type === type && 'data' in value;
   }
 
+  // Run a page's callback; what it throws is reported (asynchronously, to the console) but
+  // never stops the stream half-way through its own bookkeeping.
+  function call(callback, a, b) {
+    if (!callback) return;
+    try {
+      callback(a, b);
+    } catch (error) {
+      setTimeout(function () { throw error; });
+    }
+  }
+
   // The SSE id as the application sees it: a number for a single execution's stream.
   function asId(cursor) {
     return cursor !== null && /^\d+$/.test(cursor) ? Number(cursor) : cursor;
@@ -55,7 +66,7 @@
     var listen = TYPES.concat(opts.types || [], opts.events || []);
 
     function status(name) {
-      if (opts.onStatus) opts.onStatus(name, asId(cursor));
+      call(opts.onStatus, name, asId(cursor));
     }
 
     function stop() {
@@ -121,9 +132,9 @@
     function onChunk(event) {
       var parsed = parse(event.data);
       if (isEnvelope(parsed, 'llm_chunk') && parsed.data && typeof parsed.data.content === 'string') {
-        if (opts.onText) opts.onText(parsed.data.content, parsed);
-      } else if (opts.onText) {
-        opts.onText(event.data, null);
+        call(opts.onText, parsed.data.content, parsed);
+      } else {
+        call(opts.onText, event.data, null);
       }
     }
 
@@ -131,11 +142,8 @@
       // Close before the callback: the server ends the stream after a terminal event, and
       // a bare EventSource would reconnect only to be told 204 (CLIENTS.md).
       if (terminal) stop();
-      try {
-        if (opts.onEvent) opts.onEvent(envelope);
-      } finally {
-        if (terminal) status('closed');
-      }
+      call(opts.onEvent, envelope);
+      if (terminal) status('closed');
     }
 
     function onConnectionError() {
