@@ -114,7 +114,10 @@
         // The server restarts from its `id:` (SPEC §5 point 5): events after it are new to us.
         cursor = event.lastEventId;
         seen = typeof asId(cursor) === 'number' ? asId(cursor) : seen;
-        deliver({ id: asId(cursor), type: 'stream_reset', data: parsed }, false);
+        // Retention pruned an ended execution to its terminal id (SPEC §9): nothing follows,
+        // and a reconnect would only be told 204.
+        var pruned = parsed && parsed.reason === 'cursor_expired' && seen !== null && seen >= parsed.newest_id;
+        deliver({ id: asId(cursor), type: 'stream_reset', data: parsed }, pruned);
         return;
       }
       var envelope = isEnvelope(parsed, event.type) ? parsed

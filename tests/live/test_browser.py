@@ -17,6 +17,7 @@ import requests
 
 from streamapp import ChunkPublisher
 from streamapp import demo
+from streamapp import retention
 from tests.conftest import ROOT
 from tests.conftest import live_server
 from tests.test_demo import ensure_dev_user
@@ -297,6 +298,31 @@ def test_a_catalog_error_event_ends_the_stream_and_a_dropped_connection_does_not
     assert seen["texts"][0] == ["thinking…\n", None]  # text mode: the text itself, no envelope
     closing = [i for i, s in enumerate(seen["statuses"]) if s[0] == "closed"]
     assert closing == [len(seen["statuses"]) - 1] and seen["statuses"][-1] == ["closed", 2]
+
+
+def test_a_stream_reset_to_the_end_of_a_pruned_execution_closes_it(page, short_server, account, producer, db):
+    exec_id = producer.create_execution("workflow", "w", account.user.get_id())["exec_id"]
+    _append(producer, exec_id, ("workflow_status", {"status": "RUNNING"}), ("complete", {"status": "SUCCESS"}))
+    with db.transaction() as cur:
+        # As if it had ended eight days ago, so a 7-day retention removes its events.
+        cur.execute("UPDATE executions SET created_at = created_at - interval '8 days',"
+                    " updated_at = updated_at - interval '8 days' WHERE exec_id = %s", (exec_id,))
+    retention.prune(db, 7 * 86400)
+    page.route(short_server.url + "/harness", lambda route: route.fulfill(
+        content_type="text/html", body=HARNESS.replace("SERVER", "")))
+    login = page.request.post(short_server.api("/auth/login"), data={"email": account.email,
+                                                                      "password": account.password})
+    assert login.status == 200
+    recorder = Recorder(page)
+    page.goto(short_server.url + "/harness")
+    page.evaluate("url => start(url, false)", f"/api/v0/executions/workflows/{exec_id}/stream?last_event_id=0")
+    _wait(page, "seen.statuses.length > 0 && seen.statuses[seen.statuses.length - 1][0] === 'closed'")
+    _quiet_after_close(page, recorder)
+
+    seen = _seen(page)
+    assert seen["events"] == [{"id": 2, "type": "stream_reset",
+                               "data": {"reason": "cursor_expired", "newest_id": 2, "oldest_id": 0}}]
+    assert seen["statuses"][-1] == ["closed", 2]
 
 
 # -- the example pages, as printed -------------------------------------------------------------------
