@@ -1,18 +1,10 @@
-"""The development demo page and ``/static/streamapp.js`` (SPEC §6).
+"""The development demo page (SPEC §6).
 
-Two blueprints:
-
-* ``assets`` serves ``GET /static/streamapp.js`` in every environment. The
-  standalone app (``Flask("streamapp")``) serves ``streamapp/static/`` at
-  ``/static/`` anyway; a host app's ``/static/`` is its own folder, so this
-  one rule puts the browser client at the same address there too. Werkzeug
-  tries a rule without variables before ``/static/<path:filename>``, so it
-  wins over the host's folder for that one file only. Templates get its URL
-  as ``{{ streamapp_js }}``.
-* ``bp`` is registered only under ``STREAMAPP_ENV=development`` on the
-  standalone app (``python app.py``): ``GET /`` (the page), ``POST
-  /demo/session`` and two demo producers, ``POST /demo/workflow`` and ``POST
-  /demo/agent``. Production answers 404 for all of them.
+``bp`` is registered only under ``STREAMAPP_ENV=development`` on the
+standalone app (``python app.py``): ``GET /`` (the page), ``POST
+/demo/session`` and two demo producers, ``POST /demo/workflow`` and ``POST
+/demo/agent``. Production answers 404 for all of them. The page loads
+``/static/streamapp.js`` (``assets.py``).
 
 ``POST /demo/session`` signs the browser in as the development user
 (``dev@streamapp.local``, which ``app.py`` creates on a fresh ``./var/``)
@@ -41,7 +33,6 @@ import gevent
 import psycopg2
 from flask import Blueprint
 from flask import Response
-from flask import has_request_context
 from flask import jsonify
 from flask import request
 from flask import send_from_directory
@@ -70,21 +61,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 DEV_EMAIL = "dev@streamapp.local"
 Sleep = Callable[[float], t.Any]
 
-assets = Blueprint("streamapp_assets", __name__)
 bp = Blueprint("streamapp_demo", __name__)
 bp.before_request(refuse_token_in_url)
-
-
-@assets.get("/static/streamapp.js")
-def streamapp_js() -> Response:
-    """The browser client, at the address SPEC §6 names, in every environment."""
-    return send_from_directory(STATIC, "streamapp.js", mimetype="text/javascript")
-
-
-@assets.app_context_processor
-def _script_url() -> dict[str, str]:
-    # Templates, a host's too, can write <script src="{{ streamapp_js }}"> (examples/legacy_flask).
-    return {"streamapp_js": url_for("streamapp_assets.streamapp_js")} if has_request_context() else {}
 
 
 @bp.get("/")

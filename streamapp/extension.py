@@ -13,12 +13,13 @@ from flask import jsonify
 
 from . import accounts
 from . import api
+from . import assets
 from . import auth
 from . import cli
 from . import cors
 from . import demo
 from . import health
-from . import metrics
+from . import metrics_view
 from . import openapi
 from . import retention
 from . import serving
@@ -50,7 +51,7 @@ def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
 
 # Once, at import: Flask refuses setup calls on a blueprint already registered
 # on an app, and one process may build several apps (tests, several hosts).
-for _bp in (api.bp, stream.bp, health.bp, metrics.bp, auth.bp, openapi.bp, demo.assets, demo.bp):
+for _bp in (api.bp, stream.bp, health.bp, metrics_view.bp, auth.bp, openapi.bp, assets.bp, demo.bp):
     _bp.register_error_handler(Exception, _handle)
 
 
@@ -147,9 +148,9 @@ class StreamApp:
             (stream.bp, self.url_prefix),
             (openapi.bp, self.url_prefix),
             (health.bp, None),
-            (metrics.bp, None),
+            (metrics_view.bp, None),
             # /static/streamapp.js in every app, a host's too (SPEC §6).
-            (demo.assets, None),
+            (assets.bp, None),
         ]
         if own_users:
             blueprints.append((auth.bp, self.url_prefix))

@@ -7,10 +7,8 @@ Local Network Access checks turned off (CLIENTS.md).
 
 from __future__ import annotations
 
-import os
 import re
 import typing as t
-from pathlib import Path
 
 import pytest
 import requests
@@ -24,7 +22,6 @@ from tests.test_demo import ensure_dev_user
 
 pytestmark = pytest.mark.live
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "var" / "artifacts"
 ORIGIN = "http://dashboard.example"
 EXAMPLES = ROOT / "examples" / "browser"
@@ -55,36 +52,6 @@ HARNESS = """<!doctype html><html><head><meta charset="utf-8"><title>harness</ti
     });
   };
 </script></head><body></body></html>"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> t.Iterator[t.Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("/usr/bin/chromium is missing (apt-get install chromium)")
-        pytest.skip("/usr/bin/chromium is missing")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(chromium: t.Any) -> t.Iterator[t.Any]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 @pytest.fixture(scope="module")

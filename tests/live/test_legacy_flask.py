@@ -166,3 +166,19 @@ def test_split_set_up_keeps_pages_fast_while_streams_are_open(database, tmp_path
                 for follower in followers:
                     _check_report(follower.result(timeout=60))
     assert WARNING in pages_log.read_text()
+
+
+def test_the_report_page_follows_the_job_in_a_browser(database, tmp_path, page):
+    with example_server(database, tmp_path, "gevent") as (base, _):
+        email, password = _host_user(database)
+        page.goto(base + "/login")
+        page.fill("input[name=email]", email)
+        page.fill("input[name=password]", password)
+        page.click("button")
+        page.click("text=Generate this month's report")
+        # The page's own session cookie authorizes the stream; streamapp.js shows each step.
+        page.wait_for_function("document.getElementById('status').textContent === 'SUCCESS'", timeout=30_000)
+        steps = page.locator("#steps li").all_inner_texts()
+        assert steps == [f"{step}: SUCCESS" for step in ("load orders", "sum revenue", "charge fees", "render PDF")]
+        assert page.inner_text("#connection") == "closed"
+        page.screenshot(path=str(ROOT / "var" / "artifacts" / "legacy-report.png"), full_page=True)
