@@ -28,7 +28,10 @@ accesslog = "-"
 # tickets travel in it (SPEC §7, issue 6), and no secret goes to a log.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
 # Every value in every log line escaped: a CR LF in a path cannot forge a line (SPEC §2, issue 11).
-# It also sends the application's log lines to the error log, in its format.
+# It also sends the application's log lines to the error log, in its format. With
+# STREAMAPP_LOG_FORMAT=json (read by the logger class itself, before the app loads) all three logs
+# write one JSON object per line, and an access record has the path and never the query string:
+# access_log_format is not used then (SPEC §9).
 logger_class = "streamapp.logs.GunicornLogger"
 
 

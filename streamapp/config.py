@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from .redact import Redactor
 
 ENVIRONMENTS = ("production", "development")
+#: ``STREAMAPP_LOG_FORMAT``: plain lines, or one JSON object per line (SPEC §9).
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -64,6 +66,8 @@ class Settings:
     execution_timeout_s: float | None = None
     #: Prune events of executions that ended this long ago, in the background (SPEC §9); None: never.
     retention_s: float | None = None
+    #: ``text`` or ``json``; gunicorn's logger reads it before the app loads (:func:`log_format`).
+    log_format: str = "text"
 
     @property
     def development(self) -> bool:
@@ -192,6 +196,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_VAR_DIR": ("var_dir", str),
     "STREAMAPP_EXECUTION_TIMEOUT_S": ("execution_timeout_s", _seconds),
     "STREAMAPP_RETENTION_S": ("retention_s", _seconds),
+    "STREAMAPP_LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     # prometheus-client's own variable: where gunicorn workers share their metrics.
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", str),
 }
@@ -241,6 +246,20 @@ def _cross_checks(settings: Settings) -> list[str]:
     if settings.max_event_bytes > settings.max_body_bytes:
         problems.append("STREAMAPP_MAX_EVENT_BYTES must not exceed STREAMAPP_MAX_BODY_BYTES")
     return problems
+
+
+def log_format(environ: Mapping[str, str] | None = None) -> str:
+    """``STREAMAPP_LOG_FORMAT`` alone, for gunicorn's logger, which is set up before the app loads.
+
+    An invalid value reads as ``text`` here; the app's :func:`load_settings`
+    then stops start-up naming the variable, like any other.
+    """
+    environ = os.environ if environ is None else environ
+    _, parse = _VARIABLES["STREAMAPP_LOG_FORMAT"]
+    try:
+        return t.cast(str, parse(environ.get("STREAMAPP_LOG_FORMAT") or Settings.log_format))
+    except ValueError:
+        return Settings.log_format
 
 
 def variables() -> list[str]:

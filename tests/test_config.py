@@ -9,6 +9,7 @@ import pytest
 from streamapp.config import ConfigError
 from streamapp.config import Settings
 from streamapp.config import load_settings
+from streamapp.config import log_format
 from streamapp.config import variables
 
 DEV = {"STREAMAPP_ENV": "development"}
@@ -78,6 +79,7 @@ VALID = [
     ("STREAMAPP_VAR_DIR", "/tmp/sa", "var_dir", "/tmp/sa"),
     ("STREAMAPP_EXECUTION_TIMEOUT_S", "3600", "execution_timeout_s", 3600.0),
     ("STREAMAPP_RETENTION_S", "604800", "retention_s", 604800.0),
+    ("STREAMAPP_LOG_FORMAT", "json", "log_format", "json"),
 ]
 
 
@@ -137,6 +139,7 @@ ORIGINS_RULE = "must be comma-separated origins like https://app.example.com"
         ("STREAMAPP_SEND_TIMEOUT_S", "0", "must be a number greater than 0"),
         ("STREAMAPP_EXECUTION_TIMEOUT_S", "0", "must be a number greater than 0"),
         ("STREAMAPP_RETENTION_S", "7d", "must be a number greater than 0"),
+        ("STREAMAPP_LOG_FORMAT", "JSON", "must be one of text, json"),
         ("STREAMAPP_RETRY_MS", "-1", "must be between 0 and 600000"),
         ("STREAMAPP_RETRY_MS", "600001", "must be between 0 and 600000"),
         ("STREAMAPP_RETRY_MS", "1.5", "must be an integer"),
@@ -291,3 +294,10 @@ def test_listen_url_defaults_to_database_url(database_url, listen_url, expected)
     if listen_url:
         environ["STREAMAPP_LISTEN_DATABASE_URL"] = listen_url
     assert load_settings(environ).listen_url == expected
+
+
+@pytest.mark.parametrize("raw, expected", [(None, "text"), ("", "text"), ("json", "json"), ("text", "text"),
+                                           ("yaml", "text")])
+def test_log_format_alone_for_gunicorns_logger(raw, expected):
+    """gunicorn's logger reads it before the app loads; a bad value is the app's to refuse (load_settings)."""
+    assert log_format({} if raw is None else {"STREAMAPP_LOG_FORMAT": raw}) == expected
