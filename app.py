@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import runpy
 import secrets
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -33,10 +37,36 @@ DEV_EMAIL = "dev@streamapp.local"
 BOOT_ERROR = 3
 
 
+def _share_metrics(metrics_dir: str | None) -> None:
+    """Make the directory where every worker writes its metrics, unless one is given (SPEC §9).
+
+    prometheus-client chooses between in-process values and per-process files
+    when it is first imported, and building the app imports it. Here the app is
+    built in gunicorn's master before gunicorn.conf.py's ``on_starting`` runs, so
+    the directory is made first; the worker forked from this master then writes
+    files /metrics sums, as under ``gunicorn -c gunicorn.conf.py`` (issue 13).
+    """
+    if metrics_dir:
+        return
+    made = tempfile.mkdtemp(prefix="streamapp-metrics-")
+    # prometheus-client's own variable, read by it and by load_settings() below.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    master = os.getpid()
+
+    def remove() -> None:
+        # Workers are forked from this process and exit through its atexit too: only the master removes it.
+        if os.getpid() == master:
+            shutil.rmtree(made, ignore_errors=True)
+
+    atexit.register(remove)
+
+
 def _settings(development: bool) -> Settings:
     from_env = load_settings(check=False)
     if from_env.database_url and not development:
         return load_settings()
+    if development:
+        _share_metrics(from_env.metrics_dir)
     # `python app.py`, or no DATABASE_URL: development (SPEC §9), with a SECRET_KEY kept under ./var/.
     from streamapp import embedded
 

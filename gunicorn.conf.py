@@ -4,9 +4,11 @@ Run: ``gunicorn -c gunicorn.conf.py app:app``. gunicorn's own flags and
 ``GUNICORN_CMD_ARGS`` override these (``--bind``, ``--workers``).
 """
 
+import glob
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 
 bind = "127.0.0.1:8000"
@@ -37,13 +39,21 @@ logger_class = "streamapp.logs.GunicornLogger"
 
 def on_starting(server):
     # Workers write their metrics here; /metrics sums them (prometheus-client
-    # multiprocess mode). Set before any worker imports prometheus_client.
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # multiprocess mode, SPEC §9). Set before any worker imports prometheus_client.
+    # (`python app.py` sets it before it builds the app, which imports it.)
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streamapp-metrics-")
         server._streamapp_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    elif "prometheus_client" not in sys.modules:
+        # A directory of the operator's: files of an earlier run would be summed
+        # with this one's, dead workers' gauges included. Nothing here wrote yet.
+        for stale in glob.glob(os.path.join(given, "*_[0-9]*.db")):
+            os.remove(stale)
 
 
 def child_exit(server, worker):
+    # A dead worker's counters stay in the sum; its live gauges (open streams) go.
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

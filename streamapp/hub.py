@@ -37,15 +37,17 @@ import psycopg2
 import psycopg2.extensions
 
 from . import chunks
+from . import counters
 from . import framing
-from . import metrics
 from . import slots
 from . import storage
 from .db import connect
 from .db import describe
 from .errors import DatabaseUnavailable
+from .subscriber import Item
 from .subscriber import Rendered
 from .subscriber import Subscriber
+from .subscriber import direct_sent
 
 if t.TYPE_CHECKING:
     from .db import Database
@@ -57,6 +59,8 @@ LISTENER_NAME = "streamapp-listener"
 _SAFETY_CHUNK = 5000
 #: Checks credentials of open streams and refreshes slots this often by default.
 MAINTENANCE_S = 15.0
+# The share of PostgreSQL's 8 GB NOTIFY queue in use, 0 to 1: a listener that stops reading fills it.
+_SELECT_QUEUE_USAGE = "SELECT pg_notification_queue_usage()"
 
 RevokedCheck = Callable[[t.Any, set[str], set[str]], tuple[set[str], set[str]]]
 
@@ -191,25 +195,42 @@ class Hub:
             while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
                 with self.db.autocommit() as cur:
                     rows, _ = storage.events_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
-                metrics.EVENT_READS.inc()
+                counters.EVENT_READS.inc()
                 if not rows:
                     break
                 batch = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
                 size = sum(len(frame) for _, _, frame in batch)
                 topic.cursor = rows[-1][0]
                 rendered: dict[t.Any, Rendered] = {}
+                direct = 0
                 for sub in list(topic.subscribers):
                     if sub.try_write(batch, rendered):
-                        metrics.DIRECT_WRITES.inc()
+                        direct += 1
                     else:
                         sub.push(batch, size)
-                metrics.DELIVERED.inc(len(batch) * len(topic.subscribers))
+                self._count(batch, len(topic.subscribers), direct, rendered)
         except DatabaseUnavailable:
             pass  # logged once per outage by the pool; the safety check retries once it is back
         except psycopg2.Error:
             log.warning("reading new events of one execution failed; will retry")
         finally:
             topic.fetching = False
+
+    @staticmethod
+    def _count(batch: Sequence[Item], streams: int, direct: int, rendered: dict[t.Any, Rendered]) -> None:
+        """Count one batch's fan-out: a few increments and one observation, whatever the streams.
+
+        Streams on the generator path count their own frames when they write them.
+        """
+        counters.DELIVERED.inc(len(batch) * streams)
+        if not direct:
+            return
+        counters.DIRECT_WRITES.inc(direct)
+        sent = direct_sent(rendered)
+        if sent:
+            counters.events_sent(sent)
+            # Every direct write of the batch is done: its oldest event's commit → send (SPEC §9).
+            counters.commit_to_send(batch[0][2])
 
     # -- the listener -----------------------------------------------------
 
@@ -224,7 +245,7 @@ class Hub:
                 with conn.cursor() as cur:
                     cur.execute(f"LISTEN {storage.CHANNEL}; LISTEN {chunks.CHANNEL}")
                 self.listener_healthy = True
-                metrics.LISTENER_RECONNECTS.inc()
+                counters.LISTENER_RECONNECTS.inc()
                 self.db.outage.up()
                 if lost is not None:
                     # Only this connection was lost (pg_terminate_backend, a proxy): one line.
@@ -260,17 +281,17 @@ class Hub:
                 if note.channel == chunks.CHANNEL:
                     self._on_chunk(note.payload)
                     continue
-                metrics.NOTIFICATIONS.inc()
+                counters.NOTIFICATIONS.inc()
                 exec_id, _, last = note.payload.rpartition(":")
                 if last.isdigit():
                     self.wake(exec_id, int(last))
 
     def _on_chunk(self, payload: str) -> None:
-        metrics.CHUNK_NOTIFICATIONS.inc()
+        counters.CHUNK_NOTIFICATIONS.inc()
         dropped = self._reassembler.dropped
         whole = self._reassembler.feed(payload)
         if self._reassembler.dropped > dropped:
-            metrics.CHUNKS_INCOMPLETE.inc(self._reassembler.dropped - dropped)
+            counters.CHUNKS_INCOMPLETE.inc(self._reassembler.dropped - dropped)
         if whole is None:
             return
         exec_id, text = whole
@@ -303,7 +324,7 @@ class Hub:
             for start in range(0, len(exec_ids), _SAFETY_CHUNK):
                 with self.db.autocommit() as cur:
                     last_ids = storage.last_event_ids(cur, exec_ids[start : start + _SAFETY_CHUNK])
-                metrics.SAFETY_CHECKS.inc()
+                counters.SAFETY_CHECKS.inc()
                 for exec_id, last_id in last_ids.items():
                     self.wake(exec_id, last_id)
         except DatabaseUnavailable:
@@ -335,11 +356,13 @@ class Hub:
             self.maintain()
 
     def maintain(self) -> None:
-        """Write this worker's per-user stream counts; end streams whose user or token was revoked.
+        """Write this worker's per-user stream counts; end streams whose user or token was revoked;
+        read the notification queue's usage for ``/metrics``.
 
-        Two queries per interval per worker, whatever the number of streams.
-        Each has its own error handling: a failed count write must not skip
-        the revocation check of that round, nor the other way round.
+        Three queries per interval per worker, whatever the number of streams
+        (and never one per scrape). Each has its own error handling: a failed
+        count write must not skip the revocation check of that round, nor the
+        other way round.
         """
         subs = self._subscribers()
         # An outage was logged once by the pool; the next round retries both.
@@ -355,6 +378,19 @@ class Hub:
             pass
         except psycopg2.Error:
             log.warning("checking for revoked credentials failed; the next round retries")
+        try:
+            self._read_queue_usage()
+        except DatabaseUnavailable:
+            pass
+        except psycopg2.Error:
+            log.warning("reading the notification queue's usage failed; the next round retries")
+
+    def _read_queue_usage(self) -> None:
+        """``streamapp_notification_queue_usage``: a queue that fills stops every NOTIFY (SPEC §9)."""
+        with self.db.autocommit() as cur:
+            cur.execute(_SELECT_QUEUE_USAGE)
+            (usage,) = t.cast(tuple[float], cur.fetchone())
+        counters.NOTIFICATION_QUEUE_USAGE.set(usage)
 
     def _refresh_slots(self) -> None:
         """Write this worker's stream counts; no query while it holds none and nothing changed."""

@@ -33,6 +33,7 @@ import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from . import catalog
+from . import counters
 from . import nesting
 from . import redact as redaction
 from . import storage
@@ -266,6 +267,8 @@ def append_events(
     storage.insert_events(cur, exec_id, prepared.append)
     if notify:
         storage.notify(cur, exec_id, prepared.result.last_id)
+    # Counted as inserted: the caller's transaction commits them, or rolls them back (rare).
+    counters.APPENDS.inc(len(prepared.append.rows))
     return prepared.result
 
 
@@ -424,4 +427,5 @@ class Producer:
                     raise  # failed before COMMIT: nothing is stored
                 # Stored; only the wake-up failed. The safety check delivers within poll_ms.
                 log.warning("NOTIFY after an append failed; streams catch up by the safety check")
+        counters.APPENDS.inc(len(prepared.append.rows))  # committed: once per batch (SPEC §9)
         return prepared.result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import random
@@ -30,8 +31,8 @@ from flask import request
 from marshmallow import ValidationError
 
 from . import catalog
+from . import counters
 from . import framing
-from . import metrics
 from . import slots
 from . import storage
 from .auth import refuse_token_in_url
@@ -82,6 +83,8 @@ class Plan:
     user_id: str
     token_prefix: str | None
     text_mode: bool
+    kind: str
+    connected_at: float  # time.monotonic() when the request reached the view
     socket: t.Any = None  # set when frames may be written straight to it (see Subscriber.try_write)
     client: t.Any = None  # the client's socket, watched for a hang-up (see _hangup_watch)
     chunked: bool = True
@@ -118,8 +121,24 @@ def _reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | 
     return framing.event_frame(held_from - 1, "stream_reset", data), held_from - 1
 
 
+def _counts_outages(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Count a 503 for a database outage before the first byte as a refused stream (SPEC §2, §9)."""
+
+    @functools.wraps(view)
+    def counted(*args: t.Any, **kwargs: t.Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except DatabaseUnavailable:
+            counters.stream_refused("unavailable")
+            raise
+
+    return counted
+
+
 @bp.get("/executions/<kind>/<exec_id>/stream")
+@_counts_outages
 def stream(kind: str, exec_id: str) -> Response:
+    connected_at = time.monotonic()
     kind_name = kind_of(kind)
     cursor, query = _cursor_and_query()
     user = stream_user(kind_name, exec_id, query["ticket"])
@@ -127,7 +146,7 @@ def stream(kind: str, exec_id: str) -> Response:
     state = current_state()
     settings = state.settings
     if state.hub.open_streams >= settings.max_streams_per_worker:
-        metrics.STREAMS_REFUSED.labels("worker").inc()
+        counters.stream_refused("worker_limit")
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
     with state.db.autocommit() as cur:
         execution = visible_execution(cur, kind_name, exec_id, user)
@@ -152,13 +171,14 @@ def stream(kind: str, exec_id: str) -> Response:
         user_id=user_id,
         token_prefix=getattr(user, "token_prefix", None),
         text_mode=kind_name != "workflow" and execution["output_schema"] is None,
+        kind=kind_name,
+        connected_at=connected_at,
         terminal_id=terminal_id,
     )
     plan = dataclasses.replace(plan, **_direct_socket(request.environ, settings))
     state.hub.open_streams += 1
-    metrics.OPEN_STREAMS.inc()
-    metrics.STREAMS_OPENED.inc()
-    release = _once(lambda: _release(state, user_id))
+    counters.stream_opened(kind_name)
+    release = _once(lambda: _release(state, user_id, kind_name, connected_at))
     response = Response(_generate(state, plan, release), status=200, mimetype="text/event-stream", headers=HEADERS)
     response.call_on_close(release)  # the generator gives the slot back; this, if it never ran
     return response
@@ -198,7 +218,7 @@ def _take_slot(cur: t.Any, state: State, user_id: str) -> None:
         raise
     if not taken:
         state.hub.release_slot(user_id)
-        metrics.STREAMS_REFUSED.labels("user").inc()
+        counters.stream_refused("user_limit")
         # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
         raise TooManyStreams(
             f"you have {state.settings.max_streams_per_user} streams open; close one or retry later",
@@ -206,9 +226,9 @@ def _take_slot(cur: t.Any, state: State, user_id: str) -> None:
         )
 
 
-def _release(state: State, user_id: str) -> None:
+def _release(state: State, user_id: str, kind: str, connected_at: float) -> None:
     state.hub.open_streams -= 1
-    metrics.OPEN_STREAMS.dec()
+    counters.stream_closed(kind, time.monotonic() - connected_at)
     try:
         with state.db.autocommit() as cur:
             slots.give_back(cur, user_id, state.hub.worker_id)
@@ -275,26 +295,52 @@ def _wanted(plan: Plan, type_name: str) -> bool:
     return plan.types is None or type_name in plan.types or type_name in catalog.TERMINAL_TYPES
 
 
-def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> tuple[list[bytes], int, bool]:
-    """Frames for items after ``last``, the new cursor and whether a terminal event was met."""
+Framed = tuple[list[bytes], int, bool, dict[str, int]]
+
+
+def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> Framed:
+    """Frames for items after ``last``, the new cursor, whether a terminal event was met,
+    and how many frames of each type (counted once the batch is written)."""
     out: list[bytes] = []
+    types: dict[str, int] = {}
     for event_id, type_name, frame in items:
         if event_id is None:  # a text chunk: no id, never moves the cursor
             if _wanted(plan, type_name):
                 out.append(frame)
+                types[type_name] = types.get(type_name, 0) + 1
             continue
         if event_id <= last:
             continue  # already sent: replay and live overlap by design
         last = event_id
         if _wanted(plan, type_name):
             out.append(frame)
+            types[type_name] = types.get(type_name, 0) + 1
         if type_name in catalog.TERMINAL_TYPES:
-            return out, last, True
-    return out, last, False
+            return out, last, True, types
+    return out, last, False, types
+
+
+def _written(sub: Subscriber, types: dict[str, int]) -> None:
+    """Count a batch the generator wrote (its ``yield`` returned): per type, not per event (SPEC §9)."""
+    counters.events_sent(types)
+    if sub.connected_at is not None:
+        counters.first_event(sub.connected_at)
+        sub.connected_at = None
+
+
+def _unsent(sock: t.Any) -> bool:
+    """Whether the client's socket still holds bytes it has not taken: a client that stopped reading."""
+    if sock is None:
+        return False
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ on a socket
+    except OSError:
+        return False
+    return bool(struct.unpack("i", queued)[0])
 
 
 def _replay(
-    state: State, plan: Plan, last: int, newest: int | None = None
+    state: State, plan: Plan, sub: Subscriber, last: int, newest: int | None = None
 ) -> Generator[bytes, None, tuple[int, bool]]:
     """Send the table from ``last`` on, page by page; return the new cursor and whether it ended.
 
@@ -312,9 +358,10 @@ def _replay(
                 yield reset
             newest = None
         items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
-        frames, last, ended = _frames(plan, items, last)
+        frames, last, ended, types = _frames(plan, items, last)
         if frames:
             yield b"".join(frames)
+            _written(sub, types)
         if ended or not more:
             return last, ended
 
@@ -326,6 +373,7 @@ def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator
         plan.exec_id, plan.poll_ms, user_id=plan.user_id, token_prefix=plan.token_prefix, text_mode=plan.text_mode
     )
     sub.types = plan.types
+    sub.connected_at = plan.connected_at
     try:
         cursor, newest = plan.cursor, plan.newest
         if newest is not None and cursor > newest:  # ahead of the table: rare, costs one query
@@ -334,7 +382,7 @@ def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator
             reset, cursor = _reset_frame(cursor, newest, oldest)
             yield t.cast(bytes, reset)
             newest = None
-        last, ended = yield from _replay(state, plan, cursor, newest)
+        last, ended = yield from _replay(state, plan, sub, cursor, newest)
         if ended or (plan.terminal_id is not None and last >= plan.terminal_id):
             # Pruned to the end: the stream_reset's id was the terminal id; a reconnect gets 204 (SPEC §9).
             return
@@ -347,6 +395,12 @@ def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator
         # After the first byte a status can no longer say 503: end cleanly instead; the
         # client resumes with Last-Event-ID and gets the 503 while the outage lasts (SPEC §2).
         return
+    except GeneratorExit:
+        # gunicorn closes us when a write fails: a client that hung up, or one that stopped
+        # reading until the send timeout (its socket still full) — issue 4's slow client.
+        if _unsent(plan.client):
+            counters.SLOW_CLIENT_DISCONNECTS.inc()
+        raise
     finally:
         hub.unsubscribe(sub)
         # Before the response's last byte: a client that sees the end may open another at once.
@@ -358,6 +412,9 @@ def _send_pending(plan: Plan, sub: Subscriber) -> bool:
     data, sub.pending = sub.pending, b""
     try:
         plan.socket.sendall(data)  # cooperative, bounded by the send timeout
+    except TimeoutError:
+        counters.SLOW_CLIENT_DISCONNECTS.inc()  # it stopped reading (issue 4)
+        return False
     except OSError:
         return False
     return True
@@ -388,12 +445,16 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
             yield framing.comment(f"dropped {sub.dropped_chunks} text chunks")
             sub.dropped_chunks = 0
         if overflowed:
-            last, ended = yield from _replay(state, plan, last)
+            last, ended = yield from _replay(state, plan, sub, last)
             if ended:
                 return
             continue
-        frames, last, ended = _frames(plan, items, last)
+        frames, last, ended, types = _frames(plan, items, last)
         if frames:
             yield b"".join(frames)
+            _written(sub, types)
+            oldest = next((frame for frame in frames if frame.startswith(b"id:")), None)
+            if oldest is not None:  # text chunks have no commit
+                counters.commit_to_send(oldest)
         if ended:
             return

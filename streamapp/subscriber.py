@@ -9,14 +9,37 @@ from collections.abc import Sequence
 
 import gevent.event
 
-from . import metrics
+from . import counters
 from .catalog import TERMINAL_TYPES
 
 #: ``(event id or None for a text chunk, type, framed bytes)``
 Item = tuple[int | None, str, bytes]
 
-#: Bytes for one stream's socket, the cursor after them, whether they end the stream.
-Rendered = tuple[bytes, int, bool]
+
+class Rendered:
+    """One batch's bytes for streams at one cursor with one filter, made once for all of them.
+
+    ``data`` goes to the socket, ``last`` is the cursor after it, ``ended``
+    whether it holds the terminal event; ``types`` counts its frames by type
+    and ``writes`` the streams it was written to, so the hub counts what was
+    sent once per batch, not once per stream (issue 13).
+    """
+
+    __slots__ = ("data", "last", "ended", "types", "writes")
+
+    def __init__(self, data: bytes, last: int, ended: bool, types: dict[str, int]) -> None:
+        self.data, self.last, self.ended, self.types = data, last, ended, types
+        self.writes = 0
+
+
+def direct_sent(rendered: dict[t.Any, Rendered]) -> dict[str, int]:
+    """Frames by type that one batch's direct writes put on sockets, summed over its streams."""
+    sent: dict[str, int] = {}
+    for done in rendered.values():
+        if done.writes:
+            for name, count in done.types.items():
+                sent[name] = sent.get(name, 0) + count * done.writes
+    return sent
 
 #: Frames a stream may have queued before it must re-read from the table instead.
 QUEUE_BYTES = 1024 * 1024
@@ -31,7 +54,7 @@ class Subscriber:
     __slots__ = (
         "exec_id", "items", "queued_bytes", "queued_chunks", "dropped_chunks", "wakeup", "overflowed",
         "closing", "limit", "poll_ms", "user_id", "token_prefix", "text_mode",
-        "fd", "chunked", "types", "last", "parked", "pending", "ended",
+        "fd", "chunked", "types", "last", "parked", "pending", "ended", "connected_at",
     )
 
     def __init__(
@@ -65,6 +88,8 @@ class Subscriber:
         self.parked = False
         self.pending = b""
         self.ended = False
+        #: ``time.monotonic()`` at the stream's request until its first event frame is written.
+        self.connected_at: float | None = None
 
     def push(self, batch: Sequence[Item], size: int) -> None:
         if not self.overflowed:
@@ -72,7 +97,7 @@ class Subscriber:
                 # Never drop a durable event: forget the queue, re-read from the cursor.
                 self.overflowed = True
                 self._drop_queue()
-                metrics.OVERFLOWS.inc()
+                counters.OVERFLOWS.inc()
             else:
                 self.items.extend(batch)
                 self.queued_bytes += size
@@ -88,7 +113,8 @@ class Subscriber:
         bytes cannot interleave with gunicorn's. What the socket does not take
         now is left in ``pending`` for the stream's own greenlet to send.
         ``rendered`` caches the bytes by cursor and filter across the streams
-        of one batch. Returns False when the caller must queue instead.
+        of one batch, and counts the streams they went to. Returns False when
+        the caller must queue instead.
         """
         if self.fd is None or not self.parked or self.items or self.overflowed or self.pending or self.closing:
             return False
@@ -96,7 +122,7 @@ class Subscriber:
         cached = rendered.get(key)
         if cached is None:
             cached = rendered[key] = self._render(batch)
-        data, last, ended = cached[0], cached[1], cached[2]
+        data = cached.data
         if data:
             try:
                 written = os.write(self.fd, data)
@@ -105,33 +131,39 @@ class Subscriber:
             except OSError:
                 return False  # a broken socket: the generator's next write ends the stream
             self.pending = data[written:]
-        self.last, self.ended = last, ended
-        if self.pending or ended:
+            cached.writes += 1
+            if self.connected_at is not None:
+                counters.first_event(self.connected_at)
+                self.connected_at = None
+        self.last, self.ended = cached.last, cached.ended
+        if self.pending or self.ended:
             self.wakeup.set()
         return True
 
     def _render(self, batch: Sequence[Item]) -> Rendered:
         frames, last, ended = [], self.last, False
+        types: dict[str, int] = {}
         for event_id, type_name, frame in batch:
             if event_id is None or event_id <= last:
                 continue
             last = event_id
             if self.types is None or type_name in self.types or type_name in TERMINAL_TYPES:
                 frames.append(frame)
+                types[type_name] = types.get(type_name, 0) + 1
             if type_name in TERMINAL_TYPES:
                 ended = True
                 break
         body = b"".join(frames)
         if body and self.chunked:
             body = b"%X\r\n%s\r\n" % (len(body), body)
-        return body, last, ended
+        return Rendered(body, last, ended, types)
 
     def push_chunk(self, frame: bytes) -> None:
         if self.types is not None and "llm_chunk" not in self.types:
             return  # filtered out: neither queued nor counted as dropped
         if self.overflowed or self.queued_chunks >= CHUNK_LIMIT:
             self.dropped_chunks += 1
-            metrics.CHUNKS_DROPPED.inc()
+            counters.CHUNKS_DROPPED.inc()
             return
         self.items.append((None, "llm_chunk", frame))
         self.queued_chunks += 1
@@ -154,6 +186,7 @@ class Subscriber:
     def _drop_queue(self) -> None:
         dropped = self.queued_chunks
         self.dropped_chunks += dropped
-        metrics.CHUNKS_DROPPED.inc(dropped)
+        if dropped:
+            counters.CHUNKS_DROPPED.inc(dropped)
         self.items.clear()
         self.queued_bytes = self.queued_chunks = 0

@@ -29,9 +29,9 @@ def _progress(n: int) -> dict:
 
 
 def _metric(server, name: str) -> float:
+    """The metric summed over its label values (open streams are counted by kind)."""
     text = requests.get(server.url + "/metrics", timeout=5).text
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def _until(predicate, deadline_s: float = 30.0, what: str = "condition") -> None:
