@@ -45,8 +45,9 @@ FLUSH_INTERVAL_S = 0.05
 #: ...or once it holds this many characters: a model that writes fast without line ends would
 #: otherwise build chunks of hundreds of KB that every stream must take at once (issue 5).
 MAX_CHUNK_CHARS = 16_000
+_DEFAULT_REDACTOR = Redactor()
 #: Text is redacted before it leaves the producer unless a caller passes another function.
-_DEFAULT_REDACT = Redactor().redact_text
+_DEFAULT_REDACT = _DEFAULT_REDACTOR.redact_text
 
 
 def check_text(text: t.Any, where: str = "text") -> str:
@@ -138,6 +139,17 @@ class ChunkPublisher:
     or sooner at a line end, so a fast model is not thousands of notifications a second.
 
     ``with ChunkPublisher(db, exec_id) as out: out.write(token)`` — closing flushes.
+
+    Secrets are caught across chunk boundaries (SPEC §7): each chunk is
+    redacted whole, and when the timer, a line end or ``max_chars`` sends a
+    chunk, the tail that more text could still make part of a secret stays
+    behind for the next one (``Redactor.hold_from``): the last word when the
+    text does not end in whitespace, a secret key or ``Bearer`` still
+    waiting for its value, a secret ``key: value`` line not yet ended, a
+    private key without its END line — at most ``redact.MAX_HOLD``
+    characters. It goes out with the next text, or at :meth:`close`.
+    :meth:`flush` sends everything, the tail included: call it only where
+    no secret can be cut. With ``redact=None`` nothing is held or redacted.
     """
 
     def __init__(
@@ -154,6 +166,11 @@ class ChunkPublisher:
         self.interval_s = interval_s
         self.max_chars = max_chars
         self.redact = redact
+        # The redactor's own rule for what to hold back; the built-in one's for any other function.
+        owner = redact if isinstance(redact, Redactor) else getattr(redact, "__self__", None)
+        rules = owner if isinstance(owner, Redactor) else _DEFAULT_REDACTOR
+        self._hold_from: Callable[[str], int] | None = None if redact is None else rules.hold_from
+        self._held = ""  # sent text's tail that may be the start of a secret
         self.producer_id = secrets.token_hex(6)
         self._seq = 0
         self._buffer: list[str] = []
@@ -183,13 +200,19 @@ class ChunkPublisher:
                 self._since = time.monotonic()
                 self._wake.set()
         if full or "\n" in text:
-            self.flush()
+            self._send(hold=True)
 
     def flush(self) -> None:
-        """Send what is buffered now, as one chunk."""
+        """Send everything buffered now, as one chunk, a held tail included."""
+        self._send(hold=False)
+
+    def _send(self, hold: bool) -> None:
         with self._send_lock:
             with self._lock:
-                text, self._buffer, self._buffered, self._since = "".join(self._buffer), [], 0, None
+                text = self._held + "".join(self._buffer)
+                self._buffer, self._buffered, self._since = [], 0, None
+                cut = self._hold_from(text) if hold and self._hold_from is not None else len(text)
+                text, self._held = text[:cut], text[cut:]
             if not text:
                 return
             if self.redact is not None:
@@ -225,7 +248,7 @@ class ChunkPublisher:
 
     def _flush_on_timer(self) -> None:
         try:
-            self.flush()
+            self._send(hold=True)
         except DatabaseUnavailable:
             pass  # best-effort text; the pool logs an outage once
         except psycopg2.Error:

@@ -135,9 +135,11 @@ def test_publisher_never_sends_text_younger_than_its_interval(server, account, d
             time.sleep(1.5)  # a producer that pauses mid-line
             out.write("next ")  # t=1.5: due at 4.5, not when the t=0 timer fires at 3
             time.sleep(2.0)
-            out.write("words")  # t=3.5: a second of margin before 4.5 on a slow machine
+            # t=3.5: a second of margin before 4.5 on a slow machine. It ends in a space: a last
+            # word with none after it would wait for more text, as it may be a secret's start.
+            out.write("words ")
             assert stream.next_frame().data == "partial line\n"
-            assert stream.next_frame().data == "next words"
+            assert stream.next_frame().data == "next words "
 
 
 def test_publisher_timer_survives_a_failed_flush(server, account, db, settings, caplog):
@@ -149,13 +151,13 @@ def test_publisher_timer_survives_a_failed_flush(server, account, db, settings, 
         _subscribed(stream, server, account, exec_id)
         with db.transaction() as cur:  # the pool's only connection dies under the publisher
             cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        out.write("lost with the dead connection")
+        out.write("lost with the dead connection ")
         deadline = time.monotonic() + 10
         while "database unavailable" not in caplog.text:  # the pool logs the outage once
             assert time.monotonic() < deadline, "the failed flush was not logged"
             time.sleep(0.01)
-        out.write("after")  # no line end: only the timer sends it
-        assert stream.next_frame().data == "after"
+        out.write("after ")  # no line end: only the timer sends it
+        assert stream.next_frame().data == "after "
     pool.close()
 
 
@@ -191,11 +193,11 @@ def test_publisher_flushes_once_it_holds_max_chars(server, account, db):
         _subscribed(stream, server, account, exec_id)
         with ChunkPublisher(db, exec_id, interval_s=60, max_chars=100) as out:  # no timer in this test
             for n in range(25):
-                out.write(f"token{n:04d} ")  # 10 characters, no line end
+                out.write(f"word{n:05d} ")  # 10 characters, no line end, no secret key
             chunks = [stream.next_frame().data for _ in range(2)]
         chunks.append(stream.next_frame().data)  # the rest, sent by close()
     assert [len(c) for c in chunks] == [100, 100, 50]
-    assert "".join(chunks) == "".join(f"token{n:04d} " for n in range(25))
+    assert "".join(chunks) == "".join(f"word{n:05d} " for n in range(25))
 
 
 def test_reconnect_resumes_durable_events_and_live_text_from_now(server, account):
@@ -411,3 +413,46 @@ def test_text_cannot_break_framing(server, account, text):
     assert (frame.event, frame.id, frame.retry) == ("llm_chunk", None, None)
     assert frame.data == text.replace("\r\n", "\n").replace("\r", "\n")
     assert (after.event, after.data) == ("llm_chunk", "next")
+
+
+# A secret cut in two by a ChunkPublisher's own chunk boundary (SPEC §7, issue 11): the
+# first write fills max_chars, so a chunk is sent inside it, deterministically, mid-secret.
+PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEF\nAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKjMzEfYyjiWA4R4"
+SPLIT_SECRETS = {
+    "vendor key cut in the middle": (
+        "the key is sk-proj-Ab3dEf6h", "Ij9kLm2nOp5q_Rs8tUv1wXy4z, keep it\n", "Ab3dEf6hIj9kLm2nOp5q_Rs8tUv1wXy4z"
+    ),
+    "key = value cut after =": (
+        'set password = "', 'correct horse battery staple" and go\n', "correct horse battery staple"
+    ),
+    "bearer cut after the scheme": (
+        "curl -H 'Authorization: Bearer ", "eyJhbGciOi.eyJzdWIi.c2ln' https://x\n", "eyJhbGciOi.eyJzdWIi.c2ln"
+    ),
+    "JSON pair cut in its value": ('{"api_key": "k-12345 ', '67890 abc", "n": 1}\n', "k-12345 67890 abc"),
+    "URL password cut": ("dsn postgres://bob:hunt", "er2-2024@db/app ok\n", "hunter2-2024"),
+    "private key cut mid-block": (
+        f"loaded\n-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY[:28]}",
+        f"{PEM_BODY[28:]}\n-----END RSA PRIVATE KEY-----\nok\n",
+        PEM_BODY,
+    ),
+}
+
+
+@pytest.mark.parametrize(("first", "second", "secret"), SPLIT_SECRETS.values(), ids=SPLIT_SECRETS.keys())
+def test_a_secret_split_by_a_chunk_boundary_never_reaches_the_stream(server, account, db, first, second, secret):
+    exec_id = _create(server, account)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        # Only max_chars sends: no timer, and no line end in the first write.
+        with ChunkPublisher(db, exec_id, interval_s=60, max_chars=len(first) - 2) as out:
+            out.write(first)
+            out.write(second)
+            out.write("END-MARK\n")
+        received = []
+        while not received or not received[-1].endswith("END-MARK\n"):
+            received.append(stream.next_frame().data)
+    assert len(received) >= 2  # the boundary was real: text before the secret went out on its own
+    seen = re.sub(r"\s", "", "".join(received))
+    bare = re.sub(r"\s", "", secret)
+    assert not [bare[i : i + 6] for i in range(len(bare) - 5) if bare[i : i + 6] in seen]  # no part of it
+    assert "[REDACTED]" in seen

@@ -6,7 +6,10 @@ import copy
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from streamapp.redact import MAX_HOLD
 from streamapp.redact import REDACTED
 from streamapp.redact import Redactor
 
@@ -52,6 +55,22 @@ SECRET_KEYS = [
     "credential",
     "credentials",
     "clientCredentials",
+    # SPEC §7 names these too (issue 11)
+    "passphrase",
+    "SSH_PASSPHRASE",
+    "pass",
+    "PASS",
+    "db_pass",
+    "smtpPass",
+    "pwd",
+    "db_pwd",
+    "userPwd",
+    "session",
+    "SESSION",
+    "session_id",
+    "sessionId",
+    "X-Session-Id",
+    "user_session",
 ]
 
 PLAIN_KEYS = [
@@ -77,8 +96,21 @@ PLAIN_KEYS = [
     "status",
     "task_id",
     "author",
-    "session_id",
     "message",
+    # near misses of pass and session: other words, or not the key's last word
+    "passage",
+    "passenger",
+    "passed",
+    "passes",
+    "bypass",
+    "compass",
+    "pass_rate",
+    "pass_count",
+    "passThrough",
+    "possession",
+    "sessions",
+    "session_count",
+    "keyboard",
 ]
 
 
@@ -373,3 +405,234 @@ def test_no_part_of_a_private_key_survives(redactor):
 def test_text_with_no_trigger_is_returned_as_it_is(redactor):
     text = "RUNNING-step-42"
     assert redactor.redact_text(text) is text
+
+
+# Well-known credential formats in prose (SPEC §7, issue 11). Fake values in the real shapes.
+AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0"
+    ".dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+)
+FORMATS = {
+    "AWS access key id": AWS_KEY_ID,
+    "AWS temporary key id": "ASIAY34FZKBOKMUTVV7A",
+    "JWT": JWT,
+    "JWT without a signature": "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",
+    "OpenAI key": "sk-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6h",
+    "OpenAI project key": "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5q_Rs8tUv1wXy4z-Ab3dEf",
+    "Anthropic key": "sk-ant-api03-" + "abcDEF123456789_ghiJKL-mnoPQR",
+    "GitHub personal token": "ghp_" + ("1a2B3c4D5e6F7g8H9i0J" * 2)[:36],
+    "GitHub OAuth token": "gho_" + "A1b2C3d4E5f6G7h8I9j0" * 2,
+    "GitHub app token": "ghs_" + "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8",
+    "GitHub fine-grained token": "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGH",
+    "Slack bot token": "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "Slack user token": "xoxp-123456789012-123456789012-123456789012-abcdef0123456789",
+    "Slack app token": "xapp-1-A0123456789-0123456789012-abcdef0123456789",
+    "Stripe secret key": "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",
+    "Stripe restricted key": "rk_live_" + "51H8abcDEFghiJKLmnoPQR",
+    "Stripe test key": "sk_test_" + "4eC39HqLyjWDarjtT1zdp7dc",
+    "Google API key": "AIza" + "SyD-1234567890abcdefghijklmnopqrstu",
+    "Hugging Face token": "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    "GitLab token": "glpat-" + "xYz123AbC456dEf789gH",
+    "npm token": "npm_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    "SendGrid key": "SG." + "aBcDeFgHiJkLmNoPqRsTuV.wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ01234",
+}
+
+
+@pytest.mark.parametrize("secret", FORMATS.values(), ids=FORMATS.keys())
+def test_well_known_formats_in_prose(redactor, secret):
+    text = f"I used {secret} for the call, then ({secret}), then key={secret}\n"
+    assert redactor.redact_text(text) == f"I used {R} for the call, then ({R}), then key={R}\n"
+    assert redactor.redact({"note": secret, "items": [f"'{secret}'"]}) == {"note": R, "items": [f"'{R}'"]}
+
+
+def test_an_aws_secret_is_caught_beside_its_key_id(redactor):
+    csv = f"Access key ID,Secret access key\n{AWS_KEY_ID},{AWS_SECRET}\n"
+    assert redactor.redact_text(csv) == f"Access key ID,Secret access key\n{R},{R}\n"
+    shell = f"aws configure set aws_access_key_id {AWS_KEY_ID} && aws configure set aws_secret_access_key {AWS_SECRET}"
+    assert AWS_SECRET not in redactor.redact_text(shell)
+    # Under a key that names it, the secret goes wherever it is.
+    assert redactor.redact({"SecretAccessKey": AWS_SECRET}) == {"SecretAccessKey": R}
+    assert redactor.redact_text(f"AWS_SECRET_ACCESS_KEY = {AWS_SECRET}") == f"AWS_SECRET_ACCESS_KEY = {R}"
+
+
+NOT_SECRETS = [
+    # prefixes inside longer words, or bodies too short or of the wrong shape
+    "task-abcdefghijklmnopqrstuvwxyz123 and risk-free desk-0123456789abcdefghijkl",
+    "pip install scikit-learn; the sk-learn alias; sk-12345",
+    "akiaiosfodnn7example is lower case; AKIAIOSFODNN7EXAMPLEX is one too long",
+    "eyJhbGciOiJIUzI1NiJ9 alone is only a JWT header",
+    "the ghp_ prefix, xoxb-short, hf_abc, npm_123, glpat-short, SG.a.b",
+    "pk_live_4eC39HqLyjWDarjtT1zdp7dc is a publishable key",
+    # a 40-character hash with no access key id in sight
+    "commit 3f786850e387550fdab836ed7d6dc881de23001b and ABCDEFGHIJabcdefghij0123456789ABCDEFGHIJ",
+    "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "550e8400-e29b-41d4-a716-446655440000",
+    # ordinary words near the key names
+    "a passage about the tokenizer, a passenger who passed, in this session we bypass the compass",
+    "5 passed, 1 failed; pass rate 83%; sessions: 4; tokens: 1200",
+    "a == b, x = 1, tokens = 5, max_tokens = 100",
+    "password =",
+    "password = \nnext line",
+]
+
+
+@pytest.mark.parametrize("text", NOT_SECRETS)
+def test_what_is_not_a_secret_stays(redactor, text):
+    assert redactor.redact_text(text) == text
+
+
+KEY_FORMS = [
+    # key = "value", with spaces around =, == or =>: code and config files
+    ('password = "hunter2"', f'password = "{R}"'),
+    ("PASSWORD = hunter2", f"PASSWORD = {R}"),
+    ("api_key = 'abc' # set me", f"api_key = '{R}' # set me"),
+    ("db_password\t=\thunter2", f"db_password\t=\t{R}"),
+    ('if token == "abc":', f'if token == "{R}":'),
+    ('{:password => "x"}', f'{{:password => "{R}"}}'),
+    ("export DB_PASS=hunter2", f"export DB_PASS={R}"),
+    ("pwd=hunter2&user=bob", f"pwd={R}&user=bob"),
+    ("session=abc; Path=/", f"session={R}; Path=/"),
+    # key: value lines and quoted pairs with the new names
+    ("passphrase: correct horse battery staple", f"passphrase: {R}"),
+    ("X-Session-Id: abc123\r\nAccept: */*", f"X-Session-Id: {R}\r\nAccept: */*"),
+    ('{"pass": "hunter2", "passed": 3}', f'{{"pass": "{R}", "passed": 3}}'),
+    ("SMTP_PASS: hunter2", f"SMTP_PASS: {R}"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), KEY_FORMS)
+def test_key_forms(redactor, text, expected):
+    assert redactor.redact_text(text) == expected
+    assert redactor.redact_text(expected) == expected
+
+
+def test_extra_keys_reach_every_form():
+    redactor = Redactor(["tenant_code"])
+    assert redactor.redact_text("tenant_code = 'abc'") == f"tenant_code = '{R}'"
+    assert redactor.redact_text("tenant-code: abc") == f"tenant-code: {R}"
+    assert redactor.redact({"TenantCode": 7}) == {"TenantCode": R}
+
+
+# -- properties (Hypothesis) ------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+# Pieces the rules look for, so random text meets them often and in odd orders.
+FRAGMENTS = [
+    "password", "Password", "api_key", "X-Api-Key", "token", "session", "pass", "secret", "Bearer", "basic",
+    "Authorization", "=", "==", "=>", ":", ": ", " = ", '"', "'", " ", "\t", "\n", "\r\n", "\\n", "\\", "{", "}",
+    "[", "]", ",", ";", "&", "@", "://", "https://u:", "sa_0123456789ab_", "-----BEGIN PRIVATE KEY-----",
+    "-----END PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY", "AKIA", "IOSFODNN7EXAMPLE", AWS_SECRET, "eyJ", JWT,
+    "sk-", "proj-", "ghp_", "xoxb-", "AIza", "0123456789", "abcdefghij", "ABCDEFGHIJ", "[REDACTED]", "Error",
+]
+TEXT = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=24).map("".join)
+
+
+@given(value=JSON)
+def test_any_json_is_redacted_without_raising_and_stays_json(value):
+    out = Redactor().redact(value)
+    assert json.loads(json.dumps(out)) == out
+    assert type(out) is type(value)
+
+
+@given(text=TEXT | st.text())
+def test_redacting_text_twice_changes_nothing(text):
+    redactor = Redactor()
+    once = redactor.redact_text(text)
+    assert redactor.redact_text(once) == once
+
+
+@given(value=JSON)
+def test_redacting_json_twice_changes_nothing(value):
+    redactor = Redactor()
+    once = redactor.redact(value)
+    assert redactor.redact(once) == once
+
+
+# Planted secrets: "Q" never occurs in the text around them, so the secret can only
+# survive where it was planted.
+SECRET = st.text(alphabet="Qabcxyz0189-_.+", min_size=6, max_size=24).map(lambda s: "Q" + s)
+# The text around a planted secret: the rules' fragments, but no whole credential.
+PROSE = st.lists(
+    st.sampled_from([w for w in FRAGMENTS if w not in (JWT, AWS_SECRET)]) | st.text(alphabet="abc ,.\n", max_size=6),
+    max_size=12,
+).map("".join)
+PLANTED = [
+    "password={}", 'password = "{}"', "api_key: {}", '{{"client_secret": "{}"}}', "Authorization: Bearer {}",
+    "Bearer {}", "postgres://bob:{}@db/app", "X-Session-Id: {}", "db_pass = '{}'", '{{"api_key":"{}","n":1}}',
+    "Cookie: a={}; b=2", "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----",
+]
+
+
+@given(before=PROSE, after=PROSE, secret=SECRET, form=st.sampled_from(PLANTED))
+def test_a_planted_secret_never_survives(before, after, secret, form):
+    text = f"{before}\n{form.format(secret)} \n{after}"
+    assert secret not in Redactor().redact_text(text)
+    assert secret not in json.dumps(Redactor().redact({"log": [text]}))
+
+
+def _stream(redactor: Redactor, writes: list[str]) -> str:
+    """What a ChunkPublisher sends when a flush comes after every write: redacted pieces, tails held."""
+    sent, held = [], ""
+    for piece in writes:
+        text = held + piece
+        cut = redactor.hold_from(text)
+        sent.append(redactor.redact_text(text[:cut]))
+        held = text[cut:]
+    sent.append(redactor.redact_text(held))
+    return "".join(sent)
+
+
+CREDENTIALS = [v for v in FORMATS.values()]
+
+
+@given(
+    before=PROSE,
+    after=PROSE,
+    secret=SECRET,
+    form=st.sampled_from(PLANTED + ["{}"]),
+    credential=st.sampled_from(CREDENTIALS),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_a_secret_cut_across_writes_never_survives(before, after, secret, form, credential, cuts):
+    planted = form.format(secret if form != "{}" else credential)
+    text = f"{before} {planted} \n{after}"
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    writes = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    out = _stream(Redactor(), writes)
+    assert (secret if form != "{}" else credential) not in out
+
+
+def test_holding_back_never_delays_ordinary_text_past_its_last_word(redactor):
+    assert redactor.hold_from("plain words and more ") == len("plain words and more ")
+    assert redactor.hold_from("a line\n") == len("a line\n")
+    text = "plain words and mo"
+    assert text[redactor.hold_from(text) :] == "mo"
+    assert redactor.hold_from('{"n":1,"msg":"hel') == len('{"n":1,"msg":')  # compact JSON: the last value
+    # A run longer than any credential this module knows is sent as it is.
+    assert redactor.hold_from("x" * (MAX_HOLD + 1)) == MAX_HOLD + 1
+    assert redactor.hold_from("x" * MAX_HOLD) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [
+        ("use password = ", "password = "),
+        ('{"api_key": "abc d', '"api_key": "abc d'),
+        ("send Bearer ", "Bearer "),
+        ("Authorization: Bearer abc and more", "Authorization: Bearer abc and more"),
+        ("conf\n-----BEGIN RSA PRIVATE KEY-----\nMIIabc\n", "-----BEGIN RSA PRIVATE KEY-----\nMIIabc\n"),
+        ("conf\n-----BEGIN ", "-----BEGIN "),
+        ("a postgres://bob:hun", "postgres://bob:hun"),
+        ("key sk-proj-Ab3d", "sk-proj-Ab3d"),
+        ('{"api_key": "abc def", ', ""),
+        ("-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----\n", ""),
+    ],
+)
+def test_what_is_held_back(redactor, text, held):
+    assert text[redactor.hold_from(text) :] == held
