@@ -17,7 +17,8 @@ workers = multiprocessing.cpu_count()
 # Each open stream is one connection; leave room above the per-worker stream
 # limit (STREAMAPP_MAX_STREAMS_PER_WORKER, 12,000) for API calls.
 worker_connections = 13000
-# Streams end themselves on shutdown (the hook below), well inside this.
+# Streams end themselves on shutdown (post_worker_init below), in about a second; this is
+# only the bound after which gunicorn kills what is left.
 graceful_timeout = 15
 timeout = 30
 keepalive = 5
@@ -73,17 +74,33 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    # gunicorn's gevent worker waits graceful_timeout for open requests and then
-    # kills them; end the streams at once instead (clients resume elsewhere).
+    # SPEC §5.4, §9: from SIGTERM on, this worker takes no new stream (503 with a jittered
+    # Retry-After) and ends its open ones with a jittered retry:, so it exits long before
+    # graceful_timeout. On its own, gunicorn's gevent worker only closes its listener (within
+    # a second) and waits for every open request, and a stream lasts minutes; meanwhile its
+    # keep-alive connections still bring it new requests, streams included (issue 13).
+    import signal
+
     import gevent
 
     state = worker.wsgi.extensions.get("streamapp") if hasattr(worker.wsgi, "extensions") else None
     if state is None:
         return
+    exit_handler = worker.handle_exit
 
-    def stop_streams_on_shutdown():
-        while worker.alive:
-            gevent.sleep(0.25)
-        state.hub.stop()
+    def on_sigterm(sig, frame):
+        exit_handler(sig, frame)
+        # In a greenlet, not in the handler, which may interrupt any greenlet mid-step (gunicorn #1126).
+        gevent.spawn(state.hub.stop)
 
-    gevent.spawn(stop_streams_on_shutdown)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn set it: no system call cut short
+
+    def stop_streams_when_not_alive():
+        # The other ways out (max_requests, the reloader, a lost master) only clear worker.alive.
+        while worker.alive and not state.hub.stopping:
+            gevent.sleep(0.5)
+        if not state.hub.stopping:
+            state.hub.stop()
+
+    gevent.spawn(stop_streams_when_not_alive)

@@ -119,8 +119,8 @@ class Hub:
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
-        """Start the listener and safety-check greenlets (once, in the worker)."""
-        if self._greenlets:
+        """Start the listener and safety-check greenlets (once, in the worker; never again after stop)."""
+        if self._greenlets or self._stopping:
             return
         # Made here, in the worker, so it names the worker and not gunicorn's master.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -133,10 +133,14 @@ class Hub:
         self._greenlets.extend(gevent.spawn(loop) for loop in self.background)
 
     def stop(self) -> None:
-        """End every stream (they resume elsewhere with Last-Event-ID) and the greenlets."""
+        """Stop for good: end every stream (they resume elsewhere with Last-Event-ID) and the greenlets.
+
+        From here on the stream view refuses new streams (503, SPEC §5.4), and a
+        stream that subscribes anyway (its view ran just before) is ended at once.
+        """
         self._stopping = True
         for sub in self._subscribers():
-            sub.close()
+            sub.close("shutdown")
         gevent.killall(self._greenlets, block=False)
         self._greenlets = []
 
@@ -154,6 +158,8 @@ class Hub:
             topic = self._topics[exec_id] = _Topic(exec_id)
         sub = Subscriber(exec_id, self.queue_limit, poll_ms or self.default_poll_ms, **who)
         topic.subscribers.add(sub)
+        if self._stopping:
+            sub.close("shutdown")
         return sub
 
     def _subscribers(self) -> list[Subscriber]:
@@ -414,7 +420,7 @@ class Hub:
             users, tokens = self.revoked_check(cur, user_ids, prefixes)
         for sub in subs:
             if sub.user_id in users or (sub.token_prefix and sub.token_prefix in tokens):
-                sub.close()
+                sub.close("revoked")
 
 
 def _chunk_frame(exec_id: str, text: str, text_mode: bool) -> bytes:

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import random
+import socket
 import struct
 import termios
 import time
@@ -33,6 +34,7 @@ from marshmallow import ValidationError
 from . import catalog
 from . import counters
 from . import framing
+from . import logs
 from . import slots
 from . import storage
 from .auth import refuse_token_in_url
@@ -145,6 +147,10 @@ def stream(kind: str, exec_id: str) -> Response:
     user_id = str(user.get_id())
     state = current_state()
     settings = state.settings
+    if state.hub.stopping:
+        # SPEC §5.4: a worker shutting down takes no new stream; the jittered retry lands on a live one.
+        counters.stream_refused("shutdown")
+        raise Unavailable("this worker is shutting down; retry", retry_after=random.randint(1, 5))
     if state.hub.open_streams >= settings.max_streams_per_worker:
         counters.stream_refused("worker_limit")
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
@@ -178,10 +184,39 @@ def stream(kind: str, exec_id: str) -> Response:
     plan = dataclasses.replace(plan, **_direct_socket(request.environ, settings))
     state.hub.open_streams += 1
     counters.stream_opened(kind_name)
-    release = _once(lambda: _release(state, user_id, kind_name, connected_at))
-    response = Response(_generate(state, plan, release), status=200, mimetype="text/event-stream", headers=HEADERS)
+    ending = _Ending(last=cursor)
+    release = _once(lambda: _end(state, plan, ending))
+    response = Response(
+        _generate(state, plan, ending, release), status=200, mimetype="text/event-stream", headers=HEADERS
+    )
     response.call_on_close(release)  # the generator gives the slot back; this, if it never ran
     return response
+
+
+@dataclasses.dataclass
+class _Ending:
+    """How a stream ended, for its one log record (SPEC §9); its generator fills it in."""
+
+    reason: str = "client_gone"  # the generator never ran: the client left before the first byte
+    sent: int = 0
+    last: int = 0
+
+
+def _end(state: State, plan: Plan, ending: _Ending) -> None:
+    """Give the stream's slot back, then log its end: once per stream, whichever way it ended."""
+    _release(state, plan.user_id, plan.kind, plan.connected_at)
+    logs.structured(
+        log,
+        logging.INFO,
+        "stream ended",
+        exec_id=plan.exec_id,
+        kind=plan.kind,
+        user_id=plan.user_id,
+        duration_s=round(time.monotonic() - plan.connected_at, 3),
+        events_sent=ending.sent,
+        last_id=ending.last,
+        reason=ending.reason,
+    )
 
 
 def _once(call: Callable[[], None]) -> Callable[[], None]:
@@ -281,7 +316,7 @@ def _hangup_watch(sock: t.Any, sub: Subscriber) -> Iterator[None]:
         watcher.stop()  # level-triggered: stop first; a client that sent bytes is left alone
         waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
         if struct.unpack("i", waiting)[0] == 0:
-            sub.close()
+            sub.close("client_gone")
 
     watcher.start(readable)
     try:
@@ -323,6 +358,7 @@ def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> Framed:
 def _written(sub: Subscriber, types: dict[str, int]) -> None:
     """Count a batch the generator wrote (its ``yield`` returned): per type, not per event (SPEC §9)."""
     counters.events_sent(types)
+    sub.sent += sum(types.values())
     if sub.connected_at is not None:
         counters.first_event(sub.connected_at)
         sub.connected_at = None
@@ -362,12 +398,14 @@ def _replay(
         if frames:
             yield b"".join(frames)
             _written(sub, types)
-        if ended or not more:
+        sub.last = max(sub.last, last)  # for the end record, should the client leave now
+        if ended or not more or sub.closing:
             return last, ended
 
 
-def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator[bytes]:
+def _generate(state: State, plan: Plan, ending: _Ending, release: Callable[[], None]) -> Iterator[bytes]:
     yield framing.prelude(plan.retry_ms)
+    ending.reason = "error"  # unless one of the ways out below says otherwise
     hub = state.hub
     sub = hub.subscribe(
         plan.exec_id, plan.poll_ms, user_id=plan.user_id, token_prefix=plan.token_prefix, text_mode=plan.text_mode
@@ -382,52 +420,77 @@ def _generate(state: State, plan: Plan, release: Callable[[], None]) -> Iterator
             reset, cursor = _reset_frame(cursor, newest, oldest)
             yield t.cast(bytes, reset)
             newest = None
+            ending.last = cursor  # the client's cursor is the reset's id now
         last, ended = yield from _replay(state, plan, sub, cursor, newest)
         if ended or (plan.terminal_id is not None and last >= plan.terminal_id):
             # Pruned to the end: the stream_reset's id was the terminal id; a reconnect gets 204 (SPEC §9).
+            ending.reason = "terminal"
             return
         if plan.socket is not None:
             sub.fd, sub.chunked = plan.socket.fileno(), plan.chunked
         hub.caught_up(sub, last)
         with _hangup_watch(plan.client, sub):
-            yield from _live(state, plan, sub, last)
+            ending.reason = yield from _live(state, plan, sub, last)
     except DatabaseUnavailable:
         # After the first byte a status can no longer say 503: end cleanly instead; the
         # client resumes with Last-Event-ID and gets the 503 while the outage lasts (SPEC §2).
+        ending.reason = "unavailable"
         return
     except GeneratorExit:
         # gunicorn closes us when a write fails: a client that hung up, or one that stopped
         # reading until the send timeout (its socket still full) — issue 4's slow client.
+        ending.reason = "client_gone"
         if _unsent(plan.client):
             counters.SLOW_CLIENT_DISCONNECTS.inc()
+            ending.reason = "slow_client"
         raise
     finally:
         hub.unsubscribe(sub)
+        ending.sent, ending.last = sub.sent, max(ending.last, sub.last)
         # Before the response's last byte: a client that sees the end may open another at once.
         release()
 
 
-def _send_pending(plan: Plan, sub: Subscriber) -> bool:
-    """Finish a direct write the socket did not take at once; False if the client is gone."""
+def _send_pending(plan: Plan, sub: Subscriber) -> str | None:
+    """Finish a direct write the socket did not take at once; why the stream must end, if it must."""
     data, sub.pending = sub.pending, b""
     try:
         plan.socket.sendall(data)  # cooperative, bounded by the send timeout
     except TimeoutError:
         counters.SLOW_CLIENT_DISCONNECTS.inc()  # it stopped reading (issue 4)
-        return False
+        return "slow_client"
     except OSError:
-        return False
-    return True
+        return "client_gone"
+    return None
 
 
-def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[bytes]:
+def _shutdown_end(plan: Plan) -> bytes:
+    """The last bytes of a stream ended by shutdown: a jittered ``retry:`` (SPEC §5.4, §9).
+
+    The streams of a worker all end at once; spread over half to one and a half
+    retry periods, their reconnects do not all land on the next worker together.
+    Reading is shut too, so gunicorn closes the connection after this response
+    instead of keeping it for another request to a worker that is going away.
+    """
+    if plan.client is not None:
+        with contextlib.suppress(OSError):
+            plan.client.shutdown(socket.SHUT_RD)
+    return framing.retry(random.randint(plan.retry_ms // 2, plan.retry_ms * 3 // 2))
+
+
+def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Generator[bytes, None, str]:
+    """Live events until the stream ends; why it ended (SPEC §9). ``sub.last`` follows the cursor."""
     started = time.monotonic()
     next_ping = started + plan.heartbeat_s
     end = started + plan.lifetime_s
     while True:
         now = time.monotonic()
-        if now >= end or sub.closing:
-            return
+        if sub.closing:
+            if sub.reason == "shutdown":
+                yield _shutdown_end(plan)
+            return sub.reason
+        if now >= end:
+            return "lifetime"
         if now >= next_ping:
             yield framing.PING
             next_ping = now + plan.heartbeat_s
@@ -435,10 +498,11 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
         sub.wakeup.wait(timeout=min(next_ping, end) - now)
         sub.parked = False
         last = sub.last  # the hub may have written frames for us meanwhile
-        if sub.pending and not _send_pending(plan, sub):
-            return
+        gone = _send_pending(plan, sub) if sub.pending else None
+        if gone:
+            return gone
         if sub.ended:
-            return
+            return "terminal"
         items, overflowed = sub.take()
         if sub.dropped_chunks:
             # Comments are ignored by clients; operators reading raw streams see the gap.
@@ -447,7 +511,7 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
         if overflowed:
             last, ended = yield from _replay(state, plan, sub, last)
             if ended:
-                return
+                return "terminal"
             continue
         frames, last, ended, types = _frames(plan, items, last)
         if frames:
@@ -456,5 +520,6 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Iterator[byte
             oldest = next((frame for frame in frames if frame.startswith(b"id:")), None)
             if oldest is not None:  # text chunks have no commit
                 counters.commit_to_send(oldest)
+        sub.last = last
         if ended:
-            return
+            return "terminal"

@@ -54,7 +54,7 @@ class Subscriber:
     __slots__ = (
         "exec_id", "items", "queued_bytes", "queued_chunks", "dropped_chunks", "wakeup", "overflowed",
         "closing", "limit", "poll_ms", "user_id", "token_prefix", "text_mode",
-        "fd", "chunked", "types", "last", "parked", "pending", "ended", "connected_at",
+        "fd", "chunked", "types", "last", "parked", "pending", "ended", "connected_at", "reason", "sent",
     )
 
     def __init__(
@@ -90,6 +90,10 @@ class Subscriber:
         self.ended = False
         #: ``time.monotonic()`` at the stream's request until its first event frame is written.
         self.connected_at: float | None = None
+        #: Why the stream was asked to end (see close); its end record says so (SPEC §9).
+        self.reason = ""
+        #: Event frames written for this stream, by the hub and by its generator (SPEC §9).
+        self.sent = 0
 
     def push(self, batch: Sequence[Item], size: int) -> None:
         if not self.overflowed:
@@ -132,6 +136,7 @@ class Subscriber:
                 return False  # a broken socket: the generator's next write ends the stream
             self.pending = data[written:]
             cached.writes += 1
+            self.sent += sum(cached.types.values())
             if self.connected_at is not None:
                 counters.first_event(self.connected_at)
                 self.connected_at = None
@@ -169,8 +174,10 @@ class Subscriber:
         self.queued_chunks += 1
         self.wakeup.set()
 
-    def close(self) -> None:
-        """Ask the stream to end (shutdown, revoked credential)."""
+    def close(self, reason: str) -> None:
+        """Ask the stream to end: ``shutdown``, ``revoked`` or ``client_gone``; the first reason stays."""
+        if not self.closing:
+            self.reason = reason
         self.closing = True
         self.wakeup.set()
 
