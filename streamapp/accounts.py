@@ -144,9 +144,19 @@ def disable_user(cur: Cursor, email: str) -> None:
 
     :raises NotFound: no such user.
     """
-    if find_user(cur, email) is None:
+    user = find_user(cur, email)
+    if user is None:
         raise NotFound(f"no user with email {email}")
     cur.execute(_DISABLE_USER, {"email": email})
+    _announce(cur, f"user:{user.id}")
+
+
+#: Revocations and disabled users, announced to every worker's token cache on commit (issue 10).
+AUTH_CHANNEL = "streamapp_auth"
+
+
+def _announce(cur: Cursor, change: str) -> None:
+    cur.execute("SELECT pg_notify(%s, %s)", (AUTH_CHANNEL, change))
 
 
 def _hash(token: str) -> bytes:
@@ -263,6 +273,7 @@ def revoke_token(cur: Cursor, prefix: str, *, user_id: int | None = None) -> Non
     cur.execute(_REVOKE_TOKEN, {"prefix": prefix, "user_id": user_id})
     if cur.rowcount == 0:
         raise NotFound("no live token with that prefix")
+    _announce(cur, f"token:{prefix}")
 
 
 _SELECT_REVOKED = """

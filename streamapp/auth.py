@@ -27,6 +27,7 @@ from . import accounts
 from . import login_limits
 from . import storage
 from . import tickets
+from . import token_cache
 from .errors import BadRequest
 from .errors import Forbidden
 from .errors import NotAuthenticated
@@ -77,8 +78,15 @@ def _load_token_user(req: t.Any) -> accounts.User | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    with current_state().db.autocommit() as cur:
-        return accounts.authenticate_token(cur, token.strip())
+    state = current_state()
+    # The listener that carries revocations to the cache runs in the hub (issue 10).
+    state.hub.start()
+
+    def lookup() -> accounts.User | None:
+        with state.db.autocommit() as cur:
+            return accounts.authenticate_token(cur, token.strip())
+
+    return token_cache.remember(state.token_cache, state.hub.trusts_notifications, token.strip(), lookup)
 
 
 def require(scope: str) -> t.Any:

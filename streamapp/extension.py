@@ -38,6 +38,7 @@ from .state import Authorize
 from .state import State
 from .state import owner_or_admin
 from .tickets import Tickets
+from .token_cache import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class StreamApp:
         # Every appended event is redacted before it is stored (SPEC §7).
         redactor = Redactor(settings.redact_keys)
         secret_key = settings.secret_key or app.secret_key
+        # Bearer tokens are remembered for a heartbeat; revocations reach it through the hub.
+        tokens = TokenCache(settings.heartbeat_s) if own_users else None
         state = State(
             settings=settings,
             db=db,
@@ -120,7 +123,9 @@ class StreamApp:
                 maintenance_s=settings.heartbeat_s,
                 revoked_check=accounts.revoked if own_users else None,
                 background=_background(db, settings),
+                auth_changes=(accounts.AUTH_CHANNEL, tokens.invalidate) if tokens is not None else None,
             ),
+            token_cache=tokens,
             authorize=self.authorize or owner_or_admin,
             own_users=own_users,
             url_prefix=self.url_prefix,

@@ -92,6 +92,7 @@ class Hub:
         maintenance_s: float = MAINTENANCE_S,
         revoked_check: RevokedCheck | None = None,
         background: Sequence[Callable[[], None]] = (),
+        auth_changes: tuple[str, Callable[[str | None], None]] | None = None,
     ) -> None:
         self.db = db
         self.listen_url = listen_url
@@ -108,6 +109,8 @@ class Hub:
         self._recheck = gevent.event.Event()
         self.maintenance_s = maintenance_s
         self.revoked_check = revoked_check
+        #: (channel, callback): revocations for the token cache; ``None`` tells it to forget all.
+        self.auth_changes = auth_changes
         #: Loops that run beside the hub's own in each worker: the sweeper, retention (issue 13).
         self.background = tuple(background)
         self.worker_id = ""
@@ -143,6 +146,11 @@ class Hub:
             sub.close("shutdown")
         gevent.killall(self._greenlets, block=False)
         self._greenlets = []
+
+    @property
+    def trusts_notifications(self) -> bool:
+        """Whether a revocation would reach this worker now: a listener is connected and listening."""
+        return self.listen and self.listener_healthy and not self._stopping
 
     @property
     def stopping(self) -> bool:
@@ -250,6 +258,10 @@ class Hub:
                 conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
                 with conn.cursor() as cur:
                     cur.execute(f"LISTEN {storage.CHANNEL}; LISTEN {chunks.CHANNEL}")
+                    if self.auth_changes is not None:
+                        cur.execute(f"LISTEN {self.auth_changes[0]}")
+                        # Revocations sent while no listener was connected are lost: forget all.
+                        self.auth_changes[1](None)
                 self.listener_healthy = True
                 counters.LISTENER_RECONNECTS.inc()
                 self.db.outage.up()
@@ -286,6 +298,9 @@ class Hub:
                 note = conn.notifies.pop(0)
                 if note.channel == chunks.CHANNEL:
                     self._on_chunk(note.payload)
+                    continue
+                if self.auth_changes is not None and note.channel == self.auth_changes[0]:
+                    self.auth_changes[1](note.payload)
                     continue
                 counters.NOTIFICATIONS.inc()
                 exec_id, _, last = note.payload.rpartition(":")

@@ -16,6 +16,7 @@ if t.TYPE_CHECKING:
     from .hub import Hub
     from .producer import Producer
     from .tickets import Tickets
+    from .token_cache import TokenCache
 
 Authorize = Callable[[t.Any, dict[str, t.Any]], bool]
 EXTENSION_KEY = "streamapp"
@@ -38,6 +39,8 @@ class State:
     redactor: Redactor = dataclasses.field(default_factory=Redactor)
     authorize: Authorize = owner_or_admin
     own_users: bool = True
+    #: Bearer tokens this worker checked lately (issue 10); ``None`` in extension mode.
+    token_cache: TokenCache | None = None
     url_prefix: str = "/api/v0"
 
 
