@@ -18,6 +18,7 @@ Two ways to append:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -331,7 +332,8 @@ def cancel(
 
 
 class Producer:
-    """Appends in transactions of its own: two round trips, the wake-up after the commit."""
+    """Appends in transactions of its own, the wake-up after the commit: one round trip for an
+    execution this producer has appended to before, two for the first append."""
 
     def __init__(
         self,
@@ -347,6 +349,7 @@ class Producer:
         self.max_event_bytes = max_event_bytes
         self.redact = redact
         self.max_json_depth = max_json_depth
+        self._known = KnownExecutions()
 
     def create_execution(self, kind: str, name: str, owner_id: str, **fields: t.Any) -> dict[str, t.Any]:
         """Create an execution in its own transaction (see :func:`create_execution`).
@@ -372,16 +375,14 @@ class Producer:
         is validated or stored; the HTTP layer authorizes there, in the same
         transaction, instead of in one of its own.
         """
-        with self.db.connection() as conn:
-            conn.autocommit = True  # we send BEGIN and COMMIT ourselves, each with other work
-            try:
-                return self._append(conn, exec_id, events, kind, check)
-            finally:
-                if not conn.closed and conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
-                    with contextlib.suppress(psycopg2.Error):
-                        conn.cursor().execute("ROLLBACK")
-                if not conn.closed:
-                    conn.autocommit = False
+        known = self._known.get(exec_id)
+        if known is not None and (kind is None or known["kind"] == kind) and not _has_sequence(events):
+            result = self._append_known(known, events, check)
+            if result is not None:
+                return result
+            # Nothing was written: the execution has ended. The locking path says so (Conflict).
+        with self.db.connection() as conn, _own_transactions(conn):
+            return self._append(conn, exec_id, events, kind, check)
 
     def cancel(
         self,
@@ -427,5 +428,99 @@ class Producer:
                     raise  # failed before COMMIT: nothing is stored
                 # Stored; only the wake-up failed. The safety check delivers within poll_ms.
                 log.warning("NOTIFY after an append failed; streams catch up by the safety check")
+        self._known.remember(t.cast(dict[str, t.Any], execution))
         counters.APPENDS.inc(len(prepared.append.rows))  # committed: once per batch (SPEC §9)
         return prepared.result
+
+    def _append_known(
+        self,
+        known: dict[str, t.Any],
+        events: Sequence[t.Any],
+        check: Callable[[dict[str, t.Any]], None] | None,
+    ) -> AppendResult | None:
+        """Append to an execution this worker has seen, in one round trip; ``None`` if it has ended.
+
+        What is checked here does not change over an execution's life (kind, owner, output
+        schema); whether it has ended is checked by the statement itself, under its row lock.
+        """
+        if check is not None:
+            check(known)
+        checked, _ = _check_batch(known, events, self.max_event_bytes, self.redact, self.max_json_depth)
+        ts = _now()
+        tails, status, terminal_offset = [], None, None
+        for place, (type_name, data, data_json) in enumerate(checked, 1):
+            tails.append((type_name, _envelope_tail(type_name, ts, known, data_json)))
+            status = catalog.status_after(known["kind"], type_name, data) or status
+            if type_name in catalog.TERMINAL_TYPES:
+                terminal_offset = place
+        with self.db.connection() as conn, _own_transactions(conn), conn.cursor() as cur:
+            try:
+                outcome = storage.append_known(
+                    cur, known["exec_id"], tails, ts, status=status, terminal_offset=terminal_offset,
+                    notify=self.notify,
+                )
+            except psycopg2.Error:
+                if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                    raise  # failed before COMMIT: nothing is stored
+                log.warning("NOTIFY after an append failed; streams catch up by the safety check")
+                outcome = storage.last_append(cur)
+        if outcome is None:
+            return None
+        before, new_status = outcome
+        counters.APPENDS.inc(len(tails))
+        return AppendResult(before + 1, before + len(tails), new_status)
+
+
+@contextlib.contextmanager
+def _own_transactions(conn: Connection) -> t.Iterator[None]:
+    """Autocommit while we send BEGIN and COMMIT ourselves, each with other work; clean up after."""
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+            with contextlib.suppress(psycopg2.Error):
+                conn.cursor().execute("ROLLBACK")
+        if not conn.closed:
+            conn.autocommit = False
+
+
+def _has_sequence(events: Sequence[t.Any]) -> bool:
+    """Whether a batch holds a type whose sequence is checked against the row (structured_delta)."""
+    for event in events:
+        spec = catalog.CATALOG.get(str(event.get("type"))) if isinstance(event, dict) else None
+        if spec is not None and spec.sequence_field:
+            return True
+    return False
+
+
+def _envelope_tail(type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
+    """The envelope after its ``{"id":N``, which the database writes once it has the id."""
+    head = json.dumps(
+        {"type": type_name, "ts": ts, "exec_id": execution["exec_id"], "kind": execution["kind"]},
+        separators=(",", ":"),
+    )
+    return "," + head[1:-1] + ',"data":' + data_json + "}"
+
+
+class KnownExecutions:
+    """What never changes about the executions this worker appended to lately (kind, owner, schema).
+
+    Ended executions are known too: their next append takes the locking path and gets its 409.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._rows: collections.OrderedDict[str, dict[str, t.Any]] = collections.OrderedDict()
+
+    def get(self, exec_id: str) -> dict[str, t.Any] | None:
+        return self._rows.get(exec_id)
+
+    def remember(self, execution: dict[str, t.Any]) -> None:
+        # The changing fields are blanked so nothing can read them as current.
+        self._rows[execution["exec_id"]] = {
+            **execution, "status": None, "last_event_id": None, "terminal_event_id": None, "last_sequence": 0,
+        }
+        self._rows.move_to_end(execution["exec_id"])
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)

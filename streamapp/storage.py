@@ -185,6 +185,83 @@ def commit_events(cur: Cursor, exec_id: str, append: Append, *, notify_after: bo
     cur.execute(sql)
 
 
+# One round trip for an append to an execution the producer already knows (issue 10): the
+# row's own UPDATE takes the lock and hands the ids to the INSERT, so ids stay gap-free and in
+# commit order; the envelope's id is spliced in front of its pre-rendered tail. No row comes
+# back when the execution has ended (or is gone): then nothing was written, and the caller
+# takes the locking path to say why. The outcome outlives the data transaction in a session
+# setting, so the wake-up's own transaction, after COMMIT, can name the new last id and
+# return it in the same round trip (the notify lock is never held through the data's flush).
+_APPEND_KNOWN = """
+SELECT set_config('streamapp.append', '', false);
+BEGIN;
+WITH bumped AS (
+    UPDATE executions
+    SET last_event_id = last_event_id + %(count)s,
+        status = COALESCE(%(status)s, status),
+        terminal_event_id = last_event_id + %(terminal_offset)s,
+        updated_at = clock_timestamp()
+    WHERE exec_id = %(exec_id)s AND terminal_event_id IS NULL
+    RETURNING last_event_id - %(count)s AS before, status
+), stored AS (
+    INSERT INTO events (exec_id, id, type, created_at, envelope)
+    SELECT %(exec_id)s, b.before + e.n, e.type, %(ts)s, '{"id":' || (b.before + e.n) || e.tail
+    FROM bumped b, unnest(%(types)s::text[], %(tails)s::text[]) WITH ORDINALITY AS e(type, tail, n)
+)
+SELECT set_config('streamapp.append', b.before || ':' || b.status, false) FROM bumped b;
+COMMIT;
+SET LOCAL synchronous_commit TO off;
+SELECT current_setting('streamapp.append'),
+       CASE WHEN %(notify)s AND current_setting('streamapp.append') <> '' THEN pg_notify(
+           %(channel)s,
+           %(exec_id)s || ':' || (split_part(current_setting('streamapp.append'), ':', 1)::bigint + %(count)s)
+       ) END
+"""
+
+
+def append_known(
+    cur: Cursor,
+    exec_id: str,
+    tails: list[tuple[str, str]],
+    ts: str,
+    *,
+    status: str | None,
+    terminal_offset: int | None,
+    notify: bool,
+) -> tuple[int, str] | None:
+    """On an autocommit cursor: store ``(type, envelope tail)`` rows, commit, then wake, in one round trip.
+
+    ``terminal_offset`` is the 1-based place of a terminal event in the batch.
+    Returns the id before the first new one and the execution's status, or
+    ``None`` when nothing was written (ended or unknown execution).
+    """
+    cur.execute(_APPEND_KNOWN, {
+        "exec_id": exec_id,
+        "count": len(tails),
+        "status": status,
+        "terminal_offset": terminal_offset,
+        "ts": ts,
+        "types": [type_name for type_name, _ in tails],
+        "tails": [tail for _, tail in tails],
+        "notify": notify,
+        "channel": CHANNEL,
+    })
+    return _outcome(cur.fetchone())
+
+
+def last_append(cur: Cursor) -> tuple[int, str] | None:
+    """What :func:`append_known` stored on this connection, when only its wake-up failed."""
+    cur.execute("SELECT current_setting('streamapp.append', true)")
+    return _outcome(cur.fetchone())
+
+
+def _outcome(row: tuple[t.Any, ...] | None) -> tuple[int, str] | None:
+    if row is None or not row[0]:
+        return None
+    before, _, status = row[0].partition(":")
+    return int(before), status
+
+
 def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
     """Wake the streams of ``exec_id``; delivered when the transaction commits.
 
