@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import resource
 import secrets
 import select
 import shlex
@@ -325,6 +326,8 @@ def run(module: str, parser: argparse.ArgumentParser, measure: Measure, argv: Se
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # The server and the load processes inherit it: each holds thousands of sockets.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     try:
         with contextlib.ExitStack() as stack:
             tmp = Path(tempfile.mkdtemp(prefix=f"streamapp-{module}-"))

@@ -22,7 +22,6 @@ monkey.patch_all()
 import array  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -238,8 +237,6 @@ def _count_missing(sent: list[int], got: list[int]) -> int:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (stdin closes) on Ctrl-C
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
     stdin = gevent.fileobject.FileObjectPosix(sys.stdin.fileno(), "rb", close=False)
     cfg = json.loads(stdin.readline())
     runner: Fanout | Chunks = Fanout(cfg) if cfg["mode"] == "streams" else Chunks(cfg)
