@@ -84,7 +84,7 @@ def _query_latencies(url: str, token: str, user_id: str, exec_id: str) -> dict[s
         "token lookup (accounts.authenticate_token)": lambda: accounts.authenticate_token(cur, token),
         "execution lookup (storage.get_execution)": lambda: storage.get_execution(cur, "workflow", exec_id),
         "per-user count (slots.take + give_back)": slot,
-        "first replay page (storage.events_after)": lambda: storage.events_after(cur, exec_id, HISTORY // 2, 5000),
+        "first replay page (storage.frames_after)": lambda: storage.frames_after(cur, exec_id, HISTORY // 2, 5000),
     }
     out = {}
     for name, step in steps.items():

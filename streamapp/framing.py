@@ -43,6 +43,8 @@ def event_frame(event_id: int | None, event: str, data: str) -> bytes:
 def stored_event_frame(event_id: int, event: str, envelope: str) -> bytes:
     """Frame a stored envelope; types and ids were validated when it was stored.
 
+    ``storage.frames_after`` has PostgreSQL write these same bytes (tests hold the two equal).
+
     The envelope is ``json.dumps`` output, which escapes every control
     character, so it is one ``data:`` line; the general path still guards it.
     """

@@ -208,13 +208,12 @@ class Hub:
         try:
             while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
                 with self.db.autocommit() as cur:
-                    rows, _ = storage.events_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
+                    batch, _ = storage.frames_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
                 counters.EVENT_READS.inc()
-                if not rows:
+                if not batch:
                     break
-                batch = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
                 size = sum(len(frame) for _, _, frame in batch)
-                topic.cursor = rows[-1][0]
+                topic.cursor = batch[-1][0]
                 rendered: dict[t.Any, Rendered] = {}
                 direct = 0
                 for sub in list(topic.subscribers):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+import psycopg2.extensions
 import psycopg2.extras
 from psycopg2.extras import Json
 
+from . import framing
 from .errors import Conflict
 
 if t.TYPE_CHECKING:
@@ -273,12 +275,22 @@ def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
 #: A page of events stops once it holds this many bytes (always at least one event).
 PAGE_BYTES = 4 * 1024 * 1024
 
-_SELECT_EVENTS_AFTER = """
-SELECT id, type, envelope, scanned FROM (
-    SELECT id, type, envelope, count(*) OVER () AS scanned,
-           sum(octet_length(envelope)) OVER (ORDER BY id) - octet_length(envelope) AS before
+# The frames themselves are put together by PostgreSQL and cross the wire as the bytes the
+# client gets (varchar read as bytes, below): no decode, format and encode per event in the
+# worker, which is what bounded replay and fan-out (issue 10). An envelope holding a line
+# break was not written by the producer; it comes back raw and takes the general framing.
+_SELECT_FRAMES_AFTER = """
+SELECT id, type, frame, raw, scanned FROM (
+    SELECT id, type, frame, raw, count(*) OVER () AS scanned,
+           sum(octet_length(coalesce(frame, raw))) OVER (ORDER BY id) - octet_length(coalesce(frame, raw)) AS before
     FROM (
-        SELECT id, type, envelope FROM events
+        SELECT id, type,
+               CASE WHEN strpos(envelope, chr(10)) = 0 AND strpos(envelope, chr(13)) = 0
+                    THEN ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: ' || envelope
+                          || chr(10) || chr(10))::varchar
+               END AS frame,
+               CASE WHEN strpos(envelope, chr(10)) > 0 OR strpos(envelope, chr(13)) > 0 THEN envelope END AS raw
+        FROM events
         WHERE exec_id = %(exec_id)s AND id > %(after)s
         ORDER BY id
         LIMIT %(limit)s
@@ -287,23 +299,27 @@ SELECT id, type, envelope, scanned FROM (
 WHERE before < %(max_bytes)s
 ORDER BY id
 """
+#: varchar columns as bytes, as PostgreSQL sent them; text columns stay str.
+_VARCHAR_AS_BYTES = psycopg2.extensions.new_type((1043,), "STREAMAPP_FRAME", psycopg2.extensions.BYTES)
 
 
-def events_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[tuple[int, str, str]], bool]:
-    """Stored events with ``id > after`` in id order, ``(id, type, envelope)``, and whether more follow.
-
-    At most ``limit`` events and about :data:`PAGE_BYTES` bytes, so one page of
-    large events cannot balloon a worker's memory.
+def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[tuple[int, str, bytes]], bool]:
+    """Stored events with ``id > after`` as SSE frames, ``(id, type, frame)`` in id order, and whether
+    more follow; at most ``limit`` events and about :data:`PAGE_BYTES` bytes.
     """
+    psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
     cur.execute(
-        _SELECT_EVENTS_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES}
+        _SELECT_FRAMES_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES}
     )
     rows = cur.fetchall()
     if not rows:
         return [], False
-    scanned = rows[0][3]
+    scanned = rows[0][4]
     more = scanned == limit or len(rows) < scanned
-    return [row[:3] for row in rows], more
+    return [
+        (event_id, type_name, frame if frame is not None else framing.event_frame(event_id, type_name, raw))
+        for event_id, type_name, frame, raw, _ in rows
+    ], more
 
 
 _SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"

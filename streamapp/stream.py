@@ -387,13 +387,12 @@ def _replay(
     while True:
         # The cap covers the read, not the client's pace: a slow reader holds no slot.
         with state.hub.replays, state.db.autocommit() as cur:
-            rows, more = storage.events_after(cur, plan.exec_id, last, REPLAY_PAGE)
+            items, more = storage.frames_after(cur, plan.exec_id, last, REPLAY_PAGE)
         if newest is not None:
-            reset, last = _reset_frame(last, newest, rows[0][0] if rows else None)
+            reset, last = _reset_frame(last, newest, items[0][0] if items else None)
             if reset:
                 yield reset
             newest = None
-        items = [(i, typ, framing.stored_event_frame(i, typ, env)) for i, typ, env in rows]
         frames, last, ended, types = _frames(plan, items, last)
         if frames:
             yield b"".join(frames)
