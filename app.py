@@ -116,6 +116,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
         self.cfg.set("bind", self.bind)
+        # A developer watches requests go by; production leaves it to the proxy (gunicorn.conf.py).
+        self.cfg.set("accesslog", "-")
         self.cfg.set("workers", 1)
 
     def load(self) -> Flask:

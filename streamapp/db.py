@@ -1,9 +1,9 @@
 """Database connections: a small blocking pool per worker and the listener's connection.
 
 Under gunicorn's gevent worker, psycopg2 is made cooperative by psycogreen
-(patched in ``post_fork`` before any connection opens), and ``queue.Queue`` is
-patched by gevent, so a greenlet waiting for a pooled connection yields
-instead of blocking the worker. A connection is used by one greenlet at a
+(patched in ``post_fork`` before any connection opens), and the pool's
+semaphore is patched by gevent, so a greenlet waiting for a pooled connection
+yields instead of blocking the worker. A connection is used by one greenlet at a
 time and returned before a stream yields to its client (STYLE §2).
 
 Outages (SPEC §2 "Robustness"): this module owns the connections, so it alone
@@ -17,9 +17,9 @@ begins and one when it ends, never one per request.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
-import queue
 import random
 import threading
 import time
@@ -149,9 +149,10 @@ class Database:
         self.application_name = application_name
         self.pool_timeout_s = pool_timeout_s
         self.outage = Outage()
-        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        # A deque's append and pop are atomic: no lock or condition per checkout (issue 10).
+        # The newest idle connection goes out first, so the others can time out server-side.
+        self._idle: collections.deque[Connection] = collections.deque()
         self._slots = threading.BoundedSemaphore(size)
-        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -212,8 +213,8 @@ class Database:
     def _take(self) -> Connection:
         while True:
             try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
+                conn = self._idle.pop()
+            except IndexError:
                 return connect(self.url, self.application_name)
             if not conn.closed:
                 return conn
@@ -227,14 +228,14 @@ class Database:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
             return
-        self._idle.put(conn)
+        self._idle.append(conn)
 
     def close(self) -> None:
         """Close every idle connection (at worker exit and in tests)."""
         while True:
             try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
+                conn = self._idle.pop()
+            except IndexError:
                 return
             with contextlib.suppress(psycopg2.Error):
                 conn.close()

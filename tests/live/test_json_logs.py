@@ -142,9 +142,14 @@ def test_a_forging_path_stays_inside_its_json_record(json_server):
     assert "secret-in-query" not in json_server.log_text()
 
 
-def test_every_line_of_the_log_is_a_json_object(json_server):
-    # Runs after the tests above in this module (pytest keeps file order): the master's
-    # and the worker's start-up lines, access records and stream ends are all there.
+def test_every_line_of_the_log_is_a_json_object(json_server, account, workflow, producer):
+    # A stream of its own, so access records and a stream end are there whichever tests of
+    # this module ran on this xdist worker before it.
+    _append(producer, workflow, "warning", "complete")
+    with Stream(json_server.api(f"/executions/workflows/{workflow}/stream"), account.headers) as s:
+        s.rest()
+    _wait_for(json_server, _stream_end(workflow))
+    _wait_for(json_server, lambda r: r.get("logger") == "gunicorn.access" and workflow in r.get("path", ""))
     records = _records(json_server)
     loggers = {r["logger"] for r in records}
     assert {"gunicorn.error", "gunicorn.access", "streamapp.stream"} <= loggers
