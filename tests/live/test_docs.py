@@ -43,6 +43,7 @@ PAGES = [
     "docs/integration.md",
     "docs/configuration.md",
     "docs/performance.md",
+    "docs/performance-chunks.md",
     "examples/node/README.md",
     "examples/browser/README.md",
 ]
