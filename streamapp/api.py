@@ -153,26 +153,39 @@ def list_executions(segment: str) -> Response:
     )
 
 
-@bp.post("/executions/<segment>/<exec_id>/events")
-def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
-    kind = kind_of(segment)
+def _publisher_check(kind: str, exec_id: str) -> t.Callable[[dict[str, t.Any]], None]:
+    """Who may write to this execution: the check the producer runs on it, once it has it.
+
+    Visibility comes first (404 hides existence), then the ``publish`` scope (403), before
+    anything of the body is read. The producer runs the returned check on the execution it
+    holds (the locked row, or what the worker knows of it), so "not yours" is 404 there too,
+    even once it has ended.
+
+    :raises NotFound: unknown, malformed or not visible.
+    :raises Forbidden: visible, but the credential lacks ``publish``.
+    """
     user = require("read")
     state = current_state()
     if "publish" not in getattr(user, "scopes", accounts.SCOPES):
-        # Visibility first (404 hides existence), then the scope (403), before the content.
         with state.db.autocommit() as cur:
             visible_execution(cur, kind, exec_id, user)
         require("publish")
     if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
         raise NotFound()
-    body = _events_append.load(require_json_body())
 
     def visible(execution: dict[str, t.Any]) -> None:
-        # Checked on the locked row, inside the append's own transaction.
         if not state.authorize(user, execution):
             raise NotFound()
 
-    result = state.producer.append_events(exec_id, body["events"], kind=kind, check=visible)
+    return visible
+
+
+@bp.post("/executions/<segment>/<exec_id>/events")
+def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
+    kind = kind_of(segment)
+    visible = _publisher_check(kind, exec_id)
+    body = _events_append.load(require_json_body())
+    result = current_state().producer.append_events(exec_id, body["events"], kind=kind, check=visible)
     return jsonify(_append_out.dump(result)), 201
 
 
@@ -256,21 +269,7 @@ def _cancel_reason() -> str | None:
 def cancel_execution(segment: str, exec_id: str) -> Response:
     """End an execution with ``error`` CANCELED; 409 once it has ended (SPEC §2)."""
     kind = kind_of(segment)
-    user = require("read")
-    state = current_state()
-    if "publish" not in getattr(user, "scopes", accounts.SCOPES):
-        # Visibility first (404 hides existence), then the scope (403), as for appends.
-        with state.db.autocommit() as cur:
-            visible_execution(cur, kind, exec_id, user)
-        require("publish")
-    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
-        raise NotFound()
+    visible = _publisher_check(kind, exec_id)
     reason = _cancel_reason()
-
-    def visible(execution: dict[str, t.Any]) -> None:
-        # Checked on the locked row, so "not yours" is 404 even when it has ended.
-        if not state.authorize(user, execution):
-            raise NotFound()
-
-    execution = state.producer.cancel(exec_id, reason=reason, kind=kind, check=visible)
+    execution = current_state().producer.cancel(exec_id, reason=reason, kind=kind, check=visible)
     return jsonify(_document(execution))
