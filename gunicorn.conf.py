@@ -107,3 +107,7 @@ def post_worker_init(worker):
             state.hub.stop()
 
     gevent.spawn(stop_streams_when_not_alive)
+    if state.hub.background:
+        # Retention and abandoned-execution sweeps (SPEC §2, §9) must run on a worker that
+        # no request has reached yet; otherwise the hub starts with the first stream.
+        state.hub.start()

@@ -7,12 +7,18 @@ Every worker's hub runs the sweeper; the tests read the streams until the
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 import requests
 
+from tests.conftest import ROOT
+from tests.conftest import SECRET
+from tests.conftest import free_port
 from tests.conftest import live_server
 from tests.sse import Stream
 
@@ -97,3 +103,27 @@ def test_an_active_execution_does_not_time_out(live, producer, account, db):
         [error] = s.rest()
         assert (error.event, error.id) == ("error", str(last + 1))
         assert error.json["data"]["status"] == "TIMED_OUT"
+
+
+def test_a_worker_that_no_request_reached_still_sweeps(database, tmp_path, producer, account, db):
+    """The hub, and with it the sweeper, starts with the worker when background jobs are on."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("STREAMAPP_", "DATABASE_URL", "SECRET_KEY"))},
+        "DATABASE_URL": database, "SECRET_KEY": SECRET, "STREAMAPP_EXECUTION_TIMEOUT_S": str(TIMEOUT_S),
+    }
+    exec_id = _new(producer, account)
+    log = tmp_path / "gunicorn.log"
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
+               "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 30
+        while not _errors(db, exec_id):  # no HTTP request is ever sent to this server
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < end, f"never swept:\n{log.read_text()}"
+            time.sleep(0.2)
+        assert [e["status"] for e in _errors(db, exec_id)] == ["TIMED_OUT"]
+    finally:
+        process.terminate()
+        process.wait(15)
