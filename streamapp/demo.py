@@ -40,6 +40,7 @@ from flask import url_for
 from flask_login import login_user
 
 from . import accounts
+from .auth import client_address
 from .auth import refuse_token_in_url
 from .auth import require
 from .chunks import ChunkPublisher
@@ -91,7 +92,8 @@ def session() -> Response:
     :raises Forbidden: not from this machine, or a cross-site request.
     :raises NotFound: there is no active development user.
     """
-    if not (_loopback(request.remote_addr) and _loopback(urlsplit("//" + request.host).hostname)):
+    # client_address() is the client's, not a local proxy's, when STREAMAPP_PROXY_HOPS says one is in front.
+    if not (_loopback(client_address()) and _loopback(urlsplit("//" + request.host).hostname)):
         raise Forbidden("the demo signs in only from this machine (http://127.0.0.1 or http://localhost)")
     refuse_cross_site()
     with current_state().db.transaction() as cur:

@@ -124,6 +124,16 @@ def test_the_session_refuses_cross_site_requests_and_other_machines(client, dev_
     assert client.get("/api/v0/executions/workflows").status_code == 401
 
 
+def test_behind_a_local_proxy_the_session_judges_the_forwarded_client(make_client, dev_user):
+    # nginx on the same machine connects from 127.0.0.1; with STREAMAPP_PROXY_HOPS=1 the
+    # address that counts is the one it forwards, so a visitor from elsewhere is refused.
+    client = make_client(proxy_hops=1)
+    forwarded = {"X-Forwarded-For": "203.0.113.7", "Host": "127.0.0.1"}
+    assert client.post("/demo/session", json={}, headers=forwarded).status_code == 403
+    local = {"X-Forwarded-For": "127.0.0.1", "Host": "127.0.0.1"}
+    assert client.post("/demo/session", json={}, headers=local).status_code == 200
+
+
 def test_without_a_development_user_the_session_is_404(settings, empty_database):
     db = Database(empty_database, 1)
     migrate.upgrade(db)
