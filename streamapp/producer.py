@@ -201,12 +201,19 @@ def _check_batch(
 
 
 def _envelope(event_id: int, type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
-    # Built by hand around the already-encoded data so it is encoded once.
+    return f'{{"id":{event_id:d}' + _envelope_tail(type_name, ts, execution, data_json)
+
+
+def _envelope_tail(type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
+    """The envelope after its ``{"id":N``; the known-execution path has the database put the id in front.
+
+    Built by hand around the already-encoded data so it is encoded once.
+    """
     head = json.dumps(
-        {"id": event_id, "type": type_name, "ts": ts, "exec_id": execution["exec_id"], "kind": execution["kind"]},
+        {"type": type_name, "ts": ts, "exec_id": execution["exec_id"], "kind": execution["kind"]},
         separators=(",", ":"),
     )
-    return head[:-1] + ',"data":' + data_json + "}"
+    return "," + head[1:-1] + ',"data":' + data_json + "}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +271,25 @@ def append_events(
     :raises TooLarge: an event's data over ``max_event_bytes``.
     """
     execution = storage.get_execution(cur, kind, exec_id, lock=True)
+    return _append_locked(
+        cur, execution, events,
+        max_event_bytes=max_event_bytes, redact=redact, notify=notify, max_json_depth=max_json_depth,
+    )
+
+
+def _append_locked(
+    cur: Cursor,
+    execution: dict[str, t.Any] | None,
+    events: Sequence[t.Any],
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    redact: Redactor | None = DEFAULT_REDACTOR,
+    notify: bool = True,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> AppendResult:
+    """:func:`append_events` on an execution whose row the caller has locked in ``cur``'s transaction."""
     prepared = _prepare(execution, events, max_event_bytes, redact, None, max_json_depth)
+    exec_id = t.cast(dict[str, t.Any], execution)["exec_id"]
     storage.insert_events(cur, exec_id, prepared.append)
     if notify:
         storage.notify(cur, exec_id, prepared.result.last_id)
@@ -304,7 +329,8 @@ def _end(
         check(execution)
     if execution["terminal_event_id"] is not None:
         raise Conflict("the execution has already ended")
-    result = append_events(cur, exec_id, [event], kind=kind, **append)
+    # On the row locked above: one lock, one read.
+    result = _append_locked(cur, execution, [event], **append)
     return {**execution, "status": result.status, "last_event_id": result.last_id, "terminal_event_id": result.last_id}
 
 
@@ -492,15 +518,6 @@ def _has_sequence(events: Sequence[t.Any]) -> bool:
         if spec is not None and spec.sequence_field:
             return True
     return False
-
-
-def _envelope_tail(type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
-    """The envelope after its ``{"id":N``, which the database writes once it has the id."""
-    head = json.dumps(
-        {"type": type_name, "ts": ts, "exec_id": execution["exec_id"], "kind": execution["kind"]},
-        separators=(",", ":"),
-    )
-    return "," + head[1:-1] + ',"data":' + data_json + "}"
 
 
 class KnownExecutions:
