@@ -1,4 +1,5 @@
-"""How deeply JSON nests, found without recursion (SPEC §2 "Robustness", issue 11).
+"""How deeply JSON nests, and what in it PostgreSQL cannot store, found without recursion
+(SPEC §2 "Robustness", issue 11).
 
 Every object or array is one level: ``{}`` is 1, ``{"a": [1]}`` is 2. The JSON
 decoder, the catalog, the output schema checks, the redactor and ``json.dumps``
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import re
 import typing as t
+from collections.abc import Iterator
 
 from .errors import Invalid
 
@@ -23,6 +25,7 @@ DEFAULT_MAX_DEPTH = 64
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _CONTAINERS = (dict, list, tuple)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def text_depth(text: str, limit: int) -> int:
@@ -65,3 +68,31 @@ def check_value(value: t.Any, limit: int, where: str) -> None:
             raise Invalid(f"{where} is nested deeper than {limit} levels of objects and arrays")
         children = item.values() if isinstance(item, dict) else item
         stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
+
+
+def unstorable(value: t.Any) -> str | None:
+    """What in a JSON value PostgreSQL's text and jsonb cannot hold, or ``None``.
+
+    U+0000 and lone UTF-16 surrogates, in any string, keys included. Refusing them
+    before the INSERT keeps a failing statement, and the value with it, out of the
+    server's log (SPEC §2).
+    """
+    for item in _strings(value):
+        if "\x00" in item:
+            return "the character U+0000"
+        if not item.isascii() and _SURROGATE.search(item):
+            return "a lone UTF-16 surrogate"
+    return None
+
+
+def _strings(value: t.Any) -> Iterator[str]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)

@@ -54,7 +54,6 @@ if t.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXEC_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 DEFAULT_MAX_JSON_DEPTH = nesting.DEFAULT_MAX_DEPTH
 Redactor = Callable[[t.Any], t.Any]
@@ -120,24 +119,12 @@ def create_execution(
 
 
 def _check_storable(value: t.Any, where: str) -> None:
-    """Refuse what PostgreSQL's jsonb cannot hold (U+0000, a lone surrogate) before the INSERT.
-
-    A failing statement would put the whole input into the server's log (SPEC §2).
-    Called after :func:`nesting.check_value`, so the walk ends.
+    """Refuse what PostgreSQL's jsonb cannot hold before the INSERT (:func:`nesting.unstorable`).
 
     :raises Invalid: naming ``where``.
     """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item or (not item.isascii() and _SURROGATE.search(item)):
-                raise Invalid(f"{where} holds U+0000 or a lone UTF-16 surrogate, which cannot be stored")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+    if nesting.unstorable(value) is not None:
+        raise Invalid(f"{where} holds U+0000 or a lone UTF-16 surrogate, which cannot be stored")
 
 
 def _now() -> str:

@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from marshmallow import fields
 from marshmallow import validate
 
+from . import nesting
 from .catalog import TYPE_PATTERN
 
 _DIGITS = re.compile(r"[0-9]+")  # not \d: it matches every script's digits
@@ -21,17 +22,9 @@ _EXEC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def _storable(value: t.Any) -> None:
     """PostgreSQL's text and jsonb cannot hold U+0000: refuse it (422), do not fail at insert (500)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ValidationError("must not contain the character U+0000")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    what = nesting.unstorable(value)
+    if what is not None:
+        raise ValidationError(f"must not contain {what}")
 
 
 class _Strict(Schema):
