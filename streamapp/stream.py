@@ -358,10 +358,7 @@ def _frames(plan: Plan, items: t.Iterable[Item], last: int) -> Framed:
 def _written(sub: Subscriber, types: dict[str, int]) -> None:
     """Count a batch the generator wrote (its ``yield`` returned): per type, not per event (SPEC §9)."""
     counters.events_sent(types)
-    sub.sent += sum(types.values())
-    if sub.connected_at is not None:
-        counters.first_event(sub.connected_at)
-        sub.connected_at = None
+    sub.wrote(sum(types.values()))
 
 
 def _unsent(sock: t.Any) -> bool:

@@ -136,14 +136,19 @@ class Subscriber:
                 return False  # a broken socket: the generator's next write ends the stream
             self.pending = data[written:]
             cached.writes += 1
-            self.sent += sum(cached.types.values())
-            if self.connected_at is not None:
-                counters.first_event(self.connected_at)
-                self.connected_at = None
+            self.wrote(sum(cached.types.values()))
         self.last, self.ended = cached.last, cached.ended
         if self.pending or self.ended:
             self.wakeup.set()
         return True
+
+    def wrote(self, frames: int) -> None:
+        """Count event frames written to this stream, by the hub or its generator; the first
+        batch observes the time to first event (SPEC §9)."""
+        self.sent += frames
+        if self.connected_at is not None:
+            counters.first_event(self.connected_at)
+            self.connected_at = None
 
     def _render(self, batch: Sequence[Item]) -> Rendered:
         frames, last, ended = [], self.last, False
