@@ -285,15 +285,18 @@ SELECT id, type, frame, raw, scanned FROM (
            sum(octet_length(coalesce(frame, raw))) OVER (ORDER BY id) - octet_length(coalesce(frame, raw)) AS before
     FROM (
         SELECT id, type,
-               CASE WHEN strpos(envelope, chr(10)) = 0 AND strpos(envelope, chr(13)) = 0
+               CASE WHEN NOT broken
                     THEN ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: ' || envelope
                           || chr(10) || chr(10))::varchar
                END AS frame,
-               CASE WHEN strpos(envelope, chr(10)) > 0 OR strpos(envelope, chr(13)) > 0 THEN envelope END AS raw
-        FROM events
-        WHERE exec_id = %(exec_id)s AND id > %(after)s
-        ORDER BY id
-        LIMIT %(limit)s
+               CASE WHEN broken THEN envelope END AS raw
+        FROM (
+            SELECT id, type, envelope, strpos(envelope, chr(10)) + strpos(envelope, chr(13)) > 0 AS broken
+            FROM events
+            WHERE exec_id = %(exec_id)s AND id > %(after)s
+            ORDER BY id
+            LIMIT %(limit)s
+        ) stored
     ) newest
 ) page
 WHERE before < %(max_bytes)s
