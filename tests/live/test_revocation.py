@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
 import requests
 
@@ -27,21 +26,12 @@ def _open_streams(live, headers, exec_ids) -> list[Stream]:
     return streams
 
 
-def _workers_holding_streams(live) -> int:
-    port = int(live.url.rsplit(":", 1)[1])
-    workers = psutil.Process(live.process.pid).children()
-    return sum(
-        any(c.laddr and c.laddr.port == port and c.status == "ESTABLISHED" for c in w.net_connections())
-        for w in workers
-    )
-
-
 def _streams_on_both_workers(live, headers, producer, account) -> list[Stream]:
     """Open streams until both workers hold at least one (the kernel picks the worker)."""
     streams: list[Stream] = []
     while len(streams) < 40:
         streams += _open_streams(live, headers, _executions(producer, account, 2))
-        if len(streams) >= STREAMS and _workers_holding_streams(live) == 2:
+        if len(streams) >= STREAMS and live.workers_holding_streams() == 2:
             return streams
     raise AssertionError("the streams never spread over both workers")
 
@@ -99,7 +89,7 @@ def _a_user_at_the_limit_on_both_workers(live, auth, producer, limit: int):
         account = auth.user()
         exec_ids = _executions(producer, account, limit)
         streams = _open_streams(live, account.headers, exec_ids)
-        if _workers_holding_streams(live) == 2:
+        if live.workers_holding_streams() == 2:
             return account, exec_ids, streams
         for stream in streams:
             stream.close()

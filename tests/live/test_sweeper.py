@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import requests
 
@@ -52,20 +51,11 @@ def _errors(db, exec_id: str) -> list[dict]:
         return [json.loads(row[0])["data"] for row in cur.fetchall()]
 
 
-def _workers_holding_streams(live) -> int:
-    port = int(live.url.rsplit(":", 1)[1])
-    workers = psutil.Process(live.process.pid).children()
-    return sum(
-        any(c.laddr and c.laddr.port == port and c.status == "ESTABLISHED" for c in w.net_connections())
-        for w in workers
-    )
-
-
 def test_idle_executions_each_get_exactly_one_timed_out(live, producer, account, db):
     streams: dict[str, Stream] = {}
     try:
         # Streams on both workers: both hubs, so both sweepers, are running and racing.
-        while len(streams) < 8 or _workers_holding_streams(live) < 2:
+        while len(streams) < 8 or live.workers_holding_streams() < 2:
             assert len(streams) < 40, "the streams never spread over both workers"
             exec_id = _new(producer, account, *([RUNNING] if len(streams) % 2 else []))
             streams[exec_id] = Stream(_url(live, exec_id), account.headers)
