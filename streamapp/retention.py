@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import re
 import typing as t
 
-import gevent
 import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
+from . import background
 from .db import transaction_on
-from .errors import StreamappError
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import connection as Connection
@@ -196,20 +194,11 @@ def interval_s(retention_s: float) -> float:
 
 
 def run_forever(db: Database, retention_s: float) -> None:
-    """Prune every :func:`interval_s` (with jitter) under the retention lock, until killed.
+    """Prune every :func:`interval_s` under the retention lock, until killed (:func:`background.repeat`)."""
 
-    Started by the worker's hub (``Hub(background=…)``), never at import or in
-    gunicorn's master; the hub's ``stop()`` kills it.
-    """
-    every = interval_s(retention_s)
-    while True:
-        gevent.sleep(every * random.uniform(0.8, 1.2))
-        try:
-            pruned = prune_exclusively(db, retention_s)
-        except StreamappError:
-            continue  # the database is away: the pool logged it once; the next round retries
-        except psycopg2.Error:
-            log.warning("pruning old events failed; the next round retries", exc_info=True)
-            continue
+    def one_round() -> None:
+        pruned = prune_exclusively(db, retention_s)
         if pruned is not None and (pruned.events or pruned.executions):
             log.info("pruned %d events of %d ended executions", pruned.events, pruned.executions)
+
+    background.repeat(interval_s(retention_s), one_round, "pruning old events")

@@ -19,14 +19,10 @@ and the storage module is the append path's.
 from __future__ import annotations
 
 import logging
-import random
 import typing as t
 
-import gevent
-import psycopg2
-
+from . import background
 from . import producer
-from .errors import StreamappError
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
@@ -102,20 +98,11 @@ def sweep(db: Database, timeout_s: float, *, batch: int = BATCH) -> list[str]:
 
 
 def run_forever(db: Database, timeout_s: float) -> None:
-    """Sweep every :func:`interval_s` (with jitter, so workers do not line up) until killed.
+    """Sweep every :func:`interval_s` until killed (:func:`background.repeat`)."""
 
-    Started by the worker's hub (``Hub(background=…)``), never at import or in
-    gunicorn's master; the hub's ``stop()`` kills it.
-    """
-    every = interval_s(timeout_s)
-    while True:
-        gevent.sleep(every * random.uniform(0.8, 1.2))
-        try:
-            ended = sweep(db, timeout_s)
-        except StreamappError:
-            continue  # the database is away: the pool logged it once; the next round retries
-        except psycopg2.Error:
-            log.warning("ending abandoned executions failed; the next round retries", exc_info=True)
-            continue
+    def one_round() -> None:
+        ended = sweep(db, timeout_s)
         if ended:
             log.info("ended %d abandoned executions (TIMED_OUT)", len(ended))
+
+    background.repeat(interval_s(timeout_s), one_round, "ending abandoned executions")
