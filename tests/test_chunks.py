@@ -261,16 +261,19 @@ def test_slow_reader_drops_chunks_but_never_a_durable_event(server, account):
         _chunks(server, account, exec_id, chunks=[text] * 60)
         _events(server, account, exec_id, ("warning", {"code": "n", "message": str(n)}))
     _events(server, account, exec_id, ("complete", {"status": "SUCCESS"}))
-    raw = b""
-    while True:
+    # Read until the parser has the whole `complete` frame: its `event:` line alone may arrive
+    # in one recv and its `data:` line in the next.
+    raw, items, ended = b"", [], False
+    while not ended:
         data = sock.recv(1 << 20)
-        if not data or raw.endswith(b"0\r\n\r\n"):
+        if not data:
             break
         raw += data
-        if b"event: complete" in raw:
-            break
+        fresh = reader.feed(data)
+        items.extend(fresh)
+        ended = any(getattr(item, "event", None) == "complete" for item in fresh)
     sock.close()
-    frames = [f for f in Reader().feed(raw) if not isinstance(f, str)]
+    frames = [f for f in received + items if not isinstance(f, str)]
     ids = [int(f.id) for f in frames if f.id is not None]
     chunks_seen = sum(1 for f in frames if f.event == "llm_chunk")
     dropped = sum(int(n) for n in re.findall(rb"^: dropped (\d+) text chunks$", raw, re.M))
