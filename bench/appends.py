@@ -131,15 +131,31 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
             values = rates[(level, mode)]
             pg_cores = harness.percentile([c[0] for c in cpu[(level, mode)]], 50)
             busy = harness.percentile([c[1] for c in cpu[(level, mode)]], 50)
-            rows.append([str(level), MODES[mode], f"{harness.percentile(values, 50):,.0f}",
-                         f"{min(values):,.0f}–{max(values):,.0f}", f"{pg_cores:.2f}", f"{busy:.2f}"])
+            rows.append(
+                [
+                    str(level),
+                    MODES[mode],
+                    f"{harness.percentile(values, 50):,.0f}",
+                    f"{min(values):,.0f}–{max(values):,.0f}",
+                    f"{pg_cores:.2f}",
+                    f"{busy:.2f}",
+                ]
+            )
         if {"own", "none"} <= set(args.modes):
             ratio = harness.percentile(rates[(level, "own")], 50) / harness.percentile(rates[(level, "none")], 50)
             rows.append([str(level), "**own ÷ none** (SPEC §8: ≥ 90% at 32)", f"**{ratio:.0%}**", "", "", ""])
-    header = ["producers", "mode", f"appends/s, median of {args.rounds}", "range", "PostgreSQL cores",
-              "machine busy cores"]
-    title = (f"One catalog event per transaction, each producer a process with its own execution, {args.seconds:g} s "
-             "per point; cores = CPU seconds ÷ wall seconds over the point\n\n")
+    header = [
+        "producers",
+        "mode",
+        f"appends/s, median of {args.rounds}",
+        "range",
+        "PostgreSQL cores",
+        "machine busy cores",
+    ]
+    title = (
+        f"One catalog event per transaction, each producer a process with its own execution, {args.seconds:g} s "
+        "per point; cores = CPU seconds ÷ wall seconds over the point\n\n"
+    )
     return title + harness.table(header, rows)
 
 

@@ -86,8 +86,17 @@ def write(pipe: Connection, url: str, exec_id: str, job: dict[str, t.Any]) -> No
                 nbytes += len(text.encode())
                 written += 1
         out.close()
-        pipe.send({"written": written, "bytes": nbytes, "start_ns": start_ns, "end_ns": time.time_ns(),
-                   "seconds": time.monotonic() - start, "send_ms": send_ms, "cpu_s": time.process_time()})
+        pipe.send(
+            {
+                "written": written,
+                "bytes": nbytes,
+                "start_ns": start_ns,
+                "end_ns": time.time_ns(),
+                "seconds": time.monotonic() - start,
+                "send_ms": send_ms,
+                "cpu_s": time.process_time(),
+            }
+        )
     except Exception as exc:  # reported to the parent, which stops
         pipe.send({"error": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -129,9 +138,18 @@ def post(pipe: Connection, port: int, token_: str, exec_id: str, job: dict[str, 
         thread.start()
     for thread in threads:
         thread.join(job["seconds"] + 60)
-    pipe.send({"written": statuses.get("202", 0), "bytes": 0, "start_ns": start_ns, "end_ns": time.time_ns(),
-               "seconds": time.monotonic() - start, "send_ms": send_ms, "statuses": statuses,
-               "cpu_s": time.process_time()})
+    pipe.send(
+        {
+            "written": statuses.get("202", 0),
+            "bytes": 0,
+            "start_ns": start_ns,
+            "end_ns": time.time_ns(),
+            "seconds": time.monotonic() - start,
+            "send_ms": send_ms,
+            "statuses": statuses,
+            "cpu_s": time.process_time(),
+        }
+    )
 
 
 class Witness:

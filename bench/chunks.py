@@ -39,10 +39,17 @@ from . import wire
 from .harness import percentile as pct
 
 COLUMNS = (
-    "measurement", "offered", "tokens/s written", "chunks/s published (tokens per chunk)",
-    "NOTIFY payloads/s: witness / the worker's counter", "chunks/s received per client", "text KB/s per client",
+    "measurement",
+    "offered",
+    "tokens/s written",
+    "chunks/s published (tokens per chunk)",
+    "NOTIFY payloads/s: witness / the worker's counter",
+    "chunks/s received per client",
+    "text KB/s per client",
     "lost chunks (streams losing) / dropped counter / streams equal to the witness",
-    "latency ms, or lag after the producer stopped", "NOTIFY queue peak", "producer send or POST ms, p50 / p99",
+    "latency ms, or lag after the producer stopped",
+    "NOTIFY queue peak",
+    "producer send or POST ms, p50 / p99",
     "CPU s: server / PostgreSQL / load / producer; machine busy of wall × cores",
 )
 
@@ -54,9 +61,18 @@ class Bench:
         self.exec_id, self.scratch_id = pg.executions(owner, 2, 0, kind="agent")
         self.server = harness.Server(pg, tmp, {})
         stack.callback(self.server.stop)
-        self.clients = harness.Child("load", {"mode": "chunks", "port": self.server.port, "token": self.token,
-                                              "exec_id": self.exec_id, "streams": args.clients,
-                                              "read_timeout_s": 3600}, tmp)
+        self.clients = harness.Child(
+            "load",
+            {
+                "mode": "chunks",
+                "port": self.server.port,
+                "token": self.token,
+                "exec_id": self.exec_id,
+                "streams": args.clients,
+                "read_timeout_s": 3600,
+            },
+            tmp,
+        )
         stack.callback(self.clients.close)
         self.notes: list[str] = []
         self.witness = chunk_sources.Witness(pg.url, self.exec_id)
@@ -74,8 +90,9 @@ class Bench:
             if status["with_chunk"] == self.args.clients:
                 return
             if status["open"] == self.args.clients:
-                conn.request("POST", f"{wire.API}/agents/{self.exec_id}/chunks", json.dumps({"text": f"probe {n}\n"}),
-                             headers)
+                conn.request(
+                    "POST", f"{wire.API}/agents/{self.exec_id}/chunks", json.dumps({"text": f"probe {n}\n"}), headers
+                )
                 conn.getresponse().read()
             time.sleep(0.1)
         raise RuntimeError("not every stream opened and received a probe chunk")
@@ -85,18 +102,27 @@ class Bench:
         harness.log(f"{label} …")
         context = multiprocessing.get_context("spawn")
         pipe, child = context.Pipe()
-        args = (self.pg.url, self.exec_id) if target is chunk_sources.write else (self.server.port, self.token,
-                                                                                   self.exec_id)
-        process = context.Process(target=target, args=(child, *args, {**job, "seconds": self.args.seconds,
-                                                                      "scratch_id": self.scratch_id}), daemon=True)
+        args = (
+            (self.pg.url, self.exec_id)
+            if target is chunk_sources.write
+            else (self.server.port, self.token, self.exec_id)
+        )
+        process = context.Process(
+            target=target,
+            args=(child, *args, {**job, "seconds": self.args.seconds, "scratch_id": self.scratch_id}),
+            daemon=True,
+        )
         process.start()
         if not pipe.poll(harness.WAIT_S) or pipe.recv() != "ready":
             raise RuntimeError("the producer did not start")
         self.clients.ask("begin")
         self.witness.start()
         before = self.server.metrics()
-        groups = {"server": self.server.processes, "postgres": self.pg.processes,
-                  "load": lambda: harness.tree(self.clients.process.pid)}
+        groups = {
+            "server": self.server.processes,
+            "postgres": self.pg.processes,
+            "load": lambda: harness.tree(self.clients.process.pid),
+        }
         with harness.Cpu(**groups) as cpu:
             pipe.send("go")
             produced = pipe.recv() if pipe.poll(self.args.seconds + harness.WAIT_S) else {"error": "no answer"}
@@ -114,9 +140,18 @@ class Bench:
         streams = self.clients.ask("end", timeout=600, sent=sent)["streams"]
         return self._figures(label, offered, job, produced, sent, streams, before, after, cpu)
 
-    def _figures(self, label: str, offered: str, job: dict[str, t.Any], produced: dict[str, t.Any], sent: list[int],
-                 streams: list[dict[str, t.Any]], before: dict[str, float], after: dict[str, float],
-                 cpu: harness.Cpu) -> list[str]:
+    def _figures(
+        self,
+        label: str,
+        offered: str,
+        job: dict[str, t.Any],
+        produced: dict[str, t.Any],
+        sent: list[int],
+        streams: list[dict[str, t.Any]],
+        before: dict[str, float],
+        after: dict[str, float],
+        cpu: harness.Cpu,
+    ) -> list[str]:
         seconds, n = produced["seconds"], len(streams)
         spans = [max(seconds, (s["last_ns"] - produced["start_ns"]) / 1e9) for s in streams]
         lat: list[float] = []
@@ -125,8 +160,10 @@ class Bench:
             for sent_ns, recv_ns in s["timed"]:
                 lat.append((recv_ns - sent_ns) / 1e6)
                 by_chunk.setdefault(sent_ns, []).append((recv_ns - sent_ns) / 1e6)
-        spread = (f"; first / last stream p50 {pct([min(v) for v in by_chunk.values()], 50):.1f} / "
-                  f"{pct([max(v) for v in by_chunk.values()], 50):.1f}")
+        spread = (
+            f"; first / last stream p50 {pct([min(v) for v in by_chunk.values()], 50):.1f} / "
+            f"{pct([max(v) for v in by_chunk.values()], 50):.1f}"
+        )
         if job["kind"] == "timed" and job["size"] > 1000:
             latency = f"p50 {pct(lat, 50):.1f} / max {max(lat, default=float('nan')):.1f}{spread}"
         elif job["kind"] == "timed":
@@ -142,20 +179,30 @@ class Bench:
         per_chunk = f" ({written / len(sent):,.1f})" if job["kind"] == "tokens" and sent else ""
         self._check(label, job, produced, sent, streams, delta)
         return [
-            label, offered, f"{written / seconds:,.0f}" if job["kind"] == "tokens" else "–",
+            label,
+            offered,
+            f"{written / seconds:,.0f}" if job["kind"] == "tokens" else "–",
             f"{len(sent) / seconds:,.1f}{per_chunk}",
             f"{self.witness.payloads / seconds:,.1f} / {delta('streamapp_chunk_notifications_total') / seconds:,.1f}",
             f"{sum(s['received'] / span for s, span in zip(streams, spans, strict=True)) / n:,.1f}",
             f"{sum(s['bytes'] / span for s, span in zip(streams, spans, strict=True)) / n / 1000:,.1f}",
             f"{sum(s['lost'] for s in streams):,} ({sum(s['lost'] > 0 for s in streams)}) / "
             f"{delta('streamapp_chunks_dropped_total'):,.0f} / {sum(s['equal'] for s in streams)} of {n}",
-            latency, f"{self.witness.queue_peak:.2%}",
+            latency,
+            f"{self.witness.queue_peak:.2%}",
             f"{pct(produced['send_ms'], 50):.1f} / {pct(produced['send_ms'], 99):.1f}" if produced["send_ms"] else "–",
             cpu.row(produced["cpu_s"]),
         ]
 
-    def _check(self, label: str, job: dict[str, t.Any], produced: dict[str, t.Any], sent: list[int],
-              streams: list[dict[str, t.Any]], delta: t.Callable[[str], float]) -> None:
+    def _check(
+        self,
+        label: str,
+        job: dict[str, t.Any],
+        produced: dict[str, t.Any],
+        sent: list[int],
+        streams: list[dict[str, t.Any]],
+        delta: t.Callable[[str], float],
+    ) -> None:
         """Anything a correct run would not show, printed under the table."""
         odd = {k: sum(s[k] for s in streams) for k in ("with_id", "other", "dropped")}
         odd["not open"] = sum(not s["open"] for s in streams)
@@ -167,7 +214,8 @@ class Bench:
         if set(produced.get("statuses", {"202": 1})) != {"202"}:
             self.notes.append(f"{label}: POST statuses {produced['statuses']}")
         if job["kind"] == "tokens" and "".join(self.witness.texts) != "".join(
-                chunk_sources.token(i, job["line_every"]) for i in range(produced["written"])):
+            chunk_sources.token(i, job["line_every"]) for i in range(produced["written"])
+        ):
             self.notes.append(f"{label}: the chunks published do not add up to the text written")
         if job["kind"] == "timed" and len(sent) != produced["written"]:
             self.notes.append(f"{label}: {produced['written']} chunks written, {len(sent)} published")
@@ -181,25 +229,48 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
         plan = [(args.offered, k) for k in args.line_every] + [(0, k) for k in args.unthrottled_line_every]
         for rate, every in plan:
             lines = f"LF every {every} tokens" if every else "no line ends"
-            rows.append(bench.row(f"1. ChunkPublisher, ~4-char tokens, {lines}",
-                                  f"{rate:,} tokens/s" if rate else "as fast as one thread writes",
-                                  chunk_sources.write, {"kind": "tokens", "rate": rate, "line_every": every}))
+            rows.append(
+                bench.row(
+                    f"1. ChunkPublisher, ~4-char tokens, {lines}",
+                    f"{rate:,} tokens/s" if rate else "as fast as one thread writes",
+                    chunk_sources.write,
+                    {"kind": "tokens", "rate": rate, "line_every": every},
+                )
+            )
     if "http" in args.only:
-        rows.append(bench.row(f"2. POST …/chunks, {args.http_threads} threads, {args.http_size}-char chunks",
-                              "as fast as they go", chunk_sources.post,
-                              {"kind": "http", "threads": args.http_threads, "size": args.http_size}))
+        rows.append(
+            bench.row(
+                f"2. POST …/chunks, {args.http_threads} threads, {args.http_size}-char chunks",
+                "as fast as they go",
+                chunk_sources.post,
+                {"kind": "http", "threads": args.http_threads, "size": args.http_size},
+            )
+        )
     if "latency" in args.only:
-        rows.append(bench.row("3. write → frame, ~70-byte chunk, write + flush", f"1 chunk / {args.every_ms:g} ms",
-                              chunk_sources.write, {"kind": "timed", "size": 40, "every_s": args.every_ms / 1000}))
+        rows.append(
+            bench.row(
+                "3. write → frame, ~70-byte chunk, write + flush",
+                f"1 chunk / {args.every_ms:g} ms",
+                chunk_sources.write,
+                {"kind": "timed", "size": 40, "every_s": args.every_ms / 1000},
+            )
+        )
     if "big" in args.only:
-        rows.append(bench.row(f"4. {args.big_kb} KB chunk, write → whole frame", f"1 chunk / {args.big_every_s:g} s",
-                              chunk_sources.write,
-                              {"kind": "timed", "size": args.big_kb * 1024, "every_s": args.big_every_s}))
+        rows.append(
+            bench.row(
+                f"4. {args.big_kb} KB chunk, write → whole frame",
+                f"1 chunk / {args.big_every_s:g} s",
+                chunk_sources.write,
+                {"kind": "timed", "size": args.big_kb * 1024, "every_s": args.big_every_s},
+            )
+        )
     errors = bench.server.errors()
     if errors:
         bench.notes.append(f"the server logged {len(errors)} error line(s), e.g. {errors[-1]!r}")
-    title = (f"{args.clients} streams on one agent execution (text mode), one gunicorn worker, "
-             f"{args.seconds:g} s per measurement\n\n")
+    title = (
+        f"{args.clients} streams on one agent execution (text mode), one gunicorn worker, "
+        f"{args.seconds:g} s per measurement\n\n"
+    )
     notes = "".join(f"\n* {note}" for note in bench.notes) or "\n* no anomalies"
     return title + harness.table(COLUMNS, rows) + "\n" + notes
 
@@ -217,8 +288,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--every-ms", type=float, default=10.0, help="latency: one chunk every N ms (10)")
     p.add_argument("--big-kb", type=int, default=100, help="size of the big chunk in KB (100)")
     p.add_argument("--big-every-s", type=float, default=0.5, help="one big chunk every N s (0.5)")
-    p.add_argument("--only", type=lambda s: set(s.split(",")), default={"tokens", "http", "latency", "big"},
-                   help="measurements to run, of tokens, http, latency, big (all)")
+    p.add_argument(
+        "--only",
+        type=lambda s: set(s.split(",")),
+        default={"tokens", "http", "latency", "big"},
+        help="measurements to run, of tokens, http, latency, big (all)",
+    )
     return p
 
 

@@ -38,9 +38,18 @@ from . import wire
 HISTORY = 40
 #: The steps of a stream connect whose inclusive share --profile prints.
 STEPS = (
-    "GeventWorker.handle_request", "Flask.wsgi_app", "stream (", "require (", "authenticate_token (",
-    "_cursor_and_query (", "visible_execution (", "_take_slot (", "_generate (", "_replay (",
-    "RequestContext.push (", "Parser.__next__ (",
+    "GeventWorker.handle_request",
+    "Flask.wsgi_app",
+    "stream (",
+    "require (",
+    "authenticate_token (",
+    "_cursor_and_query (",
+    "visible_execution (",
+    "_take_slot (",
+    "_generate (",
+    "_replay (",
+    "RequestContext.push (",
+    "Parser.__next__ (",
 )
 
 
@@ -114,23 +123,44 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
         return reading.seconds
 
     rows = []
-    for label, request in (("GET /healthz (no database)", lambda: _plain(server.port, "/healthz")),
-                           ("GET /readyz (one round trip)", lambda: _plain(server.port, "/readyz"))):
+    for label, request in (
+        ("GET /healthz (no database)", lambda: _plain(server.port, "/healthz")),
+        ("GET /readyz (one round trip)", lambda: _plain(server.port, "/readyz")),
+    ):
         rows.append((label, *_loop(request, server.worker, args.seconds)))
     profiler = spy.record(server.worker.pid, args.seconds + 2, tmp / "spy.txt", rate=400) if args.profile else None
     rows.append(("GET …/stream, resumed: first event", *_loop(stream, server.worker, args.seconds)))
     if profiler is not None:
         profiler.wait(harness.WAIT_S)
-    out = [harness.table(["request, new connection each", "n", "p50 ms", "p95 ms", "worker CPU per request ms"],
-                         [[label, str(len(times)), f"{harness.percentile(times, 50):.2f}",
-                           f"{harness.percentile(times, 95):.2f}", f"{cpu:.2f}"] for label, times, cpu in rows])]
+    out = [
+        harness.table(
+            ["request, new connection each", "n", "p50 ms", "p95 ms", "worker CPU per request ms"],
+            [
+                [
+                    label,
+                    str(len(times)),
+                    f"{harness.percentile(times, 50):.2f}",
+                    f"{harness.percentile(times, 95):.2f}",
+                    f"{cpu:.2f}",
+                ]
+                for label, times, cpu in rows
+            ],
+        )
+    ]
     latencies = _query_latencies(pg.url, token, owner, exec_id)
-    out.append(harness.table(["query a stream connect runs (psycopg2, no gevent)", "p50 µs"],
-                             [[name, f"{us:.0f}"] for name, us in latencies.items()]))
+    out.append(
+        harness.table(
+            ["query a stream connect runs (psycopg2, no gevent)", "p50 µs"],
+            [[name, f"{us:.0f}"] for name, us in latencies.items()],
+        )
+    )
     if profiler is not None:
-        out.append(harness.table(["step of the stream loop (py-spy, inclusive, % of the worker's samples)", "share"],
-                                 [[step.rstrip(" ("), f"{share:.1f}%"]
-                                  for step, share in spy.shares(tmp / "spy.txt", STEPS).items()]))
+        out.append(
+            harness.table(
+                ["step of the stream loop (py-spy, inclusive, % of the worker's samples)", "share"],
+                [[step.rstrip(" ("), f"{share:.1f}%"] for step, share in spy.shares(tmp / "spy.txt", STEPS).items()],
+            )
+        )
     return "\n\n".join(out)
 
 

@@ -75,8 +75,9 @@ class _PeakConnections:
 class Point:
     """Every figure at N = n streams, on a server of its own."""
 
-    def __init__(self, args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: contextlib.ExitStack,
-                 n: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: contextlib.ExitStack, n: int
+    ) -> None:
         self.args, self.pg, self.tmp, self.n = args, pg, tmp, n
         owner, self.token = pg.account()
         self.exec_ids = pg.executions(owner, args.execs, args.history, events=args.events)
@@ -102,10 +103,22 @@ class Point:
         procs = max(1, math.ceil(n / args.streams_per_process))
         for share in range(procs):
             streams = [self.exec_ids[i % args.execs] for i in range(share, n, procs)]
-            self.children.append(harness.Child("load", {
-                "mode": "streams", "port": self.server.port, "token": self.token, "exec_ids": streams,
-                "history": args.history, "events": args.events, "read_timeout_s": 60 + args.drain,
-                "connect_concurrency": 128}, self.tmp))
+            self.children.append(
+                harness.Child(
+                    "load",
+                    {
+                        "mode": "streams",
+                        "port": self.server.port,
+                        "token": self.token,
+                        "exec_ids": streams,
+                        "history": args.history,
+                        "events": args.events,
+                        "read_timeout_s": 60 + args.drain,
+                        "connect_concurrency": 128,
+                    },
+                    self.tmp,
+                )
+            )
         clients = self.children[:]
         self._until(clients, lambda status: sum(s["ready"] for s in status) >= n, 60 + n / 50)
         harness.log(f"  streams ready in {time.monotonic() - started:.1f} s")
@@ -126,10 +139,20 @@ class Point:
         args = self.args
         live_s = args.execs * (args.events - args.history) / args.rate
         profiler = spy.record(self.server.worker.pid, live_s, self.tmp / "profile.txt") if args.profile else None
-        publisher = harness.Child("publisher", {
-            "port": self.server.port, "token": self.token, "exec_ids": self.exec_ids, "history": args.history,
-            "events": args.events, "rate": args.rate, "connections": min(args.execs, 128),
-            "deadline_s": live_s * 2 + 30}, self.tmp)
+        publisher = harness.Child(
+            "publisher",
+            {
+                "port": self.server.port,
+                "token": self.token,
+                "exec_ids": self.exec_ids,
+                "history": args.history,
+                "events": args.events,
+                "rate": args.rate,
+                "connections": min(args.execs, 128),
+                "deadline_s": live_s * 2 + 30,
+            },
+            self.tmp,
+        )
         self.children.append(publisher)
         live = publisher.receive(timeout=live_s * 2 + 60)
         if profiler is not None:
@@ -137,8 +160,10 @@ class Point:
             out = Path(args.profile)
             out = out if len(args.streams) == 1 else out.with_name(f"{out.stem}-{self.n}{out.suffix}")
             out.write_bytes((self.tmp / "profile.txt").read_bytes())
-            harness.log("  py-spy, worker, live phase (inclusive share of samples):\n" + "\n".join(
-                f"    {share:5.1f}%  {name}" for name, share in spy.top(out, 25)))
+            harness.log(
+                "  py-spy, worker, live phase (inclusive share of samples):\n"
+                + "\n".join(f"    {share:5.1f}%  {name}" for name, share in spy.top(out, 25))
+            )
         return live
 
     def run(self) -> list[str]:
@@ -153,14 +178,17 @@ class Point:
             rss_n, idle = server.rss(), self.pg.connections()
             with _PeakConnections(self.pg) as connections:
                 live = self._publish()
-                self._until(clients, lambda status: sum(s["completed"] - s["connected"] for s in status) >= 0,
-                            self.args.drain)
+                self._until(
+                    clients, lambda status: sum(s["completed"] - s["connected"] for s in status) >= 0, self.args.drain
+                )
             results = [c.ask("result") for c in clients]
         after = server.metrics()
         _close(self.children)
         server.stop()
-        total = {key: sum(r[key] for r in results) for key in
-                 ("connected", "completed", "correct", "gaps", "duplicates", "out_of_order")}
+        total = {
+            key: sum(r[key] for r in results)
+            for key in ("connected", "completed", "correct", "gaps", "duplicates", "out_of_order")
+        }
         errors: dict[str, int] = {}
         for r in results:
             for name, count in r["errors"].items():
@@ -186,7 +214,9 @@ class Point:
             cpu.row(),
             f"{idle} / {max(idle, connections.peak)}",
             f"{delta('streamapp_event_reads_total') / appends:.2f}; "
-            f"{delta('streamapp_safety_checks_total') / cpu.wall:.1f}" if appends else "–",
+            f"{delta('streamapp_safety_checks_total') / cpu.wall:.1f}"
+            if appends
+            else "–",
             f"{len(server.errors())}",
         ]
 
@@ -212,8 +242,10 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
         args.events = args.history + max(1, math.ceil(args.rate * args.seconds / args.execs))
     columns = [Point(args, pg, tmp, stack, n).run() for n in args.streams]
     header = ["figure", *(f"{n:,} streams" for n in args.streams)]
-    title = (f"{args.execs:,} executions × {args.events} catalog events ({args.history} stored before the streams "
-             f"open), {args.rate:g} events/s, one authenticated POST each; one gunicorn worker\n\n")
+    title = (
+        f"{args.execs:,} executions × {args.events} catalog events ({args.history} stored before the streams "
+        f"open), {args.rate:g} events/s, one authenticated POST each; one gunicorn worker\n\n"
+    )
     return title + harness.table(header, [[name, *(c[i] for c in columns)] for i, name in enumerate(ROWS)])
 
 
@@ -231,8 +263,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=30.0, help="longest wait for the last deliveries (30)")
     p.add_argument("--streams-per-process", type=int, default=2500, help="streams per load process (2500)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a server setting; repeatable")
-    p.add_argument("--profile", metavar="FILE", help="py-spy the worker while publishing; raw samples to FILE "
-                   "(FILE-N for each N of a list)")
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy the worker while publishing; raw samples to FILE (FILE-N for each N of a list)",
+    )
     return p
 
 

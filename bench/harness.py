@@ -155,8 +155,19 @@ class Server:
             "STREAMAPP_STREAM_LIFETIME_S": "7200",
             **env,
         }
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app", "--workers", str(workers),
-               "--bind", f"{wire.HOST}:{self.port}", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "app:app",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"{wire.HOST}:{self.port}",
+            *args,
+        ]
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -223,8 +234,13 @@ class Child:
     def __init__(self, module: str, config: dict[str, t.Any], tmp: Path) -> None:
         self.stderr = tmp / f"{module}-{secrets.token_hex(3)}.log"
         with open(self.stderr, "wb") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", f"bench.{module}"], cwd=ROOT, stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=err)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"bench.{module}"],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
         self.send(config)
 
     def send(self, message: dict[str, t.Any]) -> None:
@@ -336,10 +352,14 @@ def run(module: str, parser: argparse.ArgumentParser, measure: Measure, argv: Se
             text = measure(args, pg, tmp, stack)
             python = os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else sys.executable
             command = shlex.join(["PYTHONPATH=.", python, "-m", f"bench.{module}", *argv])
-            git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                 text=True)
-            print(f"{text}\n\ncommand: `{command}`\n\ncode {git.stdout.strip() or 'unknown'}; "
-                  f"PostgreSQL {pg.version}; nproc {os.cpu_count()}; {time.monotonic() - started:.0f} s", flush=True)
+            git = subprocess.run(
+                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+            )
+            print(
+                f"{text}\n\ncommand: `{command}`\n\ncode {git.stdout.strip() or 'unknown'}; "
+                f"PostgreSQL {pg.version}; nproc {os.cpu_count()}; {time.monotonic() - started:.0f} s",
+                flush=True,
+            )
     except KeyboardInterrupt:
         log("interrupted: everything started is stopped")
         return 130

@@ -140,9 +140,18 @@ class Fanout:
             duplicates += len(ids) - len(seen)
             gaps += sum(1 for i in range(1, max(seen, default=0)) if i not in seen)
             out_of_order += sum(1 for a, b in zip(ids, ids[1:], strict=False) if b <= a)
-        return {"streams": len(self.streams), "connected": connected, "completed": self.completed, "correct": correct,
-                "gaps": gaps, "duplicates": duplicates, "out_of_order": out_of_order, "errors": errors,
-                "latencies_us": self.latencies_us.tolist(), "ttfe_us": self.ttfe_us.tolist()}
+        return {
+            "streams": len(self.streams),
+            "connected": connected,
+            "completed": self.completed,
+            "correct": correct,
+            "gaps": gaps,
+            "duplicates": duplicates,
+            "out_of_order": out_of_order,
+            "errors": errors,
+            "latencies_us": self.latencies_us.tolist(),
+            "ttfe_us": self.ttfe_us.tolist(),
+        }
 
 
 class Chunks:
@@ -202,8 +211,11 @@ class Chunks:
         if name == "status":
             got = [self.parse(n)[0]["received"] for n in range(len(self.streams))]
             errors = [st.error for st in self.streams if st.error]
-            return {"open": sum(st.status == 200 and not st.error for st in self.streams), "errors": errors,
-                    "with_chunk": sum(g > 0 for g in got)}
+            return {
+                "open": sum(st.status == 200 and not st.error for st in self.streams),
+                "errors": errors,
+                "with_chunk": sum(g > 0 for g in got),
+            }
         if name == "begin":
             for n in range(len(self.streams)):
                 self.parse(n)
@@ -216,8 +228,9 @@ class Chunks:
         for n in range(len(self.streams)):
             figures, crcs = self.parse(n)
             missing = _count_missing(sent, crcs)
-            results.append({**figures, "equal": crcs == sent, "lost": missing,
-                            "foreign": len(crcs) - len(sent) + missing})
+            results.append(
+                {**figures, "equal": crcs == sent, "lost": missing, "foreign": len(crcs) - len(sent) + missing}
+            )
         return {"streams": results}
 
 

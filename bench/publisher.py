@@ -93,8 +93,14 @@ def run(cfg: dict[str, t.Any]) -> dict[str, t.Any]:
     gevent.joinall(workers, timeout=cfg["deadline_s"] + 5)
     gevent.killall([w for w in workers if not w.dead], timeout=5)
     seconds = (time.time_ns() - t0_ns) / 1e9
-    return {"sent": sum(poster.statuses.values()), "ok": len(post_us), "statuses": poster.statuses,
-            "seconds": seconds, "post_us": post_us, "late_us": late_us}
+    return {
+        "sent": sum(poster.statuses.values()),
+        "ok": len(post_us),
+        "statuses": poster.statuses,
+        "seconds": seconds,
+        "post_us": post_us,
+        "late_us": late_us,
+    }
 
 
 def main() -> None:

@@ -49,14 +49,28 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
         rate = len(ids) / reading.seconds if reading.seconds else 0.0
         rates.append(rate)
         harness.log(f"  run {run}: {len(ids):,} events in {reading.seconds * 1000:,.0f} ms, {rate:,.0f} events/s")
-        rows.append([str(run), f"{rate:,.0f}", f"{reading.seconds * 1000:,.0f}",
-                     "yes" if correct else f"no: status {reading.status}, {len(ids):,} ids", cpu.row()])
+        rows.append(
+            [
+                str(run),
+                f"{rate:,.0f}",
+                f"{reading.seconds * 1000:,.0f}",
+                "yes" if correct else f"no: status {reading.status}, {len(ids):,} ids",
+                cpu.row(),
+            ]
+        )
     rows.append(["median", f"{harness.percentile(rates, 50):,.0f}", "", "", ""])
     rows.append(["server log lines with an error", str(len(server.errors())), "", "", ""])
-    title = (f"Replay of {total:,} stored catalog events from id 0 to one client, one gunicorn worker"
-             f"{'' if args.analyze else ', without ANALYZE'}\n\n")
-    header = ["run", "events/s", "ms", "ids 1..N once each, in order, complete last",
-              "CPU s: server / PostgreSQL; machine busy of wall × cores"]
+    title = (
+        f"Replay of {total:,} stored catalog events from id 0 to one client, one gunicorn worker"
+        f"{'' if args.analyze else ', without ANALYZE'}\n\n"
+    )
+    header = [
+        "run",
+        "events/s",
+        "ms",
+        "ids 1..N once each, in order, complete last",
+        "CPU s: server / PostgreSQL; machine busy of wall × cores",
+    ]
     return title + harness.table(header, rows)
 
 

@@ -92,15 +92,35 @@ def _database(stack: contextlib.ExitStack, tmp: Path) -> str:
 
 def _gunicorn(stack: contextlib.ExitStack, url: str, tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32),
-           "STREAMAPP_MAX_STREAMS_PER_USER": "1000000"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "STREAMAPP_MAX_STREAMS_PER_USER": "1000000",
+    }
     log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 (closed by the stack)
     stack.callback(log.close)
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app", "--workers", str(workers),
-         "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "app:app",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--access-logfile",
+            "/dev/null",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
+
     def stop() -> None:
         server.terminate()
         server.wait(30)
@@ -128,15 +148,21 @@ def _sample(master: psutil.Process, db_name: str, admin: t.Any, clients: list[Pa
             if proc is not master:
                 workers.append(mem)
     with admin.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (db_name,))
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db_name,))
         connections = cur.fetchone()[0]
     connected = 0
     for path in clients:
         with contextlib.suppress(OSError, ValueError):
             connected += json.loads(Path(str(path) + ".status").read_text())["connected"]
-    return {"t": time.time(), "rss_mib": rss / 2**20, "worker_rss_mib": [w / 2**20 for w in workers],
-            "fds": fds, "db_connections": connections, "open_streams": connected, "workers": len(workers)}
+    return {
+        "t": time.time(),
+        "rss_mib": rss / 2**20,
+        "worker_rss_mib": [w / 2**20 for w in workers],
+        "fds": fds,
+        "db_connections": connections,
+        "open_streams": connected,
+        "workers": len(workers),
+    }
 
 
 def _run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dict[str, t.Any]:
@@ -155,9 +181,16 @@ def _run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> di
     start = time.time() + 5
     window = (start + WARM_UP_S, start + WARM_UP_S + args.minutes * 60)
     # bench/soak_load.py's Plan, as JSON.
-    plan = {"port": port, "exec_ids": exec_ids, "tokens": [token for _, token in owners], "start": start,
-            "window": window, "hard_end": window[1] + DRAIN_S, "disconnect_mean_s": args.disconnect_mean_s,
-            "rate": args.rate}
+    plan = {
+        "port": port,
+        "exec_ids": exec_ids,
+        "tokens": [token for _, token in owners],
+        "start": start,
+        "window": window,
+        "hard_end": window[1] + DRAIN_S,
+        "disconnect_mean_s": args.disconnect_mean_s,
+        "rate": args.rate,
+    }
     admin = psycopg2.connect(url)
     admin.autocommit = True
     db_name = psycopg2.extensions.parse_dsn(url)["dbname"]
@@ -190,9 +223,16 @@ def _run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> di
     db.close()
     admin.close()
     streams = [row for out in outs for row in json.loads(out.read_text())]
-    return {"args": vars(args), "baseline": baseline, "samples": samples, "streams": streams, "final": final,
-            "publisher": json.loads(publisher_out.read_text()), "window_s": window[1] - window[0],
-            "publish_s": window[1] - start}
+    return {
+        "args": vars(args),
+        "baseline": baseline,
+        "samples": samples,
+        "streams": streams,
+        "final": final,
+        "publisher": json.loads(publisher_out.read_text()),
+        "window_s": window[1] - window[0],
+        "publish_s": window[1] - start,
+    }
 
 
 def _kill_if_running(process: subprocess.Popen[bytes]) -> None:
@@ -247,13 +287,16 @@ def _report(result: dict[str, t.Any]) -> str:
         "|---|---|---|---|---|",
     ]
     samples, baseline = result["samples"], result["baseline"]
-    for label, key, fmt in (("server RSS, master + workers, MiB", "rss_mib", "{:.1f}"),
-                            ("largest worker RSS, MiB", "max_worker", "{:.1f}"),
-                            ("server file descriptors", "fds", "{:d}"),
-                            ("database connections (pg_stat_activity)", "db_connections", "{:d}"),
-                            ("open streams (clients connected)", "open_streams", "{:d}")):
-        values = [max(s["worker_rss_mib"], default=0.0) if key == "max_worker" else s[key]
-                  for s in [baseline, *samples]]
+    for label, key, fmt in (
+        ("server RSS, master + workers, MiB", "rss_mib", "{:.1f}"),
+        ("largest worker RSS, MiB", "max_worker", "{:.1f}"),
+        ("server file descriptors", "fds", "{:d}"),
+        ("database connections (pg_stat_activity)", "db_connections", "{:d}"),
+        ("open streams (clients connected)", "open_streams", "{:d}"),
+    ):
+        values = [
+            max(s["worker_rss_mib"], default=0.0) if key == "max_worker" else s[key] for s in [baseline, *samples]
+        ]
         if len(values) > 1:
             before, first, last, top = (fmt.format(v) for v in (values[0], values[1], values[-1], max(values[1:])))
             lines.append(f"| {label} | {before} | {first} | {last} | {top} |")
@@ -269,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--users", type=int, default=10, help="owners of the executions and their streams (10)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (4)")
-    parser.add_argument("--disconnect-mean-s", type=float, default=120.0,
-                        help="mean seconds a stream stays before its client hangs up (120)")
+    parser.add_argument(
+        "--disconnect-mean-s",
+        type=float,
+        default=120.0,
+        help="mean seconds a stream stays before its client hangs up (120)",
+    )
     parser.add_argument("--json", help="write every figure and sample to this file")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -283,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result))
     print(_report(result))
-    print(f"\ncommand: python -m bench.soak {' '.join(argv if argv is not None else sys.argv[1:])} "
-          f"({(time.monotonic() - started) / 60:.1f} min in all)")
+    print(
+        f"\ncommand: python -m bench.soak {' '.join(argv if argv is not None else sys.argv[1:])} "
+        f"({(time.monotonic() - started) / 60:.1f} min in all)"
+    )
     return 0
 
 

@@ -54,8 +54,16 @@ class _Follower:
         self.done = False
         self.connected_s = 0.0
         self.connected = False
-        self.counts = {"events": 0, "duplicated": 0, "lost": 0, "hang_ups": 0, "server_ends": 0,
-                       "refused": 0, "errors": 0, "connects": 0}
+        self.counts = {
+            "events": 0,
+            "duplicated": 0,
+            "lost": 0,
+            "hang_ups": 0,
+            "server_ends": 0,
+            "refused": 0,
+            "errors": 0,
+            "connects": 0,
+        }
         self.error_kinds: dict[str, int] = {}
         #: Seconds from the end of one connection to the next 200, inside the measured window.
         self.gaps: list[float] = []
@@ -141,17 +149,29 @@ def _client(plan: Plan) -> None:
         _write_json(status, {"connected": sum(f.connected for f in followers)})
         gevent.sleep(2)
     gevent.killall(greenlets, timeout=5)
-    _write_json(Path(plan.out), [
-        {"stream": f.number, "exec_id": f.exec_id, "last": f.last, "done": f.done,
-         "connected_s": f.connected_s, "gaps": f.gaps, "error_kinds": f.error_kinds, **f.counts}
-        for f in followers
-    ])
+    _write_json(
+        Path(plan.out),
+        [
+            {
+                "stream": f.number,
+                "exec_id": f.exec_id,
+                "last": f.last,
+                "done": f.done,
+                "connected_s": f.connected_s,
+                "gaps": f.gaps,
+                "error_kinds": f.error_kinds,
+                **f.counts,
+            }
+            for f in followers
+        ],
+    )
 
 
 def _publisher(plan: Plan) -> None:
     work: gevent.queue.Queue = gevent.queue.Queue(maxsize=1000)
     counts = {"ok": 0, "failed": 0}
     latencies_ms: list[float] = []
+
     def post() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", plan.port, timeout=30)
         number = 0
@@ -159,12 +179,16 @@ def _publisher(plan: Plan) -> None:
             number += 1
             exec_id = plan.exec_ids[index]
             headers = {"Authorization": f"Bearer {plan.tokens[index]}", "Content-Type": "application/json"}
-            event = {"type": "warning", "data": {"code": "soak", "message": f"n{number}"}} if number % 2 else {
-                "type": "tool_call", "data": {"tool_call_id": f"c{number}", "tool_name": "soak", "status": "ok"}}
+            event = (
+                {"type": "warning", "data": {"code": "soak", "message": f"n{number}"}}
+                if number % 2
+                else {"type": "tool_call", "data": {"tool_call_id": f"c{number}", "tool_name": "soak", "status": "ok"}}
+            )
             started = time.perf_counter()
             try:
-                conn.request("POST", f"/api/v0/executions/workflows/{exec_id}/events",
-                             json.dumps({"events": [event]}), headers)
+                conn.request(
+                    "POST", f"/api/v0/executions/workflows/{exec_id}/events", json.dumps({"events": [event]}), headers
+                )
                 answer = conn.getresponse()
                 answer.read()
                 ok = answer.status == 201

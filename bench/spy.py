@@ -23,8 +23,21 @@ def record(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.P
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         return None
-    cmd = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(rate),
-           "--format", "raw", "--nonblocking", "--output", str(out)]
+    cmd = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, int(seconds))),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -72,8 +72,10 @@ def _owner_for(cur: t.Any, user: t.Any, owner: str | None) -> str:
         return owner
     # Plain ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500 once).
     user_id = int(owner) if owner.isascii() and owner.isdigit() and len(owner) <= 18 else None
-    found = accounts.find_user(cur, owner) if "@" in owner else (
-        accounts.get_user(cur, user_id) if user_id is not None else None
+    found = (
+        accounts.find_user(cur, owner)
+        if "@" in owner
+        else (accounts.get_user(cur, user_id) if user_id is not None else None)
     )
     if found is None:
         raise Invalid("owner: no such user")
@@ -148,9 +150,7 @@ def list_executions(segment: str) -> Response:
     with current_state().db.transaction() as cur:
         rows = storage.list_executions(cur, kind, owner_id=owner_id, limit=query["limit"] + 1, after=after)
     page, more = rows[: query["limit"]], len(rows) > query["limit"]
-    return jsonify(
-        {"items": [_document(r) for r in page], "next_cursor": _encode_cursor(page[-1]) if more else None}
-    )
+    return jsonify({"items": [_document(r) for r in page], "next_cursor": _encode_cursor(page[-1]) if more else None})
 
 
 def _publisher_check(kind: str, exec_id: str) -> t.Callable[[dict[str, t.Any]], None]:

@@ -228,10 +228,12 @@ def login() -> Response:
     refuse_cross_site()
     # The one body parser, with its size and depth limits: this endpoint is open to anyone.
     body = require_json_body()
-    if not isinstance(body, dict) or not isinstance(body.get("email"), str) or not isinstance(
-        body.get("password"), str
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("email"), str)
+        or not isinstance(body.get("password"), str)
     ):
-        raise BadRequest("send {\"email\": ..., \"password\": ...}")
+        raise BadRequest('send {"email": ..., "password": ...}')
     if "\x00" in body["email"]:
         # No account has one, and PostgreSQL text cannot hold it: refuse before any query.
         raise BadRequest("email must not contain U+0000")

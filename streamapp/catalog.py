@@ -110,27 +110,31 @@ CATALOG: dict[str, EventType] = {
     e.name: e
     for e in (
         EventType(
-            "workflow_start", ("workflow",),
+            "workflow_start",
+            ("workflow",),
             (_f("workflow_id", "string", True), _f("input", "any")),
             Example("workflow", {"workflow_id": "nightly-report"}, 1),
             description="The workflow began.",
         ),
         EventType(
-            "workflow_status", ("workflow",),
+            "workflow_status",
+            ("workflow",),
             (_f("status", "string", True, choices=LIVE_STATUSES), _f("reason", "string")),
             Example("workflow", {"status": "RUNNING"}, 2),
             sets_status_of=("workflow",),
             description="The workflow's status changed.",
         ),
         EventType(
-            "agent_status", ("agent",),
+            "agent_status",
+            ("agent",),
             _status_fields(),
             Example("agent", {"status": "RUNNING"}, 1),
             sets_status_of=("agent",),
             description="The agent's status changed, or (with `task_id`) a step inside it did.",
         ),
         EventType(
-            "task_status", ("task", "workflow"),
+            "task_status",
+            ("task", "workflow"),
             _status_fields(step_required_in=("workflow",)),
             Example("workflow", {"status": "SUCCESS", "task_id": "fetch"}, 3),
             sets_status_of=("task",),
@@ -140,7 +144,8 @@ CATALOG: dict[str, EventType] = {
             ),
         ),
         EventType(
-            "tool_call", KINDS,
+            "tool_call",
+            KINDS,
             (
                 _f("tool_call_id", "string", True),
                 _f("tool_name", "string", True),
@@ -157,20 +162,23 @@ CATALOG: dict[str, EventType] = {
             ),
         ),
         EventType(
-            "structured_delta", ("agent", "task"),
+            "structured_delta",
+            ("agent", "task"),
             (_f("content", "any", True), _f("sequence", "integer", True, minimum=1, sequence=True)),
             Example("agent", {"content": {"answer": "par"}, "sequence": 1}, 2),
             requires_output_schema=True,
             description="Partial structured output (JSON mode).",
         ),
         EventType(
-            "warning", KINDS,
+            "warning",
+            KINDS,
             (_f("code", "string", True), _f("message", "string", True)),
             Example("workflow", {"code": "slow", "message": "taking long"}, 5),
             description="Something worth knowing went wrong without ending the execution.",
         ),
         EventType(
-            "complete", KINDS,
+            "complete",
+            KINDS,
             (
                 _f("status", "string", True, choices=("SUCCESS",)),
                 _f("output", "any", schema_checked=True),
@@ -185,7 +193,8 @@ CATALOG: dict[str, EventType] = {
             ),
         ),
         EventType(
-            "error", KINDS,
+            "error",
+            KINDS,
             (
                 _f("status", "string", True, choices=ERROR_STATUSES),
                 _f("error", "object", True, fields=(_f("message", "string", True), _f("code", "string"))),
@@ -196,7 +205,8 @@ CATALOG: dict[str, EventType] = {
             description="The execution failed, was canceled or timed out.",
         ),
         EventType(
-            "llm_chunk", KINDS,
+            "llm_chunk",
+            KINDS,
             (_f("content", "string", True),),
             Example("agent", {"content": "par"}),
             durable=False,
@@ -350,19 +360,21 @@ def _markdown_type(e: EventType) -> str:
         about.append(f"Sets the status of {' and '.join(e.sets_status_of)} executions{unless}.")
     if e.requires_output_schema:
         about.append("Only in executions with an `output_schema`.")
-    return "\n".join([
-        f"### `{e.name}` — {kinds} — {flags}",
-        "",
-        *about,
-        "",
-        "| field | type | required |",
-        "|---|---|---|",
-        *_markdown_rows(e.fields, "", step),
-        "",
-        "```",
-        *_example_frame(e),
-        "```",
-    ])
+    return "\n".join(
+        [
+            f"### `{e.name}` — {kinds} — {flags}",
+            "",
+            *about,
+            "",
+            "| field | type | required |",
+            "|---|---|---|",
+            *_markdown_rows(e.fields, "", step),
+            "",
+            "```",
+            *_example_frame(e),
+            "```",
+        ]
+    )
 
 
 def _markdown_rows(fields: tuple[Field, ...], prefix: str, step: str | None) -> t.Iterator[str]:

@@ -122,7 +122,10 @@ class ProtocolError(FollowError):
 
 
 _BY_STATUS: dict[int, type[StatusError]] = {
-    400: BadRequestError, 401: AuthenticationError, 403: ForbiddenError, 404: NotFoundError,
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: ForbiddenError,
+    404: NotFoundError,
 }
 
 

@@ -78,15 +78,11 @@ NOTIFICATION_QUEUE_USAGE = Gauge(
 # -- the hub's own work (PERFORMANCE.md, bench/) --------------------------------
 
 NOTIFICATIONS = Counter("streamapp_notifications_total", "NOTIFY wake-ups received by listeners.")
-CHUNK_NOTIFICATIONS = Counter(
-    "streamapp_chunk_notifications_total", "NOTIFY payloads carrying text chunk parts."
-)
+CHUNK_NOTIFICATIONS = Counter("streamapp_chunk_notifications_total", "NOTIFY payloads carrying text chunk parts.")
 EVENT_READS = Counter("streamapp_event_reads_total", "Reads of new events by hubs (one serves every stream).")
 SAFETY_CHECKS = Counter("streamapp_safety_checks_total", "Batched safety-check queries.")
 DELIVERED = Counter("streamapp_events_fanned_out_total", "Event deliveries handed to streams by hubs.")
-DIRECT_WRITES = Counter(
-    "streamapp_direct_writes_total", "Batches written straight to parked streams' sockets."
-)
+DIRECT_WRITES = Counter("streamapp_direct_writes_total", "Batches written straight to parked streams' sockets.")
 OVERFLOWS = Counter("streamapp_stream_overflows_total", "Streams that fell behind and re-read the table.")
 CHUNKS_INCOMPLETE = Counter(
     "streamapp_chunks_incomplete_total", "Split text chunks forgotten because a part never arrived."

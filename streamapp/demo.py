@@ -168,17 +168,23 @@ def run_workflow(producer: Producer, exec_id: str, *, sleep: Sleep = gevent.slee
     append(exec_id, _events(("workflow_status", {"status": "RUNNING"})))
     for n, (task_id, tool, tool_input, output, seconds) in enumerate(WORKFLOW_STEPS, 1):
         call = {"tool_call_id": f"call-{n}", "tool_name": tool}
-        append(exec_id, _events(
-            ("task_status", {"task_id": task_id, "status": "RUNNING"}),
-            ("tool_call", {**call, "status": "running", "input": tool_input}),
-        ))
+        append(
+            exec_id,
+            _events(
+                ("task_status", {"task_id": task_id, "status": "RUNNING"}),
+                ("tool_call", {**call, "status": "running", "input": tool_input}),
+            ),
+        )
         sleep(seconds)
         if task_id == "fetch-orders":
             append(exec_id, _events(("warning", {"code": "slow_query", "message": "the orders query took 0.9 s"})))
-        append(exec_id, _events(
-            ("tool_call", {**call, "status": "done", "output": output, "duration_ms": round(seconds * 1000)}),
-            ("task_status", {"task_id": task_id, "status": "SUCCESS"}),
-        ))
+        append(
+            exec_id,
+            _events(
+                ("tool_call", {**call, "status": "done", "output": output, "duration_ms": round(seconds * 1000)}),
+                ("task_status", {"task_id": task_id, "status": "SUCCESS"}),
+            ),
+        )
         sleep(0.3)
     output = {"orders": 1284, "total_eur": 48210.75, "chart": "sales.png", "emailed_to": "sales-team"}
     append(exec_id, _events(("complete", {"status": "SUCCESS", "output": output})))

@@ -39,8 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = [name.strip() for name in args.events.split(",")] if args.events is not None else None
     try:
         stream = client.follow(
-            args.url, token=token, last_event_id=args.last_event_id, events=events,
-            max_wait=args.max_wait, on_status=_report,
+            args.url,
+            token=token,
+            last_event_id=args.last_event_id,
+            events=events,
+            max_wait=args.max_wait,
+            on_status=_report,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -72,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     follow = commands.add_parser(
-        "follow", allow_abbrev=False, help="follow one execution's event stream until it ends",
+        "follow",
+        allow_abbrev=False,
+        help="follow one execution's event stream until it ends",
         description=f"Follow one execution's event stream until it ends. The token is read from {TOKEN_VARIABLE} "
         "or --token-file. Exit codes: 0 complete, 1 error, 2 usage, 3 cannot be followed.",
     )
@@ -82,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_argument("--json", action="store_true", help="print one JSON object per line, text chunks too")
     follow.add_argument("--token-file", metavar="PATH", help=f"read the token from this file, not {TOKEN_VARIABLE}")
     follow.add_argument(
-        "--max-wait", type=_seconds, default=60.0, metavar="SECONDS",
+        "--max-wait",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
         help="give up after this long without a stream (default 60)",
     )
     follow.add_argument("--token", help=argparse.SUPPRESS)  # only to refuse it with a helpful message
@@ -126,7 +135,8 @@ def _report(status: client.Status) -> None:
         print(
             f"streamapp: reconnecting after {_clean(status.reason or '')}, last id {last}"
             f" (next try in {status.delay or 0:.1f} s)",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 

@@ -69,9 +69,7 @@ def check(
         raise TooManyAttempts(
             "too many failed logins for this account; retry later", retry_after=max(1, math.ceil(left))
         )
-    left = _seconds_left(
-        cur, _UNDER_LIMIT_IN_ADDRESS, {"address": address, "window_s": window_s}, max_address_failures
-    )
+    left = _seconds_left(cur, _UNDER_LIMIT_IN_ADDRESS, {"address": address, "window_s": window_s}, max_address_failures)
     if left is not None:
         raise TooManyAttempts(
             "too many failed logins from your address; retry later", retry_after=max(1, math.ceil(left))

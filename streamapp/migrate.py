@@ -10,6 +10,7 @@ from .db import Database
 
 log = logging.getLogger(__name__)
 
+
 def _migrations_dir() -> Path:
     # An installed package carries them as streamapp/migrations (pyproject.toml); a checkout
     # keeps them at its top level, as the house layout fixes.

@@ -64,7 +64,11 @@ _WRITE = (400, 401, 403, 404, 409, 413, 422, 503)
 #: Keyed by Flask endpoint. A rule missing here is still documented, bare, and tests fail on it.
 OPERATIONS: dict[str, Operation] = {
     "streamapp_api.create_execution": Operation(
-        "Create an execution", 201, schemas.ExecutionOut, (schemas.ExecutionCreate,), auth="publish",
+        "Create an execution",
+        201,
+        schemas.ExecutionOut,
+        (schemas.ExecutionCreate,),
+        auth="publish",
         errors=(400, 401, 403, 404, 409, 413, 422, 503),
         description="An `exec_id` in use is 409; `owner` may be set only by an admin's publish token (403).",
     ),
@@ -72,41 +76,73 @@ OPERATIONS: dict[str, Operation] = {
         "The execution document", 200, schemas.ExecutionOut, errors=(400, 401, 404, 503)
     ),
     "streamapp_api.list_executions": Operation(
-        "The caller's executions (an admin's: all), newest first", 200, schemas.ExecutionList,
-        query=schemas.ListQuery, errors=(400, 401, 404, 503),
+        "The caller's executions (an admin's: all), newest first",
+        200,
+        schemas.ExecutionList,
+        query=schemas.ListQuery,
+        errors=(400, 401, 404, 503),
     ),
     "streamapp_api.append_events": Operation(
-        "Append durable events, all or nothing", 201, schemas.AppendOut, (schemas.EventsAppend,), auth="publish",
-        errors=_WRITE, description="After a terminal event 409; a type or data the catalog refuses 422 (SPEC §2, §4).",
+        "Append durable events, all or nothing",
+        201,
+        schemas.AppendOut,
+        (schemas.EventsAppend,),
+        auth="publish",
+        errors=_WRITE,
+        description="After a terminal event 409; a type or data the catalog refuses 422 (SPEC §2, §4).",
     ),
     "streamapp_api.publish_chunks": Operation(
-        "Publish best-effort text chunks (never stored)", 202, schemas.ChunksOut,
-        (schemas.ChunkText, schemas.ChunkList), auth="publish", errors=_WRITE,
+        "Publish best-effort text chunks (never stored)",
+        202,
+        schemas.ChunksOut,
+        (schemas.ChunkText, schemas.ChunkList),
+        auth="publish",
+        errors=_WRITE,
         description="503 when this server runs without LISTEN/NOTIFY (STREAMAPP_NOTIFY=false).",
     ),
     "streamapp_api.stream_ticket": Operation(
-        "A short-lived ticket for this execution's stream", 201, schemas.TicketOut, errors=(400, 401, 403, 404, 503),
+        "A short-lived ticket for this execution's stream",
+        201,
+        schemas.TicketOut,
+        errors=(400, 401, 403, 404, 503),
         description="Pass it as `?ticket=` on the stream until `expires_at` (SPEC §7). No body.",
     ),
     "streamapp_api.cancel_execution": Operation(
-        "Cancel an execution", 200, schemas.ExecutionOut, (schemas.CancelBody,), body_required=False,
-        auth="publish", errors=_WRITE, description="Appends `error` CANCELED; 409 once it has ended.",
+        "Cancel an execution",
+        200,
+        schemas.ExecutionOut,
+        (schemas.CancelBody,),
+        body_required=False,
+        auth="publish",
+        errors=_WRITE,
+        description="Appends `error` CANCELED; 409 once it has ended.",
     ),
     "streamapp_api.event_catalog": Operation("The event catalog (SPEC §4)", 200, schemas.CatalogOut),
     "streamapp_stream.stream": Operation(
-        "Follow an execution as Server-Sent Events (SPEC §5)", 200, query=schemas.StreamQuery,
-        errors=(400, 401, 404, 429, 503), auth="stream",
+        "Follow an execution as Server-Sent Events (SPEC §5)",
+        200,
+        query=schemas.StreamQuery,
+        errors=(400, 401, 404, 429, 503),
+        auth="stream",
         description="The `Last-Event-ID` header wins over `last_event_id`. Frames: `id`, `event`, `data` "
         "(the JSON envelope); `llm_chunk` frames have no `id`.",
     ),
     "streamapp_auth.login": Operation(
-        "Sign in; sets the session cookie", 200, schemas.LoginOut, (schemas.LoginIn,), auth="none",
+        "Sign in; sets the session cookie",
+        200,
+        schemas.LoginOut,
+        (schemas.LoginIn,),
+        auth="none",
         errors=(400, 401, 403, 413, 422, 429, 503),
     ),
     "streamapp_auth.logout": Operation("Sign out", 204, errors=(400, 403, 503), auth="optional"),
     "streamapp_auth.create_token": Operation(
-        "Create an API token (the only answer that shows it)", 201, schemas.TokenCreated, (schemas.TokenCreate,),
-        auth="session", errors=(400, 401, 403, 413, 422, 503),
+        "Create an API token (the only answer that shows it)",
+        201,
+        schemas.TokenCreated,
+        (schemas.TokenCreate,),
+        auth="session",
+        errors=(400, 401, 403, 413, 422, 503),
     ),
     "streamapp_auth.list_tokens": Operation("The caller's tokens, never their secrets", 200, schemas.TokenList),
     "streamapp_auth.revoke_token": Operation(
@@ -228,11 +264,15 @@ def _operation(plugin: MarshmallowPlugin, name: str, op: Operation, own_users: b
         out["description"] = op.description
     parameters = _query(plugin, op.query) if op.query else []
     if op.auth == "stream":
-        parameters.append({
-            "name": "Last-Event-ID", "in": "header", "required": False,
-            "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_CURSOR},
-            "description": "resume after this id; wins over last_event_id",
-        })
+        parameters.append(
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_CURSOR},
+                "description": "resume after this id; wins over last_event_id",
+            }
+        )
     if parameters:
         out["parameters"] = parameters
     if op.body:

@@ -61,9 +61,7 @@ def _validator(schema: t.Any) -> t.Any:
     return jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
 
 
-def check_value(
-    where: str, schema: dict[str, t.Any] | bool | None, data: dict[str, t.Any], name: str
-) -> None:
+def check_value(where: str, schema: dict[str, t.Any] | bool | None, data: dict[str, t.Any], name: str) -> None:
     """Check ``data[name]`` against the execution's output schema (issue 5).
 
     :raises Invalid: with the validator's own message.

@@ -259,8 +259,13 @@ def append_events(
     """
     execution = storage.get_execution(cur, kind, exec_id, lock=True)
     return _append_locked(
-        cur, execution, events,
-        max_event_bytes=max_event_bytes, redact=redact, notify=notify, max_json_depth=max_json_depth,
+        cur,
+        execution,
+        events,
+        max_event_bytes=max_event_bytes,
+        redact=redact,
+        notify=notify,
+        max_json_depth=max_json_depth,
     )
 
 
@@ -469,7 +474,12 @@ class Producer:
         with self.db.connection() as conn, _own_transactions(conn), conn.cursor() as cur:
             try:
                 outcome = storage.append_known(
-                    cur, known["exec_id"], tails, ts, status=status, terminal_offset=terminal_offset,
+                    cur,
+                    known["exec_id"],
+                    tails,
+                    ts,
+                    status=status,
+                    terminal_offset=terminal_offset,
                     notify=self.notify,
                 )
             except psycopg2.Error:
@@ -523,7 +533,11 @@ class KnownExecutions:
     def remember(self, execution: dict[str, t.Any]) -> None:
         # The changing fields are blanked so nothing can read them as current.
         self._rows[execution["exec_id"]] = {
-            **execution, "status": None, "last_event_id": None, "terminal_event_id": None, "last_sequence": 0,
+            **execution,
+            "status": None,
+            "last_event_id": None,
+            "terminal_event_id": None,
+            "last_sequence": 0,
         }
         self._rows.move_to_end(execution["exec_id"])
         while len(self._rows) > self.size:

@@ -14,7 +14,7 @@ import sys
 
 log = logging.getLogger(__name__)
 
-GUIDE = "docs/integration.md (\"Serving streams\")"
+GUIDE = 'docs/integration.md ("Serving streams")'
 
 
 def blocking_worker() -> str | None:

@@ -77,6 +77,10 @@ def sync(cur: Cursor, worker: str, counts: Mapping[str, int], stale_s: float) ->
     autocommit cursor.
     """
     users = list(counts)
-    params = {"worker": worker, "users": users, "counts": [counts[u] for u in users],
-              "forget_s": stale_s * FORGET_AFTER_STALE}
+    params = {
+        "worker": worker,
+        "users": users,
+        "counts": [counts[u] for u in users],
+        "forget_s": stale_s * FORGET_AFTER_STALE,
+    }
     cur.execute(_SYNC, params)

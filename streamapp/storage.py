@@ -79,9 +79,7 @@ WHERE exec_id = %(exec_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s)
 """
 
 
-def get_execution(
-    cur: Cursor, kind: str | None, exec_id: str, *, lock: bool = False
-) -> dict[str, t.Any] | None:
+def get_execution(cur: Cursor, kind: str | None, exec_id: str, *, lock: bool = False) -> dict[str, t.Any] | None:
     """One execution (of this kind, unless ``None``) or ``None``; ``lock`` takes its row lock."""
     cur.execute(_SELECT_EXECUTION + (" FOR UPDATE" if lock else ""), {"exec_id": exec_id, "kind": kind})
     return _row(cur.fetchone())
@@ -154,9 +152,7 @@ def insert_events(cur: Cursor, exec_id: str, append: Append) -> None:
     gap-free and in commit order across concurrent producers.
     """
     cur.execute(_BUMP_COUNTER, append.bump(exec_id))
-    psycopg2.extras.execute_values(
-        cur, _INSERT_EVENTS, [(exec_id, *row) for row in append.rows], page_size=1000
-    )
+    psycopg2.extras.execute_values(cur, _INSERT_EVENTS, [(exec_id, *row) for row in append.rows], page_size=1000)
 
 
 def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> dict[str, t.Any] | None:
@@ -237,17 +233,20 @@ def append_known(
     Returns the id before the first new one and the execution's status, or
     ``None`` when nothing was written (ended or unknown execution).
     """
-    cur.execute(_APPEND_KNOWN, {
-        "exec_id": exec_id,
-        "count": len(tails),
-        "status": status,
-        "terminal_offset": terminal_offset,
-        "ts": ts,
-        "types": [type_name for type_name, _ in tails],
-        "tails": [tail for _, tail in tails],
-        "notify": notify,
-        "channel": CHANNEL,
-    })
+    cur.execute(
+        _APPEND_KNOWN,
+        {
+            "exec_id": exec_id,
+            "count": len(tails),
+            "status": status,
+            "terminal_offset": terminal_offset,
+            "ts": ts,
+            "types": [type_name for type_name, _ in tails],
+            "tails": [tail for _, tail in tails],
+            "notify": notify,
+            "channel": CHANNEL,
+        },
+    )
     return _outcome(cur.fetchone())
 
 
@@ -311,9 +310,7 @@ def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[lis
     more follow; at most ``limit`` events and about :data:`PAGE_BYTES` bytes.
     """
     psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
-    cur.execute(
-        _SELECT_FRAMES_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES}
-    )
+    cur.execute(_SELECT_FRAMES_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES})
     rows = cur.fetchall()
     if not rows:
         return [], False

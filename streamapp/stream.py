@@ -289,8 +289,10 @@ def _direct_socket(environ: dict[str, t.Any], settings: t.Any) -> dict[str, t.An
     # instead of letting its frames pile up (issue 4).
     sock.settimeout(settings.send_timeout_s)
     protocol = environ.get("SERVER_PROTOCOL")
-    if not settings.direct_writes or environ.get("wsgi.url_scheme") != "http" or protocol not in (
-        "HTTP/1.0", "HTTP/1.1"
+    if (
+        not settings.direct_writes
+        or environ.get("wsgi.url_scheme") != "http"
+        or protocol not in ("HTTP/1.0", "HTTP/1.1")
     ):
         return {"client": sock}
     return {"client": sock, "socket": sock, "chunked": protocol == "HTTP/1.1"}

@@ -41,6 +41,7 @@ def direct_sent(rendered: dict[t.Any, Rendered]) -> dict[str, int]:
                 sent[name] = sent.get(name, 0) + count * done.writes
     return sent
 
+
 #: Frames a stream may have queued before it must re-read from the table instead.
 QUEUE_BYTES = 1024 * 1024
 #: Undelivered text chunks a stream may hold; more are dropped and counted.
@@ -52,9 +53,29 @@ class Subscriber:
     Text chunks are best-effort: past :data:`CHUNK_LIMIT` they are dropped and counted."""
 
     __slots__ = (
-        "exec_id", "items", "queued_bytes", "queued_chunks", "dropped_chunks", "wakeup", "overflowed",
-        "closing", "limit", "poll_ms", "user_id", "token_prefix", "text_mode",
-        "fd", "chunked", "types", "last", "parked", "pending", "ended", "connected_at", "reason", "sent",
+        "exec_id",
+        "items",
+        "queued_bytes",
+        "queued_chunks",
+        "dropped_chunks",
+        "wakeup",
+        "overflowed",
+        "closing",
+        "limit",
+        "poll_ms",
+        "user_id",
+        "token_prefix",
+        "text_mode",
+        "fd",
+        "chunked",
+        "types",
+        "last",
+        "parked",
+        "pending",
+        "ended",
+        "connected_at",
+        "reason",
+        "sent",
     )
 
     def __init__(

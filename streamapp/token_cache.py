@@ -67,7 +67,8 @@ class TokenCache:
             return
         what, _, key = change.partition(":")
         doomed = [
-            k for k, (_, user) in self._entries.items()
+            k
+            for k, (_, user) in self._entries.items()
             if (what == "token" and user.token_prefix == key) or (what == "user" and str(user.id) == key)
         ]
         for k in doomed:

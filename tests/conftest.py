@@ -246,10 +246,21 @@ def live_server(
         **(env or {}),
     }
     cmd = [
-        sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--graceful-timeout", "5",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "app:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--graceful-timeout",
+        "5",
         # Off by default (gunicorn.conf.py); on here, where tests read it.
-        "--access-logfile", "-",
+        "--access-logfile",
+        "-",
     ]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)

@@ -14,8 +14,16 @@ from streamapp import create_app
 
 SEGMENTS = ("workflows", "agents", "tasks")
 DOCUMENT_FIELDS = {
-    "exec_id", "kind", "name", "status", "output_schema", "owner", "last_event_id", "created_at",
-    "stream_url", "input",
+    "exec_id",
+    "kind",
+    "name",
+    "status",
+    "output_schema",
+    "owner",
+    "last_event_id",
+    "created_at",
+    "stream_url",
+    "input",
 }
 RUNNING = {"type": "workflow_status", "data": {"status": "RUNNING"}}
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
@@ -164,7 +172,9 @@ def test_body_that_is_not_json_is_400(client, account, data, content_type):
 
 def test_escaped_surrogate_pair_is_fine(client, account):
     r = client.post(
-        _url("workflows"), data='{"name": "x", "input": "\\ud83d\\ude00"}', content_type="application/json",
+        _url("workflows"),
+        data='{"name": "x", "input": "\\ud83d\\ude00"}',
+        content_type="application/json",
         headers=account.headers,
     )
     assert r.status_code == 201 and r.get_json()["input"] == "\U0001f600"
@@ -397,7 +407,11 @@ def test_stored_envelope(client, account, db):
         cur.execute("SELECT envelope FROM events WHERE exec_id = %s", (exec_id,))
         envelope = json.loads(cur.fetchone()[0])
     assert {k: envelope[k] for k in ("id", "type", "exec_id", "kind", "data")} == {
-        "id": 1, "type": "deploy_step", "exec_id": exec_id, "kind": "workflow", "data": {"anything": [1, "\u00e9"]},
+        "id": 1,
+        "type": "deploy_step",
+        "exec_id": exec_id,
+        "kind": "workflow",
+        "data": {"anything": [1, "\u00e9"]},
     }
 
 
@@ -466,8 +480,15 @@ def test_event_after_terminal_in_same_batch_is_409(client, account, db):
         ([{"type": "workflow_status", "data": {}}], "workflow_status.data.status is required"),
         ([{"type": "workflow_status", "data": {"status": "SUCCESS"}}], "workflow_status.data.status must be one of"),
         ([{"type": "task_status", "data": {"status": "RUNNING"}}], "task_id is required inside a workflow"),
-        ([{"type": "tool_call", "data": {"tool_call_id": "1", "tool_name": "t", "status": "s", "duration_ms": True}}],
-         "duration_ms must be a JSON number"),
+        (
+            [
+                {
+                    "type": "tool_call",
+                    "data": {"tool_call_id": "1", "tool_name": "t", "status": "s", "duration_ms": True},
+                }
+            ],
+            "duration_ms must be a JSON number",
+        ),
         ([{"type": "structured_delta", "data": {"content": 1, "sequence": 1}}], "not an event of workflow executions"),
         ([{"type": "complete", "data": {"status": "FAILED"}}], "complete.data.status must be one of SUCCESS"),
         ([{"type": "error", "data": {"status": "FAILED", "error": {}}}], "error.data.error.message"),
@@ -629,15 +650,20 @@ def _body_of(size: int) -> bytes:
 def test_body_at_the_limit_is_accepted(small_client, account, db):
     exec_id = _create(small_client, account)["exec_id"]
     body = _body_of(1024)
-    r = small_client.post(_url("workflows", exec_id, "events"), data=body, content_type="application/json",
-                          headers=account.headers)
+    r = small_client.post(
+        _url("workflows", exec_id, "events"), data=body, content_type="application/json", headers=account.headers
+    )
     assert (len(body), r.status_code) == (1024, 201)
 
 
 def test_body_over_the_limit_is_413(small_client, account, db):
     exec_id = _create(small_client, account)["exec_id"]
-    r = small_client.post(_url("workflows", exec_id, "events"), data=_body_of(1025), content_type="application/json",
-                          headers=account.headers)
+    r = small_client.post(
+        _url("workflows", exec_id, "events"),
+        data=_body_of(1025),
+        content_type="application/json",
+        headers=account.headers,
+    )
     _error(r, 413)
     assert _stored(db, exec_id) == []
 
@@ -659,7 +685,8 @@ def test_create_body_over_the_limit_is_413(small_client, account):
 def test_event_data_limit_counts_utf8_bytes(small_client, account, db, text, status):
     exec_id = _create(small_client, account)["exec_id"]
     r = small_client.post(
-        _url("workflows", exec_id, "events"), json={"events": [WARNING, {"type": "x", "data": {"s": text}}]},
+        _url("workflows", exec_id, "events"),
+        json={"events": [WARNING, {"type": "x", "data": {"s": text}}]},
         headers=account.headers,
     )
     if status == 413:

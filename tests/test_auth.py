@@ -14,7 +14,6 @@ WORKFLOWS = "/api/v0/executions/workflows"
 WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
 
 
-
 def _error(response, status: int, code: str) -> str:
     assert response.status_code == status, response.get_data(as_text=True)
     body = response.get_json()
@@ -183,8 +182,13 @@ def test_cross_site_logout_is_refused(client, account):
 
 @pytest.mark.parametrize(
     "method, path",
-    [("get", WORKFLOWS), ("get", f"{WORKFLOWS}/x"), ("post", WORKFLOWS), ("post", f"{WORKFLOWS}/x/events"),
-     ("get", "/api/v0/events/catalog")],
+    [
+        ("get", WORKFLOWS),
+        ("get", f"{WORKFLOWS}/x"),
+        ("post", WORKFLOWS),
+        ("post", f"{WORKFLOWS}/x/events"),
+        ("get", "/api/v0/events/catalog"),
+    ],
 )
 def test_no_credentials_is_401(client, method, path):
     _error(getattr(client, method)(path, json={}), 401, "not_authenticated")
@@ -232,16 +236,18 @@ def test_read_token_reads(client, auth, account):
 
 def test_read_token_appending_is_403(client, auth, account):
     exec_id = _create(client, account)
-    r = client.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
-                    headers=auth.bearer(auth.token(account, ["read"])))
+    r = client.post(
+        f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]}, headers=auth.bearer(auth.token(account, ["read"]))
+    )
     assert "publish" in _error(r, 403, "forbidden")
 
 
 @pytest.mark.parametrize("scopes", [["publish"], ["read", "publish"]])
 def test_publish_token_appends(client, auth, account, scopes):
     exec_id = _create(client, account)
-    r = client.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
-                    headers=auth.bearer(auth.token(account, scopes)))
+    r = client.post(
+        f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]}, headers=auth.bearer(auth.token(account, scopes))
+    )
     assert r.status_code == 201
 
 
@@ -274,8 +280,9 @@ def test_other_users_execution_looks_missing(client, auth, account, method, suff
 def test_other_users_read_token_sees_404_not_403(client, auth, account):
     exec_id = _create(client, account)
     other = auth.user()
-    r = client.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
-                    headers=auth.bearer(auth.token(other, ["read"])))
+    r = client.post(
+        f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]}, headers=auth.bearer(auth.token(other, ["read"]))
+    )
     _error(r, 404, "not_found")
 
 
@@ -361,8 +368,9 @@ def test_a_created_token_works_with_its_scopes(client, account):
     fresh = client.application.test_client()
     exec_id = _create(fresh, account)
     assert fresh.get(f"{WORKFLOWS}/{exec_id}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    r = fresh.post(f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]},
-                   headers={"Authorization": f"Bearer {token}"})
+    r = fresh.post(
+        f"{WORKFLOWS}/{exec_id}/events", json={"events": [WARNING]}, headers={"Authorization": f"Bearer {token}"}
+    )
     _error(r, 403, "forbidden")
 
 
@@ -377,8 +385,16 @@ def test_creating_a_token_needs_a_login(client):
 
 
 @pytest.mark.parametrize(
-    "body", [{}, {"scopes": []}, {"scopes": ["admin"]}, {"scopes": "read"}, {"scopes": [1]}, {"scopes": [""]},
-             {"scopes": ["read"], "name": "x"}]
+    "body",
+    [
+        {},
+        {"scopes": []},
+        {"scopes": ["admin"]},
+        {"scopes": "read"},
+        {"scopes": [1]},
+        {"scopes": [""]},
+        {"scopes": ["read"], "name": "x"},
+    ],
 )
 def test_token_scopes_must_be_known(client, account, body):
     _login(client, account)

@@ -37,36 +37,46 @@ WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
 KINDS = ("workflow", "agent", "task")
 
 CALLERS = (
-    "anonymous", "owner_session", "owner_read", "owner_publish", "other_user", "admin",
-    "revoked_token", "disabled_token", "disabled_session", "expired_ticket", "other_exec_ticket", "reused_ticket",
+    "anonymous",
+    "owner_session",
+    "owner_read",
+    "owner_publish",
+    "other_user",
+    "admin",
+    "revoked_token",
+    "disabled_token",
+    "disabled_session",
+    "expired_ticket",
+    "other_exec_ticket",
+    "reused_ticket",
 )
 
 #: endpoint of one execution kind -> expected status for each caller, in the order of CALLERS.
 KIND_EXPECTED: dict[str, tuple[int, ...]] = {
     #                  anon sess read publ other admin revok distk disse expir other reuse
-    "create":         (401, 201, 403, 201, 201, 201, 401, 401, 401, 401, 401, 201),
-    "get":            (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 404),
-    "list":           (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 400),
-    "append":         (401, 201, 403, 201, 404, 201, 401, 401, 401, 401, 401, 404),
-    "chunks":         (401, 202, 403, 202, 404, 202, 401, 401, 401, 401, 401, 404),
-    "stream_ticket":  (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 401, 404),
+    "create": (401, 201, 403, 201, 201, 201, 401, 401, 401, 401, 401, 201),
+    "get": (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 404),
+    "list": (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 400),
+    "append": (401, 201, 403, 201, 404, 201, 401, 401, 401, 401, 401, 404),
+    "chunks": (401, 202, 403, 202, 404, 202, 401, 401, 401, 401, 401, 404),
+    "stream_ticket": (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 401, 404),
     # Every cell cancels an execution of its own (_request): a 200 ends the one it names.
-    "cancel":         (401, 200, 403, 200, 404, 200, 401, 401, 401, 401, 401, 404),
+    "cancel": (401, 200, 403, 200, 404, 200, 401, 401, 401, 401, 401, 404),
     # reused: B's token carrying A's ticket is refused (issue 6). Without credentials the server
     # cannot tell who holds a ticket, which is why tickets live 60 s and name one execution.
-    "stream":         (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 401),
+    "stream": (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 401),
 }
 #: endpoint of no kind -> expected status for each caller.
 EXPECTED: dict[str, tuple[int, ...]] = {
     #                  anon sess read publ other admin revok distk disse expir other reuse
-    "catalog":        (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200),
-    "login":          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
-    "logout":         (204, 204, 204, 204, 204, 204, 204, 204, 204, 204, 204, 204),
-    "tokens_list":    (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200),
-    "tokens_create":  (401, 201, 403, 403, 403, 403, 401, 401, 401, 401, 401, 403),
-    "tokens_delete":  (401, 204, 403, 204, 404, 204, 401, 401, 401, 401, 401, 404),
+    "catalog": (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200),
+    "login": (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "logout": (204, 204, 204, 204, 204, 204, 204, 204, 204, 204, 204, 204),
+    "tokens_list": (401, 200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200),
+    "tokens_create": (401, 201, 403, 403, 403, 403, 401, 401, 401, 401, 401, 403),
+    "tokens_delete": (401, 204, 403, 204, 404, 204, 401, 401, 401, 401, 401, 404),
     # The API's description reveals nothing about anyone's data: open to every caller.
-    "openapi":        (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "openapi": (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
 }
 CELLS = [
     pytest.param(endpoint, kind, caller, status, id=f"{endpoint}-{kind}-{caller}")
@@ -125,8 +135,19 @@ def world(server, auth, producer, db) -> t.Iterator[World]:
         )
         for kind in KINDS
     }
-    yield World(server, auth, owner, other, admin, auth.token(owner, ["read"]), revoked, disabled, executions,
-                session, disabled_session)
+    yield World(
+        server,
+        auth,
+        owner,
+        other,
+        admin,
+        auth.token(owner, ["read"]),
+        revoked,
+        disabled,
+        executions,
+        session,
+        disabled_session,
+    )
     session.close()
     disabled_session.close()
 

@@ -113,24 +113,52 @@ def test_required_fields(kind, type_name, data, field):
     "kind, type_name, data, message",
     [
         ("workflow", "workflow_start", {"workflow_id": 5}, "workflow_start.data.workflow_id must be a JSON string"),
-        ("workflow", "workflow_status", {"status": "RUNNING", "reason": ["x"]},
-         "workflow_status.data.reason must be a JSON string"),
-        ("workflow", "task_status", {"status": "RUNNING", "task_id": 3},
-         "task_status.data.task_id must be a JSON string"),
-        ("agent", "agent_status", {"status": "RUNNING", "task_id": 3},
-         "agent_status.data.task_id must be a JSON string"),
+        (
+            "workflow",
+            "workflow_status",
+            {"status": "RUNNING", "reason": ["x"]},
+            "workflow_status.data.reason must be a JSON string",
+        ),
+        (
+            "workflow",
+            "task_status",
+            {"status": "RUNNING", "task_id": 3},
+            "task_status.data.task_id must be a JSON string",
+        ),
+        (
+            "agent",
+            "agent_status",
+            {"status": "RUNNING", "task_id": 3},
+            "agent_status.data.task_id must be a JSON string",
+        ),
         ("task", "tool_call", {**TOOL, "tool_call_id": None}, "tool_call.data.tool_call_id must be a JSON string"),
         ("task", "tool_call", {**TOOL, "duration_ms": "5"}, "tool_call.data.duration_ms must be a JSON number"),
         ("task", "tool_call", {**TOOL, "duration_ms": True}, "tool_call.data.duration_ms must be a JSON number"),
         ("task", "tool_call", {**TOOL, "duration_ms": -1}, "tool_call.data.duration_ms must be at least 0"),
-        ("agent", "structured_delta", {"content": 1, "sequence": True},
-         "structured_delta.data.sequence must be a JSON integer"),
-        ("agent", "structured_delta", {"content": 1, "sequence": 1.0},
-         "structured_delta.data.sequence must be a JSON integer"),
-        ("agent", "structured_delta", {"content": 1, "sequence": "1"},
-         "structured_delta.data.sequence must be a JSON integer"),
-        ("agent", "structured_delta", {"content": 1, "sequence": 0},
-         "structured_delta.data.sequence must be at least 1"),
+        (
+            "agent",
+            "structured_delta",
+            {"content": 1, "sequence": True},
+            "structured_delta.data.sequence must be a JSON integer",
+        ),
+        (
+            "agent",
+            "structured_delta",
+            {"content": 1, "sequence": 1.0},
+            "structured_delta.data.sequence must be a JSON integer",
+        ),
+        (
+            "agent",
+            "structured_delta",
+            {"content": 1, "sequence": "1"},
+            "structured_delta.data.sequence must be a JSON integer",
+        ),
+        (
+            "agent",
+            "structured_delta",
+            {"content": 1, "sequence": 0},
+            "structured_delta.data.sequence must be at least 1",
+        ),
         ("workflow", "warning", {"code": 1, "message": "m"}, "warning.data.code must be a JSON string"),
         ("workflow", "complete", {"status": True}, "complete.data.status must be a JSON string"),
         ("workflow", "complete", {"status": "SUCCESS", "usage": [1]}, "complete.data.usage must be a JSON object"),
@@ -144,15 +172,31 @@ def test_wrong_json_types(kind, type_name, data, message):
 @pytest.mark.parametrize(
     "kind, type_name, data, message",
     [
-        ("workflow", "workflow_status", {"status": "running"},
-         "workflow_status.data.status must be one of PENDING, RUNNING, PAUSED"),
-        ("workflow", "workflow_status", {"status": "SUCCESS"},
-         "workflow_status.data.status must be one of PENDING, RUNNING, PAUSED"),
-        ("agent", "agent_status", {"status": "DONE"},
-         "agent_status.data.status must be one of PENDING, RUNNING, PAUSED, SUCCESS, FAILED, CANCELED, TIMED_OUT"),
+        (
+            "workflow",
+            "workflow_status",
+            {"status": "running"},
+            "workflow_status.data.status must be one of PENDING, RUNNING, PAUSED",
+        ),
+        (
+            "workflow",
+            "workflow_status",
+            {"status": "SUCCESS"},
+            "workflow_status.data.status must be one of PENDING, RUNNING, PAUSED",
+        ),
+        (
+            "agent",
+            "agent_status",
+            {"status": "DONE"},
+            "agent_status.data.status must be one of PENDING, RUNNING, PAUSED, SUCCESS, FAILED, CANCELED, TIMED_OUT",
+        ),
         ("workflow", "complete", {"status": "FAILED"}, "complete.data.status must be one of SUCCESS"),
-        ("workflow", "error", {"status": "SUCCESS", "error": {"message": "m"}},
-         "error.data.status must be one of FAILED, CANCELED, TIMED_OUT"),
+        (
+            "workflow",
+            "error",
+            {"status": "SUCCESS", "error": {"message": "m"}},
+            "error.data.status must be one of FAILED, CANCELED, TIMED_OUT",
+        ),
     ],
 )
 def test_choices(kind, type_name, data, message):
@@ -234,8 +278,16 @@ def test_describe_pattern_and_terminal_types():
 def test_describe_lists_every_spec_type():
     names = [t["type"] for t in catalog.describe()["types"]]
     assert names == [
-        "workflow_start", "workflow_status", "agent_status", "task_status", "tool_call",
-        "structured_delta", "warning", "complete", "error", "llm_chunk",
+        "workflow_start",
+        "workflow_status",
+        "agent_status",
+        "task_status",
+        "tool_call",
+        "structured_delta",
+        "warning",
+        "complete",
+        "error",
+        "llm_chunk",
     ]
 
 
@@ -271,8 +323,18 @@ def test_describe_kinds_and_flags(name, kinds, durable, terminal):
         ("workflow_status", {"status": True, "reason": False}),
         ("agent_status", {"status": True, "task_id": False, "reason": False}),
         ("task_status", {"status": True, "task_id": False, "reason": False}),
-        ("tool_call", {"tool_call_id": True, "tool_name": True, "status": True, "input": False,
-                       "output": False, "error": False, "duration_ms": False}),
+        (
+            "tool_call",
+            {
+                "tool_call_id": True,
+                "tool_name": True,
+                "status": True,
+                "input": False,
+                "output": False,
+                "error": False,
+                "duration_ms": False,
+            },
+        ),
         ("structured_delta", {"content": True, "sequence": True}),
         ("warning", {"code": True, "message": True}),
         ("complete", {"status": True, "output": False, "usage": False}),
@@ -330,7 +392,10 @@ def test_describe_says_structured_delta_needs_an_output_schema():
 
 def test_describe_says_complete_output_is_schema_checked():
     assert _described_field("complete", "output") == {
-        "name": "output", "type": "any", "required": False, "schema_checked": True,
+        "name": "output",
+        "type": "any",
+        "required": False,
+        "schema_checked": True,
     }
 
 
@@ -399,10 +464,7 @@ def test_every_required_field_in_the_table_is_enforced(type_name, field):
 
 @pytest.mark.parametrize(
     "type_name, field, choices",
-    [
-        (e.name, f.name, f.choices)
-        for e in catalog.CATALOG.values() if e.durable for f in e.fields if f.choices
-    ],
+    [(e.name, f.name, f.choices) for e in catalog.CATALOG.values() if e.durable for f in e.fields if f.choices],
 )
 def test_every_choice_list_in_the_table_is_enforced(type_name, field, choices):
     example = catalog.CATALOG[type_name].example

@@ -39,7 +39,9 @@ def _chunks(server, account, exec_id, kind="agents", **body):
 def _events(server, account, exec_id, *events, kind="agents"):
     r = requests.post(
         server.api(f"/executions/{kind}/{exec_id}/events"),
-        json={"events": [{"type": t, "data": d} for t, d in events]}, headers=account.headers, timeout=10,
+        json={"events": [{"type": t, "data": d} for t, d in events]},
+        headers=account.headers,
+        timeout=10,
     )
     assert r.status_code == 201, r.text
     return r
@@ -321,7 +323,8 @@ def test_complete_output_is_checked_against_the_schema(server, account, db):
     r = requests.post(
         server.api(f"/executions/agents/{exec_id}/events"),
         json={"events": [{"type": "complete", "data": {"status": "SUCCESS", "output": {"answer": 3}}}]},
-        headers=account.headers, timeout=10,
+        headers=account.headers,
+        timeout=10,
     )
     message = r.json()["error"]["message"]
     assert r.status_code == 422 and "output_schema" in message
@@ -343,8 +346,10 @@ def test_complete_output_is_checked_against_the_schema(server, account, db):
 )
 def test_invalid_output_schema_is_422(server, account, schema, fragment):
     r = requests.post(
-        server.api("/executions/agents"), json={"name": "a", "output_schema": schema},
-        headers=account.headers, timeout=10,
+        server.api("/executions/agents"),
+        json={"name": "a", "output_schema": schema},
+        headers=account.headers,
+        timeout=10,
     )
     assert r.status_code == 422, r.text
     assert "output_schema" in r.json()["error"]["message"] and fragment in r.json()["error"]["message"]
@@ -356,7 +361,8 @@ def test_boolean_output_schemas(server, account, schema, output, status):
     r = requests.post(
         server.api(f"/executions/agents/{exec_id}/events"),
         json={"events": [{"type": "complete", "data": {"status": "SUCCESS", "output": output}}]},
-        headers=account.headers, timeout=10,
+        headers=account.headers,
+        timeout=10,
     )
     assert r.status_code == status, r.text
 
@@ -378,7 +384,8 @@ def test_output_is_checked_before_redaction_and_stored_redacted(server, account,
     r = requests.post(
         server.api(f"/executions/agents/{exec_id}/events"),
         json={"events": [{"type": "complete", "data": {"status": "SUCCESS", "output": output}}]},
-        headers=account.headers, timeout=10,
+        headers=account.headers,
+        timeout=10,
     )
     assert r.status_code == 201, r.text
     with db.transaction() as cur:
@@ -401,8 +408,14 @@ def test_split_and_reassemble_round_trip(size):
 @pytest.mark.parametrize(
     "text",
     [
-        "a\nb", "a\rb", "a\r\nb", "ends with CR\r", "\r\n\r\n", "\rstarts with CR",
-        "x\n\nevent: complete\nid: 999\ndata: injected", "data: fake\r\n\r\nid: 5\r\n\r\nretry: 1",
+        "a\nb",
+        "a\rb",
+        "a\r\nb",
+        "ends with CR\r",
+        "\r\n\r\n",
+        "\rstarts with CR",
+        "x\n\nevent: complete\nid: 999\ndata: injected",
+        "data: fake\r\n\r\nid: 5\r\n\r\nretry: 1",
     ],
 )
 def test_text_cannot_break_framing(server, account, text):
@@ -423,13 +436,19 @@ def test_text_cannot_break_framing(server, account, text):
 PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEF\nAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKjMzEfYyjiWA4R4"
 SPLIT_SECRETS = {
     "vendor key cut in the middle": (
-        "the key is sk-proj-Ab3dEf6h", "Ij9kLm2nOp5q_Rs8tUv1wXy4z, keep it\n", "Ab3dEf6hIj9kLm2nOp5q_Rs8tUv1wXy4z"
+        "the key is sk-proj-Ab3dEf6h",
+        "Ij9kLm2nOp5q_Rs8tUv1wXy4z, keep it\n",
+        "Ab3dEf6hIj9kLm2nOp5q_Rs8tUv1wXy4z",
     ),
     "key = value cut after =": (
-        'set password = "', 'correct horse battery staple" and go\n', "correct horse battery staple"
+        'set password = "',
+        'correct horse battery staple" and go\n',
+        "correct horse battery staple",
     ),
     "bearer cut after the scheme": (
-        "curl -H 'Authorization: Bearer ", "eyJhbGciOi.eyJzdWIi.c2ln' https://x\n", "eyJhbGciOi.eyJzdWIi.c2ln"
+        "curl -H 'Authorization: Bearer ",
+        "eyJhbGciOi.eyJzdWIi.c2ln' https://x\n",
+        "eyJhbGciOi.eyJzdWIi.c2ln",
     ),
     "JSON pair cut in its value": ('{"api_key": "k-12345 ', '67890 abc", "n": 1}\n', "k-12345 67890 abc"),
     "URL password cut": ("dsn postgres://bob:hunt", "er2-2024@db/app ok\n", "hunter2-2024"),

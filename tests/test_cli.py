@@ -13,7 +13,6 @@ from streamapp import migrate
 WORKFLOWS = "/api/v0/executions/workflows"
 
 
-
 def _email() -> str:
     return f"cli-{secrets.token_hex(5)}@example.com"
 

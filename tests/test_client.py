@@ -154,7 +154,9 @@ def test_text_chunks_arrive_as_their_own_type_without_id(server, account):
     rest = _run(lambda: list(stream))
     chunks = [e for e in rest if e.type == "llm_chunk"]
     assert [(e.id, e.data, e.text, e.envelope) for e in chunks] == [
-        (None, "Hello, ", "Hello, ", None), (None, "42", "42", None), (None, "wor\nld", "wor\nld", None)
+        (None, "Hello, ", "Hello, ", None),
+        (None, "42", "42", None),
+        (None, "wor\nld", "wor\nld", None),
     ]
     assert [(e.id, e.type) for e in rest if e.type != "llm_chunk"] == [(2, "complete")]
 
@@ -335,7 +337,8 @@ def test_a_redirect_to_another_host_does_not_carry_the_token():
     with _scripted("127.0.0.1", [(204, SSE, b"")]) as (other, seen_other):
         other = other.replace("127.0.0.1", "localhost")  # another origin, same machine
         with _scripted("127.0.0.1", [(307, {"Location": "/moved"}, b""), (302, {"Location": other}, b"")]) as (
-            base, seen,
+            base,
+            seen,
         ):
             assert _run(lambda: list(follow(base + "/stream", token="secret"))) == []
     assert [h.get("Authorization") for h in seen] == ["Bearer secret", "Bearer secret"]

@@ -104,10 +104,19 @@ def test_variables_cover_every_setting():
 @pytest.mark.parametrize(
     "name",
     [
-        "DATABASE_URL", "STREAMAPP_LISTEN_DATABASE_URL", "SECRET_KEY", "STREAMAPP_ENV",
-        "STREAMAPP_HEARTBEAT_S", "STREAMAPP_RETRY_MS", "STREAMAPP_STREAM_LIFETIME_S",
-        "STREAMAPP_MAX_STREAMS_PER_WORKER", "STREAMAPP_MAX_STREAMS_PER_USER", "STREAMAPP_TICKET_TTL_S",
-        "STREAMAPP_CORS_ORIGINS", "STREAMAPP_MAX_BODY_BYTES", "STREAMAPP_MAX_EVENT_BYTES",
+        "DATABASE_URL",
+        "STREAMAPP_LISTEN_DATABASE_URL",
+        "SECRET_KEY",
+        "STREAMAPP_ENV",
+        "STREAMAPP_HEARTBEAT_S",
+        "STREAMAPP_RETRY_MS",
+        "STREAMAPP_STREAM_LIFETIME_S",
+        "STREAMAPP_MAX_STREAMS_PER_WORKER",
+        "STREAMAPP_MAX_STREAMS_PER_USER",
+        "STREAMAPP_TICKET_TTL_S",
+        "STREAMAPP_CORS_ORIGINS",
+        "STREAMAPP_MAX_BODY_BYTES",
+        "STREAMAPP_MAX_EVENT_BYTES",
         "STREAMAPP_REDACT_KEYS",
     ],
 )
@@ -296,8 +305,9 @@ def test_listen_url_defaults_to_database_url(database_url, listen_url, expected)
     assert load_settings(environ).listen_url == expected
 
 
-@pytest.mark.parametrize("raw, expected", [(None, "text"), ("", "text"), ("json", "json"), ("text", "text"),
-                                           ("yaml", "text")])
+@pytest.mark.parametrize(
+    "raw, expected", [(None, "text"), ("", "text"), ("json", "json"), ("text", "text"), ("yaml", "text")]
+)
 def test_log_format_alone_for_gunicorns_logger(raw, expected):
     """gunicorn's logger reads it before the app loads; a bad value is the app's to refuse (load_settings)."""
     assert log_format({} if raw is None else {"STREAMAPP_LOG_FORMAT": raw}) == expected

@@ -272,8 +272,11 @@ def app_client(settings):
 def test_app_preflight_from_an_allowed_origin(app_client, path, method):
     r = app_client.options(
         path,
-        headers={"Origin": ALLOWED, "Access-Control-Request-Method": method,
-                 "Access-Control-Request-Headers": "Authorization, Content-Type"},
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "Authorization, Content-Type",
+        },
     )
     assert r.status_code == 204
     assert r.headers["Access-Control-Allow-Origin"] == ALLOWED

@@ -83,7 +83,7 @@ def _frames(section: str) -> list[dict[str, str]]:
 def test_types_section_is_the_generators_output():
     begin = BEGIN.search(DOC)
     assert begin and END in DOC, "docs/events.md lost its catalog.markdown() markers"
-    assert DOC[begin.end():DOC.index(END)] == catalog.markdown(), (
+    assert DOC[begin.end() : DOC.index(END)] == catalog.markdown(), (
         "docs/events.md is stale: paste the output of "
         """.venv/bin/python -c "from streamapp import catalog; print(catalog.markdown(), end='')" """
         "between its BEGIN and END markers"

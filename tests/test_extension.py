@@ -70,8 +70,12 @@ def test_streams_through_the_extension(host):
     client = host.test_client()
     alice = {"X-User": "alice"}
     exec_id = _create(client, "alice", "public-job")["exec_id"]
-    events = {"events": [{"type": "workflow_status", "data": {"status": "RUNNING"}},
-                         {"type": "complete", "data": {"status": "SUCCESS"}}]}
+    events = {
+        "events": [
+            {"type": "workflow_status", "data": {"status": "RUNNING"}},
+            {"type": "complete", "data": {"status": "SUCCESS"}},
+        ]
+    }
     r = client.post(f"/progress/executions/workflows/{exec_id}/events", json=events, headers=alice)
     assert r.status_code == 201
     response = client.get(f"/progress/executions/workflows/{exec_id}/stream", headers={"X-User": "bob"})
@@ -82,12 +86,23 @@ def test_streams_through_the_extension(host):
 
 # -- what init_app wires: redaction before storage (SPEC §7, issue 6) -----------------------------
 
-SECRETS = ("hunter2-pass", "abc.def.ghi-bearer", "k-123456-key", "p4ss-w0rd", "s3cr3t-value", "tok-987654",
-           "sa_0123456789ab_xyzSECRETxyz", "pw-1234-dsn", "123-45-6789")
+SECRETS = (
+    "hunter2-pass",
+    "abc.def.ghi-bearer",
+    "k-123456-key",
+    "p4ss-w0rd",
+    "s3cr3t-value",
+    "tok-987654",
+    "sa_0123456789ab_xyzSECRETxyz",
+    "pw-1234-dsn",
+    "123-45-6789",
+)
 TOOL_CALL = {
     "type": "tool_call",
     "data": {
-        "tool_call_id": "c1", "tool_name": "http", "status": "SUCCESS",
+        "tool_call_id": "c1",
+        "tool_name": "http",
+        "status": "SUCCESS",
         "input": {
             "url": "https://user:hunter2-pass@db.example.com/x",
             "headers": {"Authorization": "Bearer abc.def.ghi-bearer", "X-Api-Key": "k-123456-key"},
@@ -97,8 +112,10 @@ TOOL_CALL = {
         "output": {"text": "got token=tok-987654 and sa_0123456789ab_xyzSECRETxyz", "prompt_tokens": 12},
     },
 }
-ERROR = {"type": "error", "data": {"status": "FAILED",
-                                   "error": {"message": "connect failed: postgres://app:pw-1234-dsn@db/x"}}}
+ERROR = {
+    "type": "error",
+    "data": {"status": "FAILED", "error": {"message": "connect failed: postgres://app:pw-1234-dsn@db/x"}},
+}
 
 
 def _stored_envelopes(db, exec_id: str) -> list[str]:
@@ -127,8 +144,9 @@ def test_appended_events_are_redacted_in_the_stored_row(redacting_client, accoun
     client = redacting_client
     r = client.post("/api/v0/executions/workflows", json={"name": "w"}, headers=account.headers)
     exec_id = r.get_json()["exec_id"]
-    r = client.post(f"/api/v0/executions/workflows/{exec_id}/events", json={"events": [TOOL_CALL, ERROR]},
-                    headers=account.headers)
+    r = client.post(
+        f"/api/v0/executions/workflows/{exec_id}/events", json={"events": [TOOL_CALL, ERROR]}, headers=account.headers
+    )
     assert r.status_code == 201, r.get_data(as_text=True)
     tool_call, error = (json.loads(e) for e in _stored_envelopes(db, exec_id))
     _assert_redacted(json.dumps([tool_call, error]))
@@ -163,8 +181,12 @@ def test_the_stream_carries_the_redacted_events(server, account):
     r = requests.post(server.api("/executions/workflows"), json={"name": "w"}, headers=account.headers, timeout=10)
     exec_id = r.json()["exec_id"]
     complete = {"type": "complete", "data": {"status": "SUCCESS", "output": {"session_cookie": "tok-987654"}}}
-    r = requests.post(server.api(f"/executions/workflows/{exec_id}/events"),
-                      json={"events": [TOOL_CALL, complete]}, headers=account.headers, timeout=10)
+    r = requests.post(
+        server.api(f"/executions/workflows/{exec_id}/events"),
+        json={"events": [TOOL_CALL, complete]},
+        headers=account.headers,
+        timeout=10,
+    )
     assert r.status_code == 201, r.text
     body = requests.get(server.api(f"/executions/workflows/{exec_id}/stream"), headers=account.headers, timeout=10)
     frames, _ = parse(body.content)

@@ -186,4 +186,3 @@ def test_no_other_event_name_is_framed(name):
     else:
         with pytest.raises(ValueError):
             framing.event_frame(None, name, "")
-

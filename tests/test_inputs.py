@@ -110,9 +110,7 @@ def _body_paths(app: t.Any, exec_id: str) -> list[str]:
 
 def _post(clients: t.Any, how: str, path: str, body: bytes | str) -> t.Any:
     client, headers = clients[how]
-    return client.post(
-        path, data=body, content_type="application/json", headers={**headers, **_from_somewhere()}
-    )
+    return client.post(path, data=body, content_type="application/json", headers={**headers, **_from_somewhere()})
 
 
 def test_every_body_endpoint_is_covered(app, target):
@@ -331,8 +329,23 @@ def test_any_cursor_below_2_63_is_accepted(clients, ended, cursor):
 
 @pytest.mark.parametrize(
     "cursor",
-    [str(INT64_LIMIT), str(INT64_LIMIT + 1), "9" * 19, "9" * 5000, "-1", "+1", " 1", "1 ", "1.0", "1e3", "0x10",
-     "\u0663", "\uff11", "1_000", ""],
+    [
+        str(INT64_LIMIT),
+        str(INT64_LIMIT + 1),
+        "9" * 19,
+        "9" * 5000,
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "1.0",
+        "1e3",
+        "0x10",
+        "\u0663",
+        "\uff11",
+        "1_000",
+        "",
+    ],
 )
 def test_a_cursor_of_2_63_or_not_plain_digits_is_400(clients, ended, cursor):
     header = _stream(clients, ended, {"Last-Event-ID": cursor})

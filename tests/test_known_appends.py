@@ -29,8 +29,7 @@ def _stored(db: t.Any, exec_id: str) -> list[tuple[int, str, dict[str, t.Any]]]:
 
 def _execution(db: t.Any, exec_id: str) -> tuple[int, str, int | None]:
     with db.transaction() as cur:
-        cur.execute("SELECT last_event_id, status, terminal_event_id FROM executions WHERE exec_id = %s",
-                    (exec_id,))
+        cur.execute("SELECT last_event_id, status, terminal_event_id FROM executions WHERE exec_id = %s", (exec_id,))
         return t.cast(tuple[int, str, t.Any], cur.fetchone())
 
 

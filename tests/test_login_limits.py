@@ -15,7 +15,6 @@ from streamapp.login_limits import email_key
 LOGIN = "/api/v0/auth/login"
 
 
-
 def _address() -> str:
     return "10.{}.{}.{}".format(*secrets.token_bytes(3))
 
@@ -27,7 +26,9 @@ def address() -> str:
 
 def _login(client, email: str, password: str, address: str, headers=None):
     return client.post(
-        LOGIN, json={"email": email, "password": password}, environ_base={"REMOTE_ADDR": address},
+        LOGIN,
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": address},
         headers=headers or {},
     )
 

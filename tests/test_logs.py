@@ -88,8 +88,12 @@ def test_gunicorn_logger_escapes_every_access_log_atom(tmp_path):
     logger = logs.GunicornLogger(cfg)
     try:
         environ = {
-            "REQUEST_METHOD": "GET", "RAW_URI": "/x", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
-            "PATH_INFO": "/api/v0/\r\nFORGED\x00line", "HTTP_USER_AGENT": 'agent\x85"quoted"\\',
+            "REQUEST_METHOD": "GET",
+            "RAW_URI": "/x",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "PATH_INFO": "/api/v0/\r\nFORGED\x00line",
+            "HTTP_USER_AGENT": 'agent\x85"quoted"\\',
         }
         response = _Response([("X-Out", "o\x9bk")])
         request = _Request([("X-TEST", "a\tb\x1bc")])
@@ -99,8 +103,7 @@ def test_gunicorn_logger_escapes_every_access_log_atom(tmp_path):
             handler.close()
     written = (tmp_path / "access.log").read_text()
     assert written == (
-        '127.0.0.1 "GET /api/v0/\\r\\nFORGED\\x00line HTTP/1.1" 404 a\\tb\\x1bc '
-        '"agent\\x85\\"quoted\\"\\\\" o\\x9bk\n'
+        '127.0.0.1 "GET /api/v0/\\r\\nFORGED\\x00line HTTP/1.1" 404 a\\tb\\x1bc "agent\\x85\\"quoted\\"\\\\" o\\x9bk\n'
     )
 
 

@@ -18,7 +18,6 @@ FILES = {
 }
 
 
-
 @pytest.fixture
 def empty_db(empty_database):
     db = Database(empty_database, 2)

@@ -21,10 +21,30 @@ from streamapp import openapi
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PATH_ITEM_KEYS = HTTP_METHODS | {"summary", "description", "servers", "parameters", "$ref"}
-TOP_LEVEL_KEYS = {"openapi", "info", "jsonSchemaDialect", "servers", "paths", "webhooks", "components",
-                  "security", "tags", "externalDocs"}
-COMPONENT_KEYS = {"schemas", "responses", "parameters", "examples", "requestBodies", "headers",
-                  "securitySchemes", "links", "callbacks", "pathItems"}
+TOP_LEVEL_KEYS = {
+    "openapi",
+    "info",
+    "jsonSchemaDialect",
+    "servers",
+    "paths",
+    "webhooks",
+    "components",
+    "security",
+    "tags",
+    "externalDocs",
+}
+COMPONENT_KEYS = {
+    "schemas",
+    "responses",
+    "parameters",
+    "examples",
+    "requestBodies",
+    "headers",
+    "securitySchemes",
+    "links",
+    "callbacks",
+    "pathItems",
+}
 RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 
 
@@ -242,8 +262,13 @@ def test_security_schemes_and_stream_parameters(client):
     assert {"streamTicket": []} in stream["security"]
     assert "text/event-stream" in stream["responses"]["200"]["content"]
     names = {(p["name"], p["in"]) for p in stream["parameters"]}
-    assert names == {("last_event_id", "query"), ("events", "query"), ("poll_ms", "query"),
-                     ("ticket", "query"), ("Last-Event-ID", "header")}
+    assert names == {
+        ("last_event_id", "query"),
+        ("events", "query"),
+        ("poll_ms", "query"),
+        ("ticket", "query"),
+        ("Last-Event-ID", "header"),
+    }
     kind = next(p for p in stream_item["parameters"] if p["name"] == "kind")
     assert kind["schema"]["enum"] == ["workflows", "agents", "tasks"]
     append = doc["paths"]["/api/v0/executions/{kind}/{exec_id}/events"]["post"]
@@ -386,7 +411,8 @@ def test_extension_mode_documents_the_hosts_prefix(host):
     assert not any(p.startswith("/progress/auth") for p in documented)  # the host owns sign-in
     # The host's users: no bearer tokens of ours to document.
     assert set(doc["components"]["securitySchemes"]) == {"sessionCookie", "streamTicket"}
-    r = client.post("/progress/executions/workflows", json=_body(doc, "/progress/executions/{kind}"),
-                    headers={"X-User": "alice"})
+    r = client.post(
+        "/progress/executions/workflows", json=_body(doc, "/progress/executions/{kind}"), headers={"X-User": "alice"}
+    )
     assert r.status_code == 201, r.get_data(as_text=True)
     _check(doc, "ExecutionOut", r.get_json())

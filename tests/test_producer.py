@@ -27,7 +27,7 @@ def test_producer_redacts_by_default(db, account):
     producer = Producer(db)
     exec_id = producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"]
     producer.append_events(exec_id, [{"type": "tool_call", "data": SECRET_CALL}])
-    (_, envelope), = _stored(db, exec_id)
+    ((_, envelope),) = _stored(db, exec_id)
     assert envelope["data"]["input"] == {"password": "[REDACTED]"}
     assert "hunter2" not in json.dumps(envelope)
 
@@ -98,7 +98,10 @@ def test_producer_create_execution_uses_the_producers_redactor(db, account):
     configured = Producer(db, redact=Redactor(["ssn"]))
     exec_id = configured.create_execution("agent", "a", account.user.get_id(), input=SECRET_INPUT)["exec_id"]
     assert _stored_input(db, exec_id) == {
-        "query": "q", "api_key": "[REDACTED]", "dsn": "postgres://app:[REDACTED]@db/app", "ssn": "[REDACTED]"
+        "query": "q",
+        "api_key": "[REDACTED]",
+        "dsn": "postgres://app:[REDACTED]@db/app",
+        "ssn": "[REDACTED]",
     }
     plain = Producer(db, redact=None)
     exec_id = plain.create_execution("agent", "a", account.user.get_id(), input=SECRET_INPUT)["exec_id"]

@@ -373,15 +373,16 @@ LINES = [
     ("https://secret.example.com:8443/path", "https://secret.example.com:8443/path"),
     ("password:", "password:"),
     ("password:   ", "password:   "),
-    ("botocore.exceptions.NoCredentialsError: Unable to locate credentials",
-     "botocore.exceptions.NoCredentialsError: Unable to locate credentials"),
+    (
+        "botocore.exceptions.NoCredentialsError: Unable to locate credentials",
+        "botocore.exceptions.NoCredentialsError: Unable to locate credentials",
+    ),
     ("InvalidTokenError: signature has expired", "InvalidTokenError: signature has expired"),
     ("Status: RUNNING", "Status: RUNNING"),
     # PEM private keys: the whole block, whatever the key type
     (f"key:\n-----BEGIN PRIVATE KEY-----\n{PEM_BODY}\n-----END PRIVATE KEY-----\nok", f"key:\n{R}\nok"),
     (f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\n-----END RSA PRIVATE KEY-----", R),
-    (f"a -----BEGIN OPENSSH PRIVATE KEY-----\\n{PEM_BODY}\\n-----END OPENSSH PRIVATE KEY-----\\n b",
-     f"a {R}\\n b"),
+    (f"a -----BEGIN OPENSSH PRIVATE KEY-----\\n{PEM_BODY}\\n-----END OPENSSH PRIVATE KEY-----\\n b", f"a {R}\\n b"),
     (f"-----BEGIN EC PRIVATE KEY-----\n{PEM_BODY}", R),  # cut off: redacted to the end
     (f"-----BEGIN PGP PRIVATE KEY BLOCK-----\n{PEM_BODY}\n-----END PGP PRIVATE KEY BLOCK-----", R),
     (CERTIFICATE, CERTIFICATE),
@@ -410,10 +411,7 @@ def test_text_with_no_trigger_is_returned_as_it_is(redactor):
 # Well-known credential formats in prose (SPEC §7, issue 11). Fake values in the real shapes.
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-JWT = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0"
-    ".dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
-)
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 FORMATS = {
     "AWS access key id": AWS_KEY_ID,
     "AWS temporary key id": "ASIAY34FZKBOKMUTVV7A",
@@ -524,11 +522,61 @@ JSON = st.recursive(
 )
 # Pieces the rules look for, so random text meets them often and in odd orders.
 FRAGMENTS = [
-    "password", "Password", "api_key", "X-Api-Key", "token", "session", "pass", "secret", "Bearer", "basic",
-    "Authorization", "=", "==", "=>", ":", ": ", " = ", '"', "'", " ", "\t", "\n", "\r\n", "\\n", "\\", "{", "}",
-    "[", "]", ",", ";", "&", "@", "://", "https://u:", "sa_0123456789ab_", "-----BEGIN PRIVATE KEY-----",
-    "-----END PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY", "AKIA", "IOSFODNN7EXAMPLE", AWS_SECRET, "eyJ", JWT,
-    "sk-", "proj-", "ghp_", "xoxb-", "AIza", "0123456789", "abcdefghij", "ABCDEFGHIJ", "[REDACTED]", "Error",
+    "password",
+    "Password",
+    "api_key",
+    "X-Api-Key",
+    "token",
+    "session",
+    "pass",
+    "secret",
+    "Bearer",
+    "basic",
+    "Authorization",
+    "=",
+    "==",
+    "=>",
+    ":",
+    ": ",
+    " = ",
+    '"',
+    "'",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\\n",
+    "\\",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ";",
+    "&",
+    "@",
+    "://",
+    "https://u:",
+    "sa_0123456789ab_",
+    "-----BEGIN PRIVATE KEY-----",
+    "-----END PRIVATE KEY-----",
+    "-----BEGIN ",
+    "PRIVATE KEY",
+    "AKIA",
+    "IOSFODNN7EXAMPLE",
+    AWS_SECRET,
+    "eyJ",
+    JWT,
+    "sk-",
+    "proj-",
+    "ghp_",
+    "xoxb-",
+    "AIza",
+    "0123456789",
+    "abcdefghij",
+    "ABCDEFGHIJ",
+    "[REDACTED]",
+    "Error",
 ]
 TEXT = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=24).map("".join)
 
@@ -563,9 +611,18 @@ PROSE = st.lists(
     max_size=12,
 ).map("".join)
 PLANTED = [
-    "password={}", 'password = "{}"', "api_key: {}", '{{"client_secret": "{}"}}', "Authorization: Bearer {}",
-    "Bearer {}", "postgres://bob:{}@db/app", "X-Session-Id: {}", "db_pass = '{}'", '{{"api_key":"{}","n":1}}',
-    "Cookie: a={}; b=2", "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----",
+    "password={}",
+    'password = "{}"',
+    "api_key: {}",
+    '{{"client_secret": "{}"}}',
+    "Authorization: Bearer {}",
+    "Bearer {}",
+    "postgres://bob:{}@db/app",
+    "X-Session-Id: {}",
+    "db_pass = '{}'",
+    '{{"api_key":"{}","n":1}}',
+    "Cookie: a={}; b=2",
+    "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----",
 ]
 
 

@@ -187,4 +187,3 @@ def test_an_ended_execution_that_was_not_pruned_replays_without_a_reset(server, 
     exec_id = _execution(producer, account, COMPLETE, n=2)
     with Stream(_stream_url(server, exec_id), {**account.headers, "Last-Event-ID": "1"}) as s:
         assert [(f.id, f.event) for f in s.rest()] == [("2", "workflow_status"), ("3", "complete")]
-

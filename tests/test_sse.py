@@ -103,7 +103,10 @@ def test_round_trip_through_the_server_framing(data):
     raw = framing.prelude(3000) + frames
     expected = data.replace("\r\n", "\n").replace("\r", "\n")
     assert sse.decode(raw) == [
-        Retry(3000), Comment("connected"), M(expected, "tool_call", "12"), M(expected, "llm_chunk", None, "12")
+        Retry(3000),
+        Comment("connected"),
+        M(expected, "tool_call", "12"),
+        M(expected, "llm_chunk", None, "12"),
     ]
 
 

@@ -96,8 +96,13 @@ def test_the_server_logs_no_statement_text(database):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("log_min_error_statement", "panic"), ("log_statement", "none"), ("log_error_verbosity", "terse"),
-     ("log_min_duration_statement", "-1"), ("log_parameter_max_length_on_error", "0")],
+    [
+        ("log_min_error_statement", "panic"),
+        ("log_statement", "none"),
+        ("log_error_verbosity", "terse"),
+        ("log_min_duration_statement", "-1"),
+        ("log_parameter_max_length_on_error", "0"),
+    ],
 )
 def test_the_embedded_server_is_configured_not_to_log_statements(database, name, value):
     if os.environ.get("DATABASE_URL"):
@@ -123,12 +128,17 @@ def _stored_workflow(db: t.Any, producer: t.Any, account: t.Any, events: list[di
 
 
 def test_frames_are_the_framing_modules_bytes_for_every_stored_event(db, producer, account):
-    text = "naïve ☃ \u2028 \"quoted\" \\ back"
-    exec_id = _stored_workflow(db, producer, account, [
-        {"type": "workflow_status", "data": {"status": "RUNNING"}},
-        {"type": "warning", "data": {"code": "w", "message": text}},
-        {"type": "custom_type", "data": {"lines": "one\ntwo\r\nthree"}},
-    ])
+    text = 'naïve ☃ \u2028 "quoted" \\ back'
+    exec_id = _stored_workflow(
+        db,
+        producer,
+        account,
+        [
+            {"type": "workflow_status", "data": {"status": "RUNNING"}},
+            {"type": "warning", "data": {"code": "w", "message": text}},
+            {"type": "custom_type", "data": {"lines": "one\ntwo\r\nthree"}},
+        ],
+    )
     with db.autocommit() as cur:
         frames, more = storage.frames_after(cur, exec_id, 0, 100)
         cur.execute("SELECT id, type, envelope FROM events WHERE exec_id = %s ORDER BY id", (exec_id,))
@@ -141,8 +151,10 @@ def test_frames_are_the_framing_modules_bytes_for_every_stored_event(db, produce
 def test_an_envelope_with_a_line_break_in_the_table_still_frames_safely(db, producer, account):
     exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {}}] * 2)
     with db.transaction() as cur:  # not something a producer can write: a row edited by hand
-        cur.execute("UPDATE events SET envelope = %s WHERE exec_id = %s AND id = 1",
-                    ('{"a":1}\r\nid: 99\n\nevent: forged', exec_id))
+        cur.execute(
+            "UPDATE events SET envelope = %s WHERE exec_id = %s AND id = 1",
+            ('{"a":1}\r\nid: 99\n\nevent: forged', exec_id),
+        )
     with db.autocommit() as cur:
         frames, _ = storage.frames_after(cur, exec_id, 0, 100)
     assert frames[0][2] == b'id: 1\nevent: progress\ndata: {"a":1}\ndata: id: 99\ndata: \ndata: event: forged\n\n'
@@ -155,8 +167,10 @@ def test_a_page_stops_near_its_byte_budget_and_says_more_follow(db, producer, ac
     with db.autocommit() as cur:
         first, more = storage.frames_after(cur, exec_id, 0, 100)
         rest, more_after = storage.frames_after(cur, exec_id, first[-1][0], 100)
-    assert more and 2 <= len(first) <= 3 and [i for i, _, _ in first + rest][:len(first) + 1] == list(
-        range(1, len(first) + 2)
+    assert (
+        more
+        and 2 <= len(first) <= 3
+        and [i for i, _, _ in first + rest][: len(first) + 1] == list(range(1, len(first) + 2))
     )
     assert more_after
 

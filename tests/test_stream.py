@@ -97,8 +97,12 @@ def test_resume_from_cursor(server, account, workflow, producer, how):
 
 def test_filter_sends_only_chosen_types_and_always_terminal(server, account, workflow, producer):
     _append(
-        producer, workflow, ("workflow_start", {"workflow_id": "w"}), _status("RUNNING"),
-        ("warning", {"code": "slow", "message": "slow"}), COMPLETE,
+        producer,
+        workflow,
+        ("workflow_start", {"workflow_id": "w"}),
+        _status("RUNNING"),
+        ("warning", {"code": "slow", "message": "slow"}),
+        COMPLETE,
     )
     r = requests.get(_url(server, workflow), headers=account.headers, params={"events": "warning"}, timeout=10)
     assert [(f.id, f.event) for f in parse(r.content)[0]] == [("3", "warning"), ("4", "complete")]
@@ -130,8 +134,13 @@ def test_heartbeat_comments(server, account, workflow):
 @pytest.mark.parametrize(
     "text",
     [
-        "a\nb", "a\rb", "a\r\nb", "ends with CR\r", "\r\n\r\n",
-        "x\n\nevent: complete\nid: 999\ndata: injected", "data: fake\r\n\r\nid: 5",
+        "a\nb",
+        "a\rb",
+        "a\r\nb",
+        "ends with CR\r",
+        "\r\n\r\n",
+        "x\n\nevent: complete\nid: 999\ndata: injected",
+        "data: fake\r\n\r\nid: 5",
     ],
 )
 def test_payload_cannot_break_framing(server, account, workflow, producer, text):

@@ -224,7 +224,6 @@ def test_endpoint_needs_a_credential(client, workflow):
     assert client.post(_ticket_url(workflow)).status_code == 401
 
 
-
 # -- the stream, in process, on a frozen clock ----------------------------------------------------
 
 
@@ -453,8 +452,10 @@ def test_tickets_in_extension_mode_use_the_hosts_user_loader(host):
     appended = client.post(f"/progress/executions/workflows/{exec_id}/events", json=events, headers=alice)
     assert appended.status_code == 201
     assert client.post(f"/progress/executions/workflows/{exec_id}/stream-ticket").status_code == 401
-    assert client.post(f"/progress/executions/workflows/{exec_id}/stream-ticket",
-                       headers={"X-User": "bob"}).status_code == 404
+    assert (
+        client.post(f"/progress/executions/workflows/{exec_id}/stream-ticket", headers={"X-User": "bob"}).status_code
+        == 404
+    )
     r = client.post(f"/progress/executions/workflows/{exec_id}/stream-ticket", headers=alice)
     assert r.status_code == 201
     stream = f"/progress/executions/workflows/{exec_id}/stream"
@@ -463,7 +464,6 @@ def test_tickets_in_extension_mode_use_the_hosts_user_loader(host):
     assert ok.status_code == 200 and b"event: complete" in ok.get_data()
     host.config["inactive"].add("alice")
     assert client.get(stream, query_string={"ticket": ticket}).status_code == 401
-
 
 
 @pytest.mark.parametrize("how", ["revoke the token", "disable the user"])

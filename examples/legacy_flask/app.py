@@ -80,10 +80,14 @@ def run_report(database_url: str, report_id: int, exec_id: str, step_s: float) -
     """The job: each step changes the report row and appends its event in the same transaction."""
     with transaction(database_url) as cur:
         cur.execute("UPDATE reports SET state = 'running' WHERE id = %s", (report_id,))
-        append_events(cur, exec_id, [
-            {"type": "workflow_start", "data": {"workflow_id": "monthly-report"}},
-            {"type": "workflow_status", "data": {"status": "RUNNING"}},
-        ])
+        append_events(
+            cur,
+            exec_id,
+            [
+                {"type": "workflow_start", "data": {"workflow_id": "monthly-report"}},
+                {"type": "workflow_status", "data": {"status": "RUNNING"}},
+            ],
+        )
     for number, step in enumerate(STEPS, 1):
         time.sleep(step_s)
         task = {"task_id": f"step-{number}"}
@@ -91,21 +95,36 @@ def run_report(database_url: str, report_id: int, exec_id: str, step_s: float) -
             # The first attempt fails after appending: its transaction rolls back, so no stream
             # ever sees its event, and the next event takes the id it would have had.
             with contextlib.suppress(RuntimeError), transaction(database_url) as cur:
-                append_events(cur, exec_id, [{"type": "task_status", "data": {**task, "status": "FAILED",
-                                                                               "reason": "rolled back"}}])
+                append_events(
+                    cur,
+                    exec_id,
+                    [{"type": "task_status", "data": {**task, "status": "FAILED", "reason": "rolled back"}}],
+                )
                 raise RuntimeError("the payment service timed out")
         with transaction(database_url) as cur:
             cur.execute("UPDATE reports SET state = %s WHERE id = %s", (f"step {number}: {step}", report_id))
-            append_events(cur, exec_id, [
-                {"type": "task_status", "data": {**task, "status": "RUNNING"}},
-                {"type": "tool_call", "data": {"tool_call_id": f"call-{number}", "tool_name": step,
-                                               "status": "SUCCESS", "duration_ms": int(step_s * 1000)}},
-                {"type": "task_status", "data": {**task, "status": "SUCCESS"}},
-            ])
+            append_events(
+                cur,
+                exec_id,
+                [
+                    {"type": "task_status", "data": {**task, "status": "RUNNING"}},
+                    {
+                        "type": "tool_call",
+                        "data": {
+                            "tool_call_id": f"call-{number}",
+                            "tool_name": step,
+                            "status": "SUCCESS",
+                            "duration_ms": int(step_s * 1000),
+                        },
+                    },
+                    {"type": "task_status", "data": {**task, "status": "SUCCESS"}},
+                ],
+            )
     with transaction(database_url) as cur:
         cur.execute("UPDATE reports SET state = 'done' WHERE id = %s", (report_id,))
-        append_events(cur, exec_id, [{"type": "complete", "data": {"status": "SUCCESS",
-                                                                    "output": {"report_id": report_id}}}])
+        append_events(
+            cur, exec_id, [{"type": "complete", "data": {"status": "SUCCESS", "output": {"report_id": report_id}}}]
+        )
 
 
 def create_app(database_url: str, secret_key: str, step_s: float = 1.0) -> flask.Flask:
@@ -124,8 +143,7 @@ def create_app(database_url: str, secret_key: str, step_s: float = 1.0) -> flask
         return User(*row) if row else None
 
     # Mounted after the host's LoginManager, so streams use the host's users and cookie.
-    StreamApp(app, settings=load_settings(database_url=database_url, secret_key=secret_key),
-              url_prefix="/progress")
+    StreamApp(app, settings=load_settings(database_url=database_url, secret_key=secret_key), url_prefix="/progress")
 
     @app.get("/")
     def home() -> str:
@@ -151,20 +169,25 @@ def create_app(database_url: str, secret_key: str, step_s: float = 1.0) -> flask
         with transaction(database_url) as cur:
             # The report row and its execution are created together, or neither is.
             execution = create_execution(cur, "workflow", "monthly-report", str(user.id))
-            cur.execute("INSERT INTO reports (user_id, state, exec_id) VALUES (%s, 'queued', %s) RETURNING id",
-                        (user.id, execution["exec_id"]))
+            cur.execute(
+                "INSERT INTO reports (user_id, state, exec_id) VALUES (%s, 'queued', %s) RETURNING id",
+                (user.id, execution["exec_id"]),
+            )
             report_id = cur.fetchone()[0]
         # A job queue would pick this up; a thread keeps the example self-contained.
-        threading.Thread(target=run_report, args=(database_url, report_id, execution["exec_id"], step_s),
-                         daemon=True).start()
+        threading.Thread(
+            target=run_report, args=(database_url, report_id, execution["exec_id"], step_s), daemon=True
+        ).start()
         return flask.redirect(flask.url_for("report", report_id=report_id))
 
     @app.get("/reports/<int:report_id>")
     @flask_login.login_required
     def report(report_id: int) -> t.Any:
         with transaction(database_url) as cur:
-            cur.execute("SELECT exec_id, state FROM reports WHERE id = %s AND user_id = %s",
-                        (report_id, flask_login.current_user.id))
+            cur.execute(
+                "SELECT exec_id, state FROM reports WHERE id = %s AND user_id = %s",
+                (report_id, flask_login.current_user.id),
+            )
             row = cur.fetchone()
         if row is None:
             flask.abort(404)
@@ -188,8 +211,10 @@ def prepare_database(database_url: str) -> str | None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('legacy_flask schema'))")
         cur.execute(SCHEMA)
         password = secrets.token_urlsafe(9)
-        cur.execute("INSERT INTO shop_users (email, password_hash) VALUES (%s, %s) ON CONFLICT (email) DO NOTHING "
-                    "RETURNING id", (DEMO_EMAIL, generate_password_hash(password)))
+        cur.execute(
+            "INSERT INTO shop_users (email, password_hash) VALUES (%s, %s) ON CONFLICT (email) DO NOTHING RETURNING id",
+            (DEMO_EMAIL, generate_password_hash(password)),
+        )
         return password if cur.fetchone() else None
 
 

@@ -32,8 +32,13 @@ def chromium() -> t.Iterator[t.Any]:
             executable_path=str(CHROMIUM),
             headless=True,
             args=[
-                "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
                 "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests",
             ],
         )

@@ -49,8 +49,9 @@ def running(render: t.Callable[[int], str], prefix: Path, ready_path: str = "/he
         f" gzip on;\n gzip_proxied any;\n gzip_types text/event-stream application/json;\n gzip_min_length 1;\n"
         f" include {prefix}/site.conf;\n}}\n"
     )
-    process = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + 20

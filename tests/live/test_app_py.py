@@ -31,7 +31,10 @@ def _run_app(cwd: Path, port: int, env: dict[str, str] | None = None):
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
-            cwd=cwd, env={**_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**_env(), **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield process, log
@@ -82,7 +85,8 @@ def test_fresh_var_serves_a_stream(scratch: Path):
             appended = requests.post(
                 f"{base}/executions/workflows/{created.json()['exec_id']}/events",
                 json={"events": [{"type": "complete", "data": {"status": "SUCCESS"}}]},
-                headers=headers, timeout=10,
+                headers=headers,
+                timeout=10,
             )
             assert appended.status_code == 201
             assert stream.next_frame().event == "complete"
@@ -98,8 +102,12 @@ def test_fresh_var_serves_a_stream(scratch: Path):
 def _refused(cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run app.py where it must refuse to start; its stderr, which must carry no traceback."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py")], cwd=cwd, env={**_env(), **(env or {})},
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, str(ROOT / "app.py")],
+        cwd=cwd,
+        env={**_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

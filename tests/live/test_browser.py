@@ -193,8 +193,10 @@ def test_cross_origin_with_tickets_every_event_once_across_cut_streams_and_expir
         return tickets[-1]
 
     page.expose_function("getTicket", get_ticket)
-    page.route(ORIGIN + "/", lambda route: route.fulfill(content_type="text/html",
-                                                         body=HARNESS.replace("SERVER", short_server.url)))
+    page.route(
+        ORIGIN + "/",
+        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", short_server.url)),
+    )
     recorder = Recorder(page)
     page.goto(ORIGIN + "/")
     # A query in the URL already: streamapp.js adds its own parameters with `&`.
@@ -233,10 +235,13 @@ def test_a_catalog_error_event_ends_the_stream_and_a_dropped_connection_does_not
 ):
     # Same origin, with the session cookie: no ticket function; an agent in text mode.
     exec_id = producer.create_execution("agent", "a", account.user.get_id())["exec_id"]
-    page.route(short_server.url + "/harness", lambda route: route.fulfill(
-        content_type="text/html", body=HARNESS.replace("SERVER", "")))
-    login = page.request.post(short_server.api("/auth/login"), data={"email": account.email,
-                                                                      "password": account.password})
+    page.route(
+        short_server.url + "/harness",
+        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
+    )
+    login = page.request.post(
+        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
+    )
     assert login.status == 200
     recorder = Recorder(page)
     page.goto(short_server.url + "/harness")
@@ -272,13 +277,19 @@ def test_a_stream_reset_to_the_end_of_a_pruned_execution_closes_it(page, short_s
     _append(producer, exec_id, ("workflow_status", {"status": "RUNNING"}), ("complete", {"status": "SUCCESS"}))
     with db.transaction() as cur:
         # As if it had ended eight days ago, so a 7-day retention removes its events.
-        cur.execute("UPDATE executions SET created_at = created_at - interval '8 days',"
-                    " updated_at = updated_at - interval '8 days' WHERE exec_id = %s", (exec_id,))
+        cur.execute(
+            "UPDATE executions SET created_at = created_at - interval '8 days',"
+            " updated_at = updated_at - interval '8 days' WHERE exec_id = %s",
+            (exec_id,),
+        )
     retention.prune(db, 7 * 86400)
-    page.route(short_server.url + "/harness", lambda route: route.fulfill(
-        content_type="text/html", body=HARNESS.replace("SERVER", "")))
-    login = page.request.post(short_server.api("/auth/login"), data={"email": account.email,
-                                                                      "password": account.password})
+    page.route(
+        short_server.url + "/harness",
+        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
+    )
+    login = page.request.post(
+        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
+    )
     assert login.status == 200
     recorder = Recorder(page)
     page.goto(short_server.url + "/harness")
@@ -287,8 +298,9 @@ def test_a_stream_reset_to_the_end_of_a_pruned_execution_closes_it(page, short_s
     _quiet_after_close(page, recorder)
 
     seen = _seen(page)
-    assert seen["events"] == [{"id": 2, "type": "stream_reset",
-                               "data": {"reason": "cursor_expired", "newest_id": 2, "oldest_id": 0}}]
+    assert seen["events"] == [
+        {"id": 2, "type": "stream_reset", "data": {"reason": "cursor_expired", "newest_id": 2, "oldest_id": 0}}
+    ]
     assert seen["statuses"][-1] == ["closed", 2]
 
 
@@ -304,15 +316,17 @@ def _run_example(page: t.Any, producer: t.Any, exec_id: str) -> None:
     _append(producer, exec_id, ("workflow_status", {"status": "RUNNING"}), ("complete", {"status": "SUCCESS"}))
     expect(page.locator("#status")).to_have_text("SUCCESS")
     expect(page.locator("#connection")).to_have_text("closed (last id 2)")
-    expect(page.locator("#events li")).to_have_text(['#1 workflow_status {"status":"RUNNING"}',
-                                                      '#2 complete {"status":"SUCCESS"}'])
+    expect(page.locator("#events li")).to_have_text(
+        ['#1 workflow_status {"status":"RUNNING"}', '#2 complete {"status":"SUCCESS"}']
+    )
 
 
 def test_the_same_origin_example_page(page, short_server, account, workflow, producer):
     html = (EXAMPLES / "same-origin.html").read_text()
     page.route(short_server.url + "/example", lambda route: route.fulfill(content_type="text/html", body=html))
-    login = page.request.post(short_server.api("/auth/login"), data={"email": account.email,
-                                                                      "password": account.password})
+    login = page.request.post(
+        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
+    )
     assert login.status == 200
     page.goto(short_server.url + "/example")
     _run_example(page, producer, workflow)
@@ -324,8 +338,11 @@ def test_the_cross_origin_example_page_with_its_backend(page, short_server, acco
     def backend(route: t.Any) -> None:
         # What README.md's /stream-ticket endpoint does, with the test's token.
         query = dict(re.findall(r"[?&](\w+)=([^&]*)", route.request.url))
-        r = requests.post(short_server.api(f"/executions/{query['kind']}/{query['exec_id']}/stream-ticket"),
-                          headers=account.headers, timeout=10)
+        r = requests.post(
+            short_server.api(f"/executions/{query['kind']}/{query['exec_id']}/stream-ticket"),
+            headers=account.headers,
+            timeout=10,
+        )
         route.fulfill(status=r.status_code, json={"ticket": r.json().get("ticket")})
 
     page.route(ORIGIN + "/example", lambda route: route.fulfill(content_type="text/html", body=html))

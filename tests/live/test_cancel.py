@@ -54,7 +54,8 @@ def test_racing_cancels_append_exactly_one_error(live, producer, account, db, ro
         rows = cur.fetchall()
     assert [(i, typ) for i, typ, _ in rows] == [(1, "task_status"), (2, "error")]
     assert json.loads(rows[1][2])["data"] == {
-        "status": "CANCELED", "error": {"message": winner, "code": "canceled"},
+        "status": "CANCELED",
+        "error": {"message": winner, "code": "canceled"},
     }
     # What a stream replays: the one error, then the end.
     body = requests.get(live.api(f"/executions/tasks/{exec_id}/stream"), headers=account.headers, timeout=10)

@@ -171,12 +171,15 @@ def dev_token(db: t.Any) -> tuple[str, str]:
 def finished_workflow(producer: t.Any, dev_token: tuple[str, str]) -> str:
     """A workflow of the development user with a few events and ``complete``: what the clients follow."""
     exec_id = t.cast(str, producer.create_execution("workflow", "docs", dev_token[1])["exec_id"])
-    producer.append_events(exec_id, [
-        {"type": "workflow_start", "data": {"workflow_id": "docs"}},
-        {"type": "workflow_status", "data": {"status": "RUNNING"}},
-        {"type": "tool_call", "data": {"tool_call_id": "c1", "tool_name": "search", "status": "SUCCESS"}},
-        {"type": "complete", "data": {"status": "SUCCESS", "output": {"rows": 42}}},
-    ])
+    producer.append_events(
+        exec_id,
+        [
+            {"type": "workflow_start", "data": {"workflow_id": "docs"}},
+            {"type": "workflow_status", "data": {"status": "RUNNING"}},
+            {"type": "tool_call", "data": {"tool_call_id": "c1", "tool_name": "search", "status": "SUCCESS"}},
+            {"type": "complete", "data": {"status": "SUCCESS", "output": {"rows": 42}}},
+        ],
+    )
     return exec_id
 
 

@@ -32,7 +32,11 @@ def _env(token: str | None = None) -> dict[str, str]:
 def _follow(*args: str, token: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamapp", "follow", *args],
-        cwd=ROOT, env=_env(token), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=_env(token),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -46,7 +50,8 @@ def _append(producer, exec_id, *events):
 
 def _steps(producer, workflow) -> None:
     _append(
-        producer, workflow,
+        producer,
+        workflow,
         ("workflow_start", {"workflow_id": "w"}),
         ("workflow_status", {"status": "RUNNING"}),
         ("tool_call", {"tool_call_id": "c1", "tool_name": "search", "status": "SUCCESS", "duration_ms": 12}),
@@ -80,7 +85,9 @@ def test_json_lines_parse(server, account, workflow, producer):
     envelopes = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0
     assert [(e["id"], e["type"], e["exec_id"]) for e in envelopes] == [
-        (1, "workflow_start", workflow), (2, "workflow_status", workflow), (3, "tool_call", workflow),
+        (1, "workflow_start", workflow),
+        (2, "workflow_status", workflow),
+        (3, "tool_call", workflow),
         (4, "complete", workflow),
     ]
 
@@ -111,7 +118,11 @@ class _Running:
     def __init__(self, *args: str, token: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamapp", "follow", *args],
-            cwd=ROOT, env=_env(token), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=_env(token),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)

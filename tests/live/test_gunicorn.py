@@ -53,10 +53,23 @@ def test_chunked_body_under_the_limit_is_accepted(server, account, workflow):
 def test_bad_configuration_stops_gunicorn_with_a_message(database, tmp_path):
     """SPEC §9: an invalid value stops start-up; the master must not restart workers forever."""
     env = {
-        **os.environ, "DATABASE_URL": database, "SECRET_KEY": SECRET, "STREAMAPP_POLL_MS": "5",
+        **os.environ,
+        "DATABASE_URL": database,
+        "SECRET_KEY": SECRET,
+        "STREAMAPP_POLL_MS": "5",
     }
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
-           "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "app:app",
+        "--bind",
+        f"127.0.0.1:{free_port()}",
+        "--workers",
+        "1",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "STREAMAPP_POLL_MS" in result.stderr

@@ -144,9 +144,7 @@ def test_stalled_reader_is_disconnected_without_growing_memory(database, tmp_pat
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect((host, int(port)))
         path = f"/api/v0/executions/workflows/{workflow}/stream"
-        sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {account.token}\r\n\r\n".encode()
-        )
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {account.token}\r\n\r\n".encode())
         try:
             _until(lambda: _metric(live, "streamapp_open_streams") == 1, what="stream open")
             blob = "x" * 200_000

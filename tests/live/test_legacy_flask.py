@@ -47,8 +47,22 @@ def example_server(database: str, tmp: Path, worker: str, step_s: float = 0.3) -
     log = tmp / f"legacy-{worker}-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMAPP_", "DATABASE_URL", "SECRET_KEY"))}
     env.update(DATABASE_URL=database, SECRET_KEY=SECRET, PYTHONPATH=str(ROOT), REPORT_STEP_S=str(step_s))
-    command = [sys.executable, "-m", "gunicorn", "--chdir", str(EXAMPLE), "-c", "gunicorn.conf.py",
-               "-k", worker, "--workers", "1", "--bind", f"127.0.0.1:{port}", "app:app"]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(EXAMPLE),
+        "-c",
+        "gunicorn.conf.py",
+        "-k",
+        worker,
+        "--workers",
+        "1",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "app:app",
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -71,8 +85,9 @@ def _host_user(database: str) -> tuple[str, str]:
     """A user of the example's own table; (email, password)."""
     email, password = f"h{secrets.token_hex(5)}@example.com", secrets.token_urlsafe(10)
     with psycopg2.connect(database) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO shop_users (email, password_hash) VALUES (%s, %s)",
-                    (email, generate_password_hash(password)))
+        cur.execute(
+            "INSERT INTO shop_users (email, password_hash) VALUES (%s, %s)", (email, generate_password_hash(password))
+        )
     conn.close()
     return email, password
 
@@ -150,8 +165,10 @@ def _guide_nginx(pages: str, streams: str, port: int) -> str:
 def test_split_set_up_keeps_pages_fast_while_streams_are_open(database, tmp_path):
     streams_open = 12
     # Reports take over 4 s, so the streams are still open while the pages are asked for.
-    with example_server(database, tmp_path, "sync", step_s=1) as (pages, pages_log), \
-            example_server(database, tmp_path, "gevent", step_s=1) as (streams, _):
+    with (
+        example_server(database, tmp_path, "sync", step_s=1) as (pages, pages_log),
+        example_server(database, tmp_path, "gevent", step_s=1) as (streams, _),
+    ):
         render = lambda port: _guide_nginx(pages.removeprefix("http://"), streams.removeprefix("http://"), port)  # noqa: E731
         with running(render, tmp_path / "nginx", ready_path="/") as base:
             session = _login(base, database)  # the cookie the sync server set ...

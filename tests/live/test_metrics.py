@@ -310,8 +310,10 @@ def test_refusals_are_counted_by_reason(database, tmp_path, auth):
     env = {**ENV, "STREAMAPP_MAX_STREAMS_PER_WORKER": "2", "STREAMAPP_MAX_STREAMS_PER_USER": "1"}
     first, second, third = auth.user(), auth.user(), auth.user()
     with live_server(database, tmp_path, env) as live:
-        urls = {a.email: f"{live.url}/api/v0/executions/workflows/{_workflow(live.url, a.headers)}/stream"
-                for a in (first, second, third)}
+        urls = {
+            a.email: f"{live.url}/api/v0/executions/workflows/{_workflow(live.url, a.headers)}/stream"
+            for a in (first, second, third)
+        }
         streams = [_open(urls[first.email], first.headers)]
         assert requests.get(urls[first.email], headers=first.headers, timeout=10).status_code == 429
         streams.append(_open(urls[second.email], second.headers))

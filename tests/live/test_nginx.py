@@ -74,9 +74,17 @@ def test_streams_are_never_compressed(nginx, account, workflow, producer):
 def test_same_origin_cookie_login_through_nginx(nginx, account):
     """The app compares a browser's Origin with the Host nginx passes on, port included."""
     session = requests.Session()
-    r = session.post(nginx + "/api/v0/auth/login", json={"email": account.email, "password": account.password},
-                     headers={"Origin": nginx}, timeout=10)
+    r = session.post(
+        nginx + "/api/v0/auth/login",
+        json={"email": account.email, "password": account.password},
+        headers={"Origin": nginx},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
-    r = session.post(nginx + "/api/v0/auth/login", json={"email": account.email, "password": account.password},
-                     headers={"Origin": "http://elsewhere.example"}, timeout=10)
+    r = session.post(
+        nginx + "/api/v0/auth/login",
+        json={"email": account.email, "password": account.password},
+        headers={"Origin": "http://elsewhere.example"},
+        timeout=10,
+    )
     assert r.status_code == 403

@@ -49,7 +49,10 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(EXAMPLE / name, folder / name)
     done = subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=folder, capture_output=True, text=True, timeout=300,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     return folder
@@ -120,8 +123,12 @@ def follow(example: Path) -> t.Iterator[t.Callable[..., Follower]]:
         if token is not None:
             env["STREAMAPP_TOKEN"] = token
         process = subprocess.Popen(
-            ["node", "follow.js", *args], cwd=example, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ["node", "follow.js", *args],
+            cwd=example,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         started.append(Follower(process))
         return started[-1]

@@ -66,7 +66,8 @@ def _requests(live: LiveServer, account: Account, exec_id: str) -> dict[str, t.C
 def _outage_lines(log: str) -> list[str]:
     """Every line of the log but access lines and informational ones (a stream's end, say)."""
     return [
-        line for line in log.splitlines()
+        line
+        for line in log.splitlines()
         if line.strip() and not _ACCESS_LINE.match(line) and "[INFO]" not in line and "[DEBUG]" not in line
     ]
 

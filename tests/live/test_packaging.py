@@ -110,8 +110,14 @@ def test_migrations_are_installed_where_migrate_finds_them(client_venv):
     )
     # The installed package, imported by an interpreter that has psycopg2: migrate uses its own copy.
     code = "import streamapp.migrate as m; print(m.MIGRATIONS_DIR, m.pending_files()[0].name)"
-    done = subprocess.run([sys.executable, "-c", code], cwd=client_venv, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONPATH": str(installed.parent)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=client_venv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(installed.parent)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(installed / "migrations"), "0001_initial.sql"]
 

@@ -36,7 +36,6 @@ def _streams_on_both_workers(live, headers, producer, account) -> list[Stream]:
     raise AssertionError("the streams never spread over both workers")
 
 
-
 @pytest.fixture
 def two_workers(database, tmp_path):
     env = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_MAX_STREAMS_PER_USER": "100"}

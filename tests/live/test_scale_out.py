@@ -24,8 +24,10 @@ ENV = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_POLL_MS": "2000", "STREAMAPP_MAX
 
 @pytest.fixture(scope="module")
 def hosts(database: str, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[LiveServer, LiveServer]]:
-    with live_server(database, tmp_path_factory.mktemp("host-a"), ENV, workers=2) as a, \
-            live_server(database, tmp_path_factory.mktemp("host-b"), ENV, workers=2) as b:
+    with (
+        live_server(database, tmp_path_factory.mktemp("host-a"), ENV, workers=2) as a,
+        live_server(database, tmp_path_factory.mktemp("host-b"), ENV, workers=2) as b,
+    ):
         yield a, b
 
 
@@ -43,8 +45,9 @@ def _status(status: str) -> dict[str, t.Any]:
 def _notifications(host: LiveServer) -> float:
     """NOTIFY wake-ups the host's listeners received, summed over its workers."""
     text = requests.get(host.url + "/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("streamapp_notifications_total"))
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("streamapp_notifications_total")
+    )
 
 
 def test_an_append_on_one_host_wakes_a_stream_on_the_other(hosts, account, workflow):
@@ -52,8 +55,12 @@ def test_an_append_on_one_host_wakes_a_stream_on_the_other(hosts, account, workf
     woken = _notifications(b)
     with _stream(b, workflow, account.headers) as stream:
         for n, status in enumerate(("RUNNING", "PAUSED", "RUNNING"), 1):
-            r = requests.post(a.api(f"/executions/workflows/{workflow}/events"), json={"events": [_status(status)]},
-                              headers=account.headers, timeout=10)
+            r = requests.post(
+                a.api(f"/executions/workflows/{workflow}/events"),
+                json={"events": [_status(status)]},
+                headers=account.headers,
+                timeout=10,
+            )
             assert r.status_code == 201, r.text
             frame = stream.next_frame()
             assert (frame.id, frame.json["data"]["status"]) == (str(n), status)
@@ -66,8 +73,9 @@ def test_the_per_user_limit_counts_streams_on_every_host(hosts, account, produce
     exec_ids = [producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"] for _ in range(3)]
     with _stream(a, exec_ids[0], account.headers), _stream(b, exec_ids[1], account.headers):
         for host in hosts:
-            r = requests.get(host.api(f"/executions/workflows/{exec_ids[2]}/stream"), headers=account.headers,
-                             timeout=10)
+            r = requests.get(
+                host.api(f"/executions/workflows/{exec_ids[2]}/stream"), headers=account.headers, timeout=10
+            )
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
 
 
@@ -75,8 +83,10 @@ def test_revoking_a_token_ends_its_streams_on_every_host(hosts, auth, account, p
     token = auth.token(account, ["read"])
     exec_ids = [producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"] for _ in range(2)]
     with contextlib.ExitStack() as stack:
-        streams = [stack.enter_context(_stream(host, exec_id, auth.bearer(token)))
-                   for host, exec_id in zip(hosts, exec_ids, strict=True)]
+        streams = [
+            stack.enter_context(_stream(host, exec_id, auth.bearer(token)))
+            for host, exec_id in zip(hosts, exec_ids, strict=True)
+        ]
         with db.transaction() as cur:
             accounts.revoke_token(cur, t.cast(str, accounts.token_prefix(token)))
         for stream in streams:

@@ -41,10 +41,28 @@ def _gunicorn(database: str, tmp: Path, workers: int = 1) -> t.Iterator[LiveServ
     """Like ``live_server``, with a long ``graceful_timeout`` and the master left to the test."""
     port = free_port()
     log = tmp / f"gunicorn-{port}.log"
-    env = {**os.environ, "DATABASE_URL": database, "SECRET_KEY": SECRET, "STREAMAPP_ENV": "development",
-           "STREAMAPP_POOL_SIZE": "4", "STREAMAPP_RETRY_MS": str(RETRY_MS)}
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app", "--bind", f"127.0.0.1:{port}",
-           "--workers", str(workers), "--graceful-timeout", str(GRACEFUL_TIMEOUT_S)]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "SECRET_KEY": SECRET,
+        "STREAMAPP_ENV": "development",
+        "STREAMAPP_POOL_SIZE": "4",
+        "STREAMAPP_RETRY_MS": str(RETRY_MS),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "app:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--graceful-timeout",
+        str(GRACEFUL_TIMEOUT_S),
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = LiveServer(f"http://127.0.0.1:{port}", process, log)
@@ -119,9 +137,7 @@ def _shutdown_retry(items: list[t.Any]) -> int:
     return last.retry
 
 
-def test_sigterm_ends_a_workers_streams_with_a_jittered_retry_and_it_exits_early(
-    database, tmp_path, producer, account
-):
+def test_sigterm_ends_a_workers_streams_with_a_jittered_retry_and_it_exits_early(database, tmp_path, producer, account):
     exec_ids = _executions(producer, account, 4, events=2)
     with _gunicorn(database, tmp_path) as server:
         worker = _worker(server)
@@ -148,9 +164,7 @@ def test_sigterm_ends_a_workers_streams_with_a_jittered_retry_and_it_exits_early
         assert "events_sent=2 last_id=2" in end
 
 
-def test_a_worker_that_got_sigterm_refuses_new_streams_with_503_and_retry_after(
-    database, tmp_path, producer, account
-):
+def test_a_worker_that_got_sigterm_refuses_new_streams_with_503_and_retry_after(database, tmp_path, producer, account):
     watched, refused = _executions(producer, account, 2, events=1)
     with _gunicorn(database, tmp_path) as server:
         worker = _worker(server)

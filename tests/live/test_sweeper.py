@@ -99,12 +99,24 @@ def test_a_worker_that_no_request_reached_still_sweeps(database, tmp_path, produ
     """The hub, and with it the sweeper, starts with the worker when background jobs are on."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("STREAMAPP_", "DATABASE_URL", "SECRET_KEY"))},
-        "DATABASE_URL": database, "SECRET_KEY": SECRET, "STREAMAPP_EXECUTION_TIMEOUT_S": str(TIMEOUT_S),
+        "DATABASE_URL": database,
+        "SECRET_KEY": SECRET,
+        "STREAMAPP_EXECUTION_TIMEOUT_S": str(TIMEOUT_S),
     }
     exec_id = _new(producer, account)
     log = tmp_path / "gunicorn.log"
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
-               "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "app:app",
+        "--bind",
+        f"127.0.0.1:{free_port()}",
+        "--workers",
+        "1",
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -38,8 +38,9 @@ def _commits(database: str) -> int:
 
 def _catalog(live: t.Any, token: str) -> int:
     # The catalog needs the read scope and nothing else from the database.
-    return requests.get(live.api("/events/catalog"), headers={"Authorization": f"Bearer {token}"},
-                        timeout=10).status_code
+    return requests.get(
+        live.api("/events/catalog"), headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ).status_code
 
 
 def _until_refused(live: t.Any, token: str, deadline_s: float) -> float:
