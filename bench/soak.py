@@ -83,7 +83,7 @@ def _database(stack: contextlib.ExitStack, tmp: Path) -> str:
     stack.callback(lambda: admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     dsn = psycopg2.extensions.parse_dsn(server_url)
     dsn["dbname"] = name
-    url = psycopg2.extensions.make_dsn(**dsn)
+    url: str = psycopg2.extensions.make_dsn(**dsn)
     db = Database(url, 2)
     migrate.upgrade(db)
     db.close()

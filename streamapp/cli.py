@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing as t
+
 import click
 from flask.cli import AppGroup
 
@@ -22,7 +24,10 @@ class _Failed(click.ClickException):
     """A command that could not do its job (exit 1), with the reason."""
 
 
-def _run(action):  # type: ignore[no-untyped-def]
+T = t.TypeVar("T")
+
+
+def _run(action: t.Callable[[t.Any], T]) -> T:
     try:
         with current_state().db.transaction() as cur:
             return action(cur)

@@ -117,7 +117,8 @@ def connect(url: str, application_name: str = "streamapp") -> Connection:
     except psycopg2.Error:
         has_timeout = False  # let connect() itself report the bad URL
     extra: dict[str, t.Any] = {} if has_timeout else {"connect_timeout": CONNECT_TIMEOUT_S}
-    return psycopg2.connect(url, application_name=application_name, **extra)
+    conn: psycopg2.extensions.connection = psycopg2.connect(url, application_name=application_name, **extra)
+    return conn
 
 
 @contextlib.contextmanager

