@@ -25,6 +25,8 @@ from . import retention
 from . import serving
 from . import stream
 from . import sweeper
+from .auth import Authorize
+from .auth import owner_or_admin
 from .config import ConfigError
 from .config import Settings
 from .config import load_settings
@@ -34,9 +36,7 @@ from .hub import Hub
 from .producer import Producer
 from .redact import Redactor
 from .state import EXTENSION_KEY
-from .state import Authorize
 from .state import State
-from .state import owner_or_admin
 from .tickets import Tickets
 from .token_cache import TokenCache
 
