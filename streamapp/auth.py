@@ -34,6 +34,8 @@ from .errors import NotAuthenticated
 from .errors import NotFound
 from .errors import Unavailable
 from .inputs import authenticated_by_cookie
+from .inputs import client_address
+from .inputs import login_body
 from .inputs import refuse_cross_site
 from .inputs import require_json_body
 from .producer import EXEC_ID_PATTERN
@@ -47,6 +49,11 @@ if t.TYPE_CHECKING:
 
 bp = Blueprint("streamapp_auth", __name__)
 URL_TOKEN_PARAMS = ("token", "access_token", "api_key")
+
+
+def owner_or_admin(user: t.Any, execution: dict[str, t.Any]) -> bool:
+    """The default authorization rule (SPEC §7): the owner, or an admin."""
+    return bool(getattr(user, "is_admin", False)) or execution["owner_id"] == str(user.get_id())
 
 
 def init_login(app: Flask, own_users: bool) -> None:
@@ -206,38 +213,11 @@ def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> dict
     return execution
 
 
-def client_address() -> str:
-    """The client's address: the connecting one, or the one ``STREAMAPP_PROXY_HOPS`` proxies saw.
-
-    With ``proxy_hops`` = N, the N-th address from the right of
-    ``X-Forwarded-For`` (the one the outermost of our proxies received the
-    connection from), as werkzeug's ``ProxyFix(x_for=N)`` reads it; a shorter
-    header is not trusted.
-    """
-    hops = current_state().settings.proxy_hops
-    if hops:
-        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
-        # Our proxies write addresses; anything unprintable (a NUL fails the query) is not one.
-        if len(forwarded) >= hops and forwarded[-hops] and forwarded[-hops].isprintable():
-            return forwarded[-hops]
-    return request.remote_addr or "unknown"
-
-
 @bp.post("/auth/login")
 def login() -> Response:
     refuse_cross_site()
-    # The one body parser, with its size and depth limits: this endpoint is open to anyone.
-    body = require_json_body()
-    if (
-        not isinstance(body, dict)
-        or not isinstance(body.get("email"), str)
-        or not isinstance(body.get("password"), str)
-    ):
-        raise BadRequest('send {"email": ..., "password": ...}')
-    if "\x00" in body["email"]:
-        # No account has one, and PostgreSQL text cannot hold it: refuse before any query.
-        raise BadRequest("email must not contain U+0000")
-    email, address, settings = body["email"], client_address(), current_state().settings
+    email, password = login_body()
+    address, settings = client_address(), current_state().settings
     window_s = settings.login_window_s
     with current_state().db.transaction() as cur:
         # Counted in PostgreSQL, so the limits hold across workers (issue 6).
@@ -249,7 +229,7 @@ def login() -> Response:
             max_address_failures=settings.login_max_address_failures,
             window_s=window_s,
         )
-        user = accounts.check_password(cur, email, body["password"])
+        user = accounts.check_password(cur, email, password)
         if user is None:
             login_limits.record_failure(cur, email, address, window_s=window_s)
         else:

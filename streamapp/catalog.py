@@ -2,8 +2,8 @@
 
 Every rule is data on :class:`Field` and :class:`EventType`: ``validate_event``
 checks an event against it, ``describe`` publishes it as JSON for
-``GET /api/v0/events/catalog``, and ``markdown`` writes the Types section of
-``docs/events.md`` (tests/test_events_doc.py fails while the page is stale).
+``GET /api/v0/events/catalog``, and :mod:`streamapp.events_doc` writes the
+Types section of ``docs/events.md`` from it.
 Rules that need the stored execution (``requires_output_schema``,
 ``sequence``) are checked when the caller passes what it knows;
 ``schema_checked`` fields are validated by the producer, which holds the
@@ -13,11 +13,13 @@ and streamed as they are.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 import typing as t
 
+# Re-exported: callers name them catalog.Field, catalog.EventType.
+from .catalog_types import EventType as EventType
+from .catalog_types import Example as Example
+from .catalog_types import Field as Field
 from .errors import Invalid
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -34,63 +36,6 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "any": (object,),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Field:
-    """One key of an event's ``data`` and the rules its value follows."""
-
-    name: str
-    type: str
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    minimum: int | None = None
-    #: Kinds of execution in which the field is required although optional elsewhere.
-    required_in: tuple[str, ...] = ()
-    #: Its presence makes the event about a step inside the execution, not the execution itself.
-    marks_step: bool = False
-    #: The statuses allowed when the event sets the execution's own status (SPEC §2).
-    own_status_choices: tuple[str, ...] = ()
-    #: Starts at ``minimum`` and grows by 1 per execution (SPEC §2).
-    sequence: bool = False
-    #: Checked against the execution's ``output_schema`` (issue 5).
-    schema_checked: bool = False
-    #: The keys of an object value, checked the same way.
-    fields: tuple[Field, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """The ``data`` of one example frame in ``docs/events.md``."""
-
-    kind: str
-    data: dict[str, t.Any]
-    id: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class EventType:
-    name: str
-    kinds: tuple[str, ...]
-    fields: tuple[Field, ...]
-    example: Example
-    durable: bool = True
-    terminal: bool = False
-    #: Kinds whose execution status the event sets, unless a ``marks_step`` field is present.
-    sets_status_of: tuple[str, ...] = ()
-    #: Only in executions with an ``output_schema`` (JSON mode, SPEC §5 point 2).
-    requires_output_schema: bool = False
-    description: str = ""
-
-    @property
-    def sequence_field(self) -> str | None:
-        """The name of the field numbered 1, 2, 3, … per execution, if any."""
-        return next((f.name for f in self.fields if f.sequence), None)
-
-    @property
-    def schema_checked_fields(self) -> tuple[str, ...]:
-        """The fields the producer checks against the execution's ``output_schema``."""
-        return tuple(f.name for f in self.fields if f.schema_checked)
 
 
 def _f(name: str, type_: str, required: bool = False, **kw: t.Any) -> Field:
@@ -337,76 +282,3 @@ def describe() -> dict[str, t.Any]:
             for e in CATALOG.values()
         ],
     }
-
-
-_EXAMPLE_TS = "2026-11-25T17:22:04.972032Z"
-_EXAMPLE_EXEC_IDS = {"workflow": "demo-1", "agent": "a-8", "task": "t-3"}
-
-
-def markdown() -> str:
-    """The Types section of ``docs/events.md``: per type its rules, field table and an example frame."""
-    return "\n\n".join(_markdown_type(e) for e in CATALOG.values()) + "\n"
-
-
-def _markdown_type(e: EventType) -> str:
-    kinds = "all kinds" if set(e.kinds) == set(KINDS) else ", ".join(e.kinds)
-    flags = ("durable" if e.durable else "never durable") + (", terminal" if e.terminal else "")
-    step = next((f.name for f in e.fields if f.marks_step), None)
-    about = [e.description]
-    if e.terminal:
-        about.append("Sets the execution's status; the stream ends after it.")
-    elif e.sets_status_of:
-        unless = f" unless `{step}` is set (a step)" if step else ""
-        about.append(f"Sets the status of {' and '.join(e.sets_status_of)} executions{unless}.")
-    if e.requires_output_schema:
-        about.append("Only in executions with an `output_schema`.")
-    return "\n".join(
-        [
-            f"### `{e.name}` — {kinds} — {flags}",
-            "",
-            *about,
-            "",
-            "| field | type | required |",
-            "|---|---|---|",
-            *_markdown_rows(e.fields, "", step),
-            "",
-            "```",
-            *_example_frame(e),
-            "```",
-        ]
-    )
-
-
-def _markdown_rows(fields: tuple[Field, ...], prefix: str, step: str | None) -> t.Iterator[str]:
-    for f in fields:
-        cell = f.type
-        if f.choices:
-            cell += ": " + ", ".join(f"`{c}`" for c in f.choices)
-        if f.minimum is not None:
-            cell += f" ≥ {f.minimum}"
-        notes = [cell]
-        if f.own_status_choices:
-            own = ", ".join(f"`{c}`" for c in f.own_status_choices)
-            notes.append(f"without `{step}`: {own} (end an execution with `complete` or `error`)")
-        if f.marks_step:
-            notes.append("set on a step inside the execution")
-        if f.sequence:
-            notes.append(f"starts at {f.minimum} and grows by 1 per execution (a gap or repeat is 422)")
-        if f.schema_checked:
-            notes.append("checked against the execution's `output_schema` (422 with the validator's message)")
-        required = "yes" if f.required else "no"
-        if f.required_in and not f.required:
-            required = "in " + ", ".join(f"{kind}s" for kind in f.required_in)
-        yield f"| `{prefix}{f.name}` | {'; '.join(notes)} | {required} |"
-        yield from _markdown_rows(f.fields, f"{prefix}{f.name}.", step)
-
-
-def _example_frame(e: EventType) -> list[str]:
-    ex = e.example
-    exec_id = _EXAMPLE_EXEC_IDS[ex.kind]
-    if not e.durable:
-        # As the hub frames a JSON-mode chunk (SPEC §5 point 2): no id, default separators.
-        chunk = {"type": e.name, "exec_id": exec_id, "data": ex.data}
-        return [f"event: {e.name}", f"data: {json.dumps(chunk, ensure_ascii=False)}"]
-    envelope = {"id": ex.id, "type": e.name, "ts": _EXAMPLE_TS, "exec_id": exec_id, "kind": ex.kind, "data": ex.data}
-    return [f"id: {ex.id}", f"event: {e.name}", f"data: {json.dumps(envelope, separators=(',', ':'))}"]

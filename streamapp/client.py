@@ -7,14 +7,15 @@ jitter, drops durable events it has already yielded (id ≤ the last one seen),
 passes text chunks (``llm_chunk``, no ``id:``) through as their own event type,
 and returns after ``complete`` or ``error`` without another round trip.
 
-The HTTP layer is the standard library's ``http.client``, so a client-only
-install (``pip install streamapp`` without the ``server`` extra) needs nothing
-else (SPEC §6). One GET whose body is read as it arrives, its status and three
-headers is all a stream needs. ``urllib.request`` is not used because it
-follows redirects by itself and keeps the ``Authorization`` header when the
-host changes; here a redirect to another origin drops the token.
+The HTTP layer (:mod:`streamapp.client_http`) is the standard library's
+``http.client``, so a client-only install (``pip install streamapp`` without
+the ``server`` extra) needs nothing else (SPEC §6). One GET whose body is read
+as it arrives, its status and three headers is all a stream needs.
+``urllib.request`` is not used because it follows redirects by itself and
+keeps the ``Authorization`` header when the host changes; here a redirect to
+another origin drops the token.
 
-Exceptions::
+Exceptions (:mod:`streamapp.client_errors`, all importable from here)::
 
     FollowError                    anything follow() raises; .last_id: where to resume
      ├── StatusError               refused, and retrying would not help; .status .code .message
@@ -31,9 +32,7 @@ Bad arguments raise ``ValueError`` when ``follow`` is called, before any I/O.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import email.utils
 import http.client
 import json
 import random
@@ -43,6 +42,17 @@ import typing as t
 import urllib.parse
 
 from . import sse
+from .client_errors import AuthenticationError
+from .client_errors import BadRequestError
+from .client_errors import FollowError
+from .client_errors import ForbiddenError
+from .client_errors import NotFoundError
+from .client_errors import ProtocolError
+from .client_errors import StatusError
+from .client_errors import UnavailableError
+from .client_http import Retryable
+from .client_http import describe
+from .client_http import open_stream
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,68 +83,6 @@ _CHUNK = 65536
 _DEFAULT_RETRY_S = 1.0  # until the server's `retry:` arrives
 _MIN_BACKOFF_S = 0.1  # a `retry: 0` must not turn failures into a busy loop
 _NOT_JSON = object()
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-
-
-class FollowError(Exception):
-    """Base of everything ``follow`` raises; ``last_id`` is the cursor to resume from."""
-
-    def __init__(self, message: str, last_id: int | None = None) -> None:
-        super().__init__(message)
-        self.last_id = last_id
-
-
-class StatusError(FollowError):
-    """The server refused the stream with ``status``; retrying would get the same answer."""
-
-    def __init__(self, status: int, code: str, message: str, last_id: int | None = None) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}", last_id)
-        self.status, self.code, self.message = status, code, message
-
-
-class BadRequestError(StatusError):
-    """400: a bad cursor, filter or poll_ms, or a long-lived token in the URL."""
-
-
-class AuthenticationError(StatusError):
-    """401: no token, a wrong or revoked one, or an expired ticket."""
-
-
-class ForbiddenError(StatusError):
-    """403: authenticated, but not allowed."""
-
-
-class NotFoundError(StatusError):
-    """404: no such execution, or not visible to this token (SPEC §5 does not say which)."""
-
-
-class UnavailableError(FollowError):
-    """No stream for ``max_wait`` seconds of continuous failure; ``reason`` is the last one."""
-
-    def __init__(self, reason: str, waited: float, last_id: int | None = None) -> None:
-        super().__init__(f"no stream for {waited:.1f} s: {reason}", last_id)
-        self.reason, self.waited = reason, waited
-
-
-class ProtocolError(FollowError):
-    """The answer is not the event stream of one execution."""
-
-
-_BY_STATUS: dict[int, type[StatusError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: ForbiddenError,
-    404: NotFoundError,
-}
-
-
-class _Retryable(Exception):
-    """A failure worth another attempt: connection errors, 5xx, 429, 503."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -252,7 +200,7 @@ class _Follower:
             self._report("connecting")
             try:
                 over = yield from self._connection()
-            except _Retryable as problem:
+            except Retryable as problem:
                 reason, delay, retry_after = problem.reason, self._after_failure(problem), problem.retry_after
             else:
                 if over:
@@ -270,7 +218,7 @@ class _Follower:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.cursor is not None:
             headers["Last-Event-ID"] = str(self.cursor)
-        with _open(self.url, headers, self.timeouts, self.cursor) as response:
+        with open_stream(self.url, headers, self.timeouts, self.cursor) as response:
             if response.status == 204:
                 return True
             self._report("open")
@@ -279,10 +227,10 @@ class _Follower:
                 try:
                     chunk = response.read1(_CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _Retryable(_describe(exc, f"no data for {self.timeouts[1]:g} s")) from exc
+                    raise Retryable(describe(exc, f"no data for {self.timeouts[1]:g} s")) from exc
                 if not chunk:
                     if not alive:  # e.g. a proxy that answers 200 and hangs up
-                        raise _Retryable("the stream ended before its first line")
+                        raise Retryable("the stream ended before its first line")
                     return False
                 for item in decoder.feed(chunk):
                     if not alive:
@@ -312,7 +260,7 @@ class _Follower:
         self.cursor = event_id
         return _event(message, event_id)
 
-    def _after_failure(self, problem: _Retryable) -> float:
+    def _after_failure(self, problem: Retryable) -> float:
         """The wait before the next attempt.
 
         :raises UnavailableError: when the next attempt could not start within ``max_wait``.
@@ -347,92 +295,3 @@ def _event(message: sse.Message, event_id: int | None) -> Event:
     if message.type == "llm_chunk" or parsed is _NOT_JSON:
         return Event(message.type, event_id, message.data)  # text mode: the text as it is
     return Event(message.type, event_id, parsed)
-
-
-@contextlib.contextmanager
-def _open(
-    url: str, headers: dict[str, str], timeouts: tuple[float, float], cursor: int | None
-) -> Iterator[http.client.HTTPResponse]:
-    """A 200 event stream or a 204, following redirects; the connection is closed on exit.
-
-    :raises _Retryable: connection errors, 5xx, 429 and 503 (with their ``Retry-After``).
-    :raises StatusError: other refusals.
-    """
-    origin = _origin(urllib.parse.urlsplit(url))
-    for _ in range(_MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if _origin(parts) != origin:
-            # Never hand the token to another host, or over plain http after https.
-            headers = {k: v for k, v in headers.items() if k != "Authorization"}
-        conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_type(t.cast(str, parts.hostname), parts.port, timeout=timeouts[0])
-        try:
-            try:
-                conn.connect()
-                t.cast(t.Any, conn.sock).settimeout(timeouts[1])
-                target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-                conn.request("GET", target, headers=headers)
-                response = conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Retryable(_describe(exc, "no answer in time")) from exc
-            if response.status in _REDIRECTS:
-                url = _redirect(url, response, cursor)
-                continue
-            if response.status not in (200, 204):
-                raise _refusal(response, cursor)
-            content_type = response.getheader("Content-Type") or ""
-            if response.status == 200 and not content_type.startswith("text/event-stream"):
-                raise ProtocolError(f"expected text/event-stream, got {content_type[:80]!r}", cursor)
-            yield response
-            return
-        finally:
-            conn.close()
-    raise ProtocolError(f"more than {_MAX_REDIRECTS} redirects", cursor)
-
-
-def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str | None, int | None]:
-    default = 443 if parts.scheme == "https" else 80
-    return parts.scheme, parts.hostname, parts.port or default
-
-
-def _redirect(url: str, response: http.client.HTTPResponse, cursor: int | None) -> str:
-    location = response.getheader("Location")
-    target = urllib.parse.urljoin(url, location or "")
-    if not location or urllib.parse.urlsplit(target).scheme not in ("http", "https"):
-        raise ProtocolError(f"HTTP {response.status} without an http(s) Location", cursor)
-    return target
-
-
-def _refusal(response: http.client.HTTPResponse, cursor: int | None) -> Exception:
-    """The exception for a status that is not 200, 204 or a redirect."""
-    status = response.status
-    try:
-        body = json.loads(response.read(65536))
-        problem = body["error"]
-        code, message = str(problem["code"]), str(problem["message"])[:500]
-    except (OSError, http.client.HTTPException, ValueError, RecursionError, KeyError, TypeError):
-        code, message = "http_error", response.reason or "no problem document"
-    if status in (408, 429) or status >= 500:
-        return _Retryable(f"HTTP {status} {code}", _retry_after(response.getheader("Retry-After")))
-    return _BY_STATUS.get(status, StatusError)(status, code, message, cursor)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _describe(exc: BaseException, timed_out: str) -> str:
-    if isinstance(exc, TimeoutError):
-        return timed_out
-    if isinstance(exc, http.client.IncompleteRead):
-        return "the connection broke mid-stream"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

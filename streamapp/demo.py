@@ -40,7 +40,6 @@ from flask import url_for
 from flask_login import login_user
 
 from . import accounts
-from .auth import client_address
 from .auth import refuse_token_in_url
 from .auth import require
 from .chunks import ChunkPublisher
@@ -48,6 +47,7 @@ from .errors import Forbidden
 from .errors import NotFound
 from .errors import StreamappError
 from .inputs import authenticated_by_cookie
+from .inputs import client_address
 from .inputs import refuse_cross_site
 from .state import current_state
 

@@ -25,6 +25,7 @@ from . import retention
 from . import serving
 from . import stream
 from . import sweeper
+from .auth import owner_or_admin
 from .config import ConfigError
 from .config import Settings
 from .config import load_settings
@@ -36,7 +37,6 @@ from .redact import Redactor
 from .state import EXTENSION_KEY
 from .state import Authorize
 from .state import State
-from .state import owner_or_admin
 from .tickets import Tickets
 from .token_cache import TokenCache
 

@@ -1,4 +1,4 @@
-"""What every view parses: the kind segment, single-valued query arguments, the JSON body (SPEC §2, §7).
+"""What every view parses: the kind segment, query arguments, the JSON body, the client address (SPEC §2, §7).
 
 A JSON body passes these checks, in this order:
 
@@ -111,6 +111,26 @@ def require_json_body() -> t.Any:
     return parse_json(request.get_data(cache=True), settings.max_json_depth)
 
 
+def login_body() -> tuple[str, str]:
+    """The ``email`` and ``password`` of a login request, read by :func:`require_json_body`.
+
+    :raises BadRequest: either is missing or not a string, or the email holds U+0000
+        (and whatever :func:`require_json_body` raises).
+    """
+    # The one body parser, with its size and depth limits: the login endpoint is open to anyone.
+    body = require_json_body()
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("email"), str)
+        or not isinstance(body.get("password"), str)
+    ):
+        raise BadRequest('send {"email": ..., "password": ...}')
+    if "\x00" in body["email"]:
+        # No account has one, and PostgreSQL text cannot hold it: refuse before any query.
+        raise BadRequest("email must not contain U+0000")
+    return body["email"], body["password"]
+
+
 def _hold_chunked_body(limit: int) -> None:
     """Read a body sent without Content-Length (chunked), refusing it past ``limit``.
 
@@ -170,3 +190,20 @@ def parse_json(raw: bytes, max_depth: int) -> t.Any:
     if body is None:
         raise BadRequest("the body is not valid JSON")
     return body
+
+
+def client_address() -> str:
+    """The client's address: the connecting one, or the one ``STREAMAPP_PROXY_HOPS`` proxies saw.
+
+    With ``proxy_hops`` = N, the N-th address from the right of
+    ``X-Forwarded-For`` (the one the outermost of our proxies received the
+    connection from), as werkzeug's ``ProxyFix(x_for=N)`` reads it; a shorter
+    header is not trusted.
+    """
+    hops = current_state().settings.proxy_hops
+    if hops:
+        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
+        # Our proxies write addresses; anything unprintable (a NUL fails the query) is not one.
+        if len(forwarded) >= hops and forwarded[-hops] and forwarded[-hops].isprintable():
+            return forwarded[-hops]
+    return request.remote_addr or "unknown"

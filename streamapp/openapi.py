@@ -7,11 +7,12 @@ documented with its methods, and nothing else is, so an endpoint SPEC lists
 but the code does not have yet is never promised. The document is built once
 per app, at its first request (every blueprint is registered by then: Flask
 refuses setup after it), and kept in ``app.extensions``.
+What each endpoint takes and answers beyond its schemas (summary, status,
+errors, credentials) is the table in :mod:`streamapp.openapi_operations`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import typing as t
@@ -30,6 +31,11 @@ from . import catalog
 from . import schemas
 from .auth import refuse_token_in_url
 from .cors import under_prefix
+from .openapi_operations import ERRORS
+from .openapi_operations import OPERATIONS as OPERATIONS
+from .openapi_operations import PATH_PARAMETERS
+from .openapi_operations import QUERY_DOCS
+from .openapi_operations import Operation
 from .state import EXTENSION_KEY
 from .state import State
 
@@ -43,139 +49,7 @@ API_VERSION = "1.0.0"
 CACHE_CONTROL = "public, max-age=3600"
 _MAX_CURSOR = 2**63 - 1
 _TYPE = catalog.TYPE_PATTERN.pattern
-
-
-@dataclasses.dataclass(frozen=True)
-class Operation:
-    """What one endpoint takes and answers, beside what the schemas say."""
-
-    summary: str
-    ok: int
-    answer: type[Schema] | None = None
-    body: tuple[type[Schema], ...] = ()  # one schema, or several the body is one of
-    body_required: bool = True
-    query: type[Schema] | None = None
-    errors: tuple[int, ...] = (400, 401, 503)
-    auth: str = "read"  # read, publish, session, stream, optional, none
-    description: str = ""
-
-
-_WRITE = (400, 401, 403, 404, 409, 413, 422, 503)
-#: Keyed by Flask endpoint. A rule missing here is still documented, bare, and tests fail on it.
-OPERATIONS: dict[str, Operation] = {
-    "streamapp_api.create_execution": Operation(
-        "Create an execution",
-        201,
-        schemas.ExecutionOut,
-        (schemas.ExecutionCreate,),
-        auth="publish",
-        errors=(400, 401, 403, 404, 409, 413, 422, 503),
-        description="An `exec_id` in use is 409; `owner` may be set only by an admin's publish token (403).",
-    ),
-    "streamapp_api.get_execution": Operation(
-        "The execution document", 200, schemas.ExecutionOut, errors=(400, 401, 404, 503)
-    ),
-    "streamapp_api.list_executions": Operation(
-        "The caller's executions (an admin's: all), newest first",
-        200,
-        schemas.ExecutionList,
-        query=schemas.ListQuery,
-        errors=(400, 401, 404, 503),
-    ),
-    "streamapp_api.append_events": Operation(
-        "Append durable events, all or nothing",
-        201,
-        schemas.AppendOut,
-        (schemas.EventsAppend,),
-        auth="publish",
-        errors=_WRITE,
-        description="After a terminal event 409; a type or data the catalog refuses 422 (SPEC §2, §4).",
-    ),
-    "streamapp_api.publish_chunks": Operation(
-        "Publish best-effort text chunks (never stored)",
-        202,
-        schemas.ChunksOut,
-        (schemas.ChunkText, schemas.ChunkList),
-        auth="publish",
-        errors=_WRITE,
-        description="503 when this server runs without LISTEN/NOTIFY (STREAMAPP_NOTIFY=false).",
-    ),
-    "streamapp_api.stream_ticket": Operation(
-        "A short-lived ticket for this execution's stream",
-        201,
-        schemas.TicketOut,
-        errors=(400, 401, 403, 404, 503),
-        description="Pass it as `?ticket=` on the stream until `expires_at` (SPEC §7). No body.",
-    ),
-    "streamapp_api.cancel_execution": Operation(
-        "Cancel an execution",
-        200,
-        schemas.ExecutionOut,
-        (schemas.CancelBody,),
-        body_required=False,
-        auth="publish",
-        errors=_WRITE,
-        description="Appends `error` CANCELED; 409 once it has ended.",
-    ),
-    "streamapp_api.event_catalog": Operation("The event catalog (SPEC §4)", 200, schemas.CatalogOut),
-    "streamapp_stream.stream": Operation(
-        "Follow an execution as Server-Sent Events (SPEC §5)",
-        200,
-        query=schemas.StreamQuery,
-        errors=(400, 401, 404, 429, 503),
-        auth="stream",
-        description="The `Last-Event-ID` header wins over `last_event_id`. Frames: `id`, `event`, `data` "
-        "(the JSON envelope); `llm_chunk` frames have no `id`.",
-    ),
-    "streamapp_auth.login": Operation(
-        "Sign in; sets the session cookie",
-        200,
-        schemas.LoginOut,
-        (schemas.LoginIn,),
-        auth="none",
-        errors=(400, 401, 403, 413, 422, 429, 503),
-    ),
-    "streamapp_auth.logout": Operation("Sign out", 204, errors=(400, 403, 503), auth="optional"),
-    "streamapp_auth.create_token": Operation(
-        "Create an API token (the only answer that shows it)",
-        201,
-        schemas.TokenCreated,
-        (schemas.TokenCreate,),
-        auth="session",
-        errors=(400, 401, 403, 413, 422, 503),
-    ),
-    "streamapp_auth.list_tokens": Operation("The caller's tokens, never their secrets", 200, schemas.TokenList),
-    "streamapp_auth.revoke_token": Operation(
-        "Revoke a token by its prefix", 204, auth="publish", errors=(400, 401, 403, 404, 503)
-    ),
-    "streamapp_openapi.openapi_document": Operation("This document", 200, errors=(400,), auth="none"),
-}
-
-_ERRORS = {
-    400: ("BadRequest", "Bad parameters, or a body that is not JSON."),
-    401: ("NotAuthenticated", "Not authenticated, or a bad or expired stream ticket."),
-    403: ("Forbidden", "Missing scope, or a refused cross-site request (SPEC §7)."),
-    404: ("NotFound", "Unknown, or not visible to the caller (the same body for both)."),
-    409: ("Conflict", "Conflict: an exec_id in use, or an execution that has ended."),
-    413: ("TooLarge", "The body, or one event's data, is too large."),
-    422: ("Invalid", "Invalid content, or a body nested too deep."),
-    429: ("TooManyRequests", "A per-user limit; retry after Retry-After seconds."),
-    503: ("Unavailable", "At capacity, shutting down, or the database is unavailable; retry after Retry-After."),
-}
-_PATH_PARAMETERS: dict[str, dict[str, t.Any]] = {
-    "kind": {"schema": {"type": "string", "enum": ["workflows", "agents", "tasks"]}},
-    "exec_id": {"schema": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$"}},
-    "prefix": {"schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "description": "the token's prefix"},
-}
 _RENAMED = {"segment": "kind"}  # api.py and stream.py name the kind segment differently
-_QUERY_DOCS = {
-    "last_event_id": "resume after this id (a new EventSource cannot set Last-Event-ID)",
-    "events": "comma-separated event types to send; terminal events are always sent",
-    "poll_ms": "the longest the stream may lag behind the table when notifications are lost",
-    "ticket": "a stream ticket from POST …/stream-ticket",
-    "limit": "page size",
-    "cursor": "next_cursor of the previous page",
-}
 _DESCRIPTION = (
     "Progress of workflows, agents and tasks over Server-Sent Events. Every error body is "
     '{"error": {"code", "message"}}; 429 and 503 carry Retry-After. With the session cookie, a request '
@@ -201,7 +75,7 @@ def _security(auth: str, own_users: bool) -> Requirements:
     return chosen.get(auth, signed_in)
 
 
-def _field_rules(converter: t.Any, field: fields.Field, ret: dict[str, t.Any], **_: t.Any) -> dict[str, t.Any]:
+def _field_rules(converter: t.Any, field: fields.Field[t.Any], ret: dict[str, t.Any], **_: t.Any) -> dict[str, t.Any]:
     """What apispec cannot read off our own fields and validators."""
     extra: dict[str, t.Any] = {}
     if isinstance(field, schemas.CursorField):
@@ -224,7 +98,7 @@ def _query(plugin: MarshmallowPlugin, schema: type[Schema]) -> list[dict[str, t.
             del prop["default"]
         if isinstance(prop.get("type"), list):
             prop["type"] = next(x for x in prop["type"] if x != "null")
-        out.append({**parameter, "description": _QUERY_DOCS.get(parameter["name"], "")})
+        out.append({**parameter, "description": QUERY_DOCS.get(parameter["name"], "")})
     return out
 
 
@@ -249,7 +123,7 @@ def _responses(op: Operation) -> dict[str, t.Any]:
             "description": "The execution has ended and the cursor is at or past its terminal event: "
             "Content-Type text/event-stream and no body, so clients stop reconnecting (SPEC §5)."
         }
-    responses.update({str(status): _ERRORS[status][0] for status in op.errors})
+    responses.update({str(status): ERRORS[status][0] for status in op.errors})
     return responses
 
 
@@ -287,7 +161,7 @@ def openapi_path(rule: str) -> str:
 
 
 def _path_parameter(name: str) -> dict[str, t.Any]:
-    described: dict[str, t.Any] = _PATH_PARAMETERS.get(name, {"schema": {"type": "string"}})
+    described: dict[str, t.Any] = PATH_PARAMETERS.get(name, {"schema": {"type": "string"}})
     return {"name": name, "in": "path", "required": True, **described}
 
 
@@ -311,14 +185,15 @@ def build_document(app: Flask) -> dict[str, t.Any]:
         plugins=[plugin],
         info={"description": _DESCRIPTION},
     )
-    plugin.map_to_openapi_type(schemas.CursorField, fields.Integer)
-    plugin.map_to_openapi_type(schemas.TypeList, fields.String)
+    # apispec leaves map_to_openapi_type unannotated.
+    plugin.map_to_openapi_type(schemas.CursorField, fields.Integer)  # type: ignore[no-untyped-call]
+    plugin.map_to_openapi_type(schemas.TypeList, fields.String)  # type: ignore[no-untyped-call]
     plugin.converter.add_attribute_function(_field_rules)  # type: ignore[union-attr]
     spec.components.schema("Error", schema=schemas.ErrorOut)
     spec.components.schema("EventIn", schema=schemas.EventIn)
     retry_after = {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
     spec.components.header("RetryAfter", retry_after)
-    for status, (name, description) in _ERRORS.items():
+    for status, (name, description) in ERRORS.items():
         response = {"description": description, "content": {"application/json": {"schema": schemas.ErrorOut}}}
         if status in (429, 503):
             response["headers"] = {"Retry-After": "RetryAfter"}

@@ -10,6 +10,9 @@ from flask import current_app
 
 from .redact import Redactor
 
+#: Who may read an execution: ``authorize(user, execution)``; a host app may bring its own (SPEC §7).
+Authorize = Callable[[t.Any, dict[str, t.Any]], bool]
+
 if t.TYPE_CHECKING:
     from .config import Settings
     from .db import Database
@@ -18,13 +21,7 @@ if t.TYPE_CHECKING:
     from .tickets import Tickets
     from .token_cache import TokenCache
 
-Authorize = Callable[[t.Any, dict[str, t.Any]], bool]
 EXTENSION_KEY = "streamapp"
-
-
-def owner_or_admin(user: t.Any, execution: dict[str, t.Any]) -> bool:
-    """The default authorization rule (SPEC §7): the owner, or an admin."""
-    return bool(getattr(user, "is_admin", False)) or execution["owner_id"] == str(user.get_id())
 
 
 @dataclasses.dataclass
@@ -33,11 +30,12 @@ class State:
     db: Database
     producer: Producer
     hub: Hub
+    #: Who may read an execution (SPEC §7): ``auth.owner_or_admin``, or the host app's rule.
+    authorize: Authorize
     #: Tickets for ``?ticket=`` on streams (SPEC §7); ``None`` only without a secret key.
     tickets: Tickets | None = None
     #: Applied to every appended event and text chunk before it is stored or sent (SPEC §7).
     redactor: Redactor = dataclasses.field(default_factory=Redactor)
-    authorize: Authorize = owner_or_admin
     own_users: bool = True
     #: Bearer tokens this worker checked lately (issue 10); ``None`` in extension mode.
     token_cache: TokenCache | None = None

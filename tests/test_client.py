@@ -349,3 +349,9 @@ def test_a_200_that_is_not_an_event_stream_is_a_protocol_error():
     with _scripted("127.0.0.1", [(200, {"Content-Type": "text/html"}, b"<html>login</html>")]) as (base, _):
         with pytest.raises(client.ProtocolError):
             _run(lambda: list(follow(base + "/stream")))
+
+
+def test_every_public_name_is_importable_from_streamapp_client():
+    # The exceptions live in client_errors.py; callers keep importing them from client (SPEC §6).
+    assert [name for name in client.__all__ if not hasattr(client, name)] == []
+    assert issubclass(client.NotFoundError, client.StatusError) and issubclass(client.StatusError, client.FollowError)

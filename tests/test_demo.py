@@ -37,13 +37,20 @@ def dev_user(db: Database) -> accounts.User:
     return ensure_dev_user(db)
 
 
+def _read(response):
+    """The whole body, then close: a file served by send_file is closed at once, not at GC."""
+    response.get_data()
+    response.close()
+    return response
+
+
 def test_the_examples_copy_of_streamapp_js_is_byte_identical():
     assert (ROOT / "examples" / "browser" / "streamapp.js").read_bytes() == SCRIPT.read_bytes()
 
 
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_streamapp_js_is_served_at_static_in_every_environment(make_client, env):
-    r = make_client(env=env).get("/static/streamapp.js")
+    r = _read(make_client(env=env).get("/static/streamapp.js"))
     assert r.status_code == 200
     assert r.mimetype == "text/javascript"
     assert r.data == SCRIPT.read_bytes()
@@ -65,13 +72,13 @@ def test_a_host_app_gets_streamapp_js_beside_its_own_static_files_and_keeps_its_
     StreamApp(settings=settings, url_prefix="/progress").init_app(host)
     try:
         client = host.test_client()
-        assert client.get("/").data == b"host home"  # the demo never claims a host's `/`
-        assert client.get("/static/host.css").data == b"body {}"
+        assert _read(client.get("/")).data == b"host home"  # the demo never claims a host's `/`
+        assert _read(client.get("/static/host.css")).data == b"body {}"
         # The rule without variables wins over the host's folder, for this one file only.
-        r = client.get("/static/streamapp.js")
+        r = _read(client.get("/static/streamapp.js"))
         assert (r.status_code, r.data) == (200, SCRIPT.read_bytes())
         # The template variable the legacy Flask example uses (examples/legacy_flask).
-        assert client.get("/report").data == b'<script src="/static/streamapp.js"></script>'
+        assert _read(client.get("/report")).data == b'<script src="/static/streamapp.js"></script>'
         for path in DEMO_ENDPOINTS:
             assert client.post(path, json={}).status_code == 404
     finally:
@@ -79,19 +86,19 @@ def test_a_host_app_gets_streamapp_js_beside_its_own_static_files_and_keeps_its_
 
 
 def test_the_demo_page_is_served_in_development(client):
-    r = client.get("/")
+    r = _read(client.get("/"))
     assert r.status_code == 200
     assert r.mimetype == "text/html"
     page = r.get_data(as_text=True)
     for text in ("Run a demo workflow", "Run a demo agent", 'aria-live="polite"', 'src="static/streamapp.js"'):
         assert text in page
     for asset in ("demo.js", "demo.css"):
-        assert client.get(f"/static/{asset}").status_code == 200
+        assert _read(client.get(f"/static/{asset}")).status_code == 200
 
 
 def test_in_production_the_demo_page_and_endpoints_are_404(make_client):
     client = make_client(env="production")
-    r = client.get("/")
+    r = _read(client.get("/"))
     assert r.status_code == 404
     assert r.get_json()["error"]["code"] == "not_found"
     for path in DEMO_ENDPOINTS:

@@ -1,6 +1,6 @@
 """docs/events.md, the validator and the catalog endpoint come from one table and must agree (issue 5).
 
-The page's Types section must be exactly ``catalog.markdown()``; the other tests read the page as
+The page's Types section must be exactly ``events_doc.markdown()``; the other tests read the page as
 a reader would (headings, field tables, example frames) and hold it against ``CATALOG``, so they
 also catch a generator that renders the table wrongly.
 """
@@ -13,13 +13,14 @@ import re
 import pytest
 
 from streamapp import catalog
+from streamapp import events_doc
 from streamapp.catalog import CATALOG
 from streamapp.catalog import Field
 from tests.conftest import ROOT
 
 DOC = (ROOT / "docs" / "events.md").read_text()
-BEGIN = re.compile(r"<!-- BEGIN catalog\.markdown\(\).*?-->\n", re.S)
-END = "<!-- END catalog.markdown() -->"
+BEGIN = re.compile(r"<!-- BEGIN events_doc\.markdown\(\).*?-->\n", re.S)
+END = "<!-- END events_doc.markdown() -->"
 HEADING = re.compile(r"^### `(\w+)` — (.+) — (durable|never durable)(, terminal)?$", re.M)
 ROW = re.compile(r"^\| `([\w.]+)` \| (.+) \| (.+) \|$", re.M)
 FRAME = re.compile(r"^```\n(.*?)^```$", re.M | re.S)
@@ -82,10 +83,10 @@ def _frames(section: str) -> list[dict[str, str]]:
 
 def test_types_section_is_the_generators_output():
     begin = BEGIN.search(DOC)
-    assert begin and END in DOC, "docs/events.md lost its catalog.markdown() markers"
-    assert DOC[begin.end() : DOC.index(END)] == catalog.markdown(), (
+    assert begin and END in DOC, "docs/events.md lost its events_doc.markdown() markers"
+    assert DOC[begin.end() : DOC.index(END)] == events_doc.markdown(), (
         "docs/events.md is stale: paste the output of "
-        """.venv/bin/python -c "from streamapp import catalog; print(catalog.markdown(), end='')" """
+        """.venv/bin/python -c "from streamapp import events_doc; print(events_doc.markdown(), end='')" """
         "between its BEGIN and END markers"
     )
 
