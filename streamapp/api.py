@@ -29,6 +29,7 @@ from .errors import Forbidden
 from .errors import Invalid
 from .errors import NotFound
 from .errors import Unavailable
+from .exec_ids import EXEC_ID_PATTERN
 from .inputs import authenticated_by_cookie
 from .inputs import bad_query
 from .inputs import kind_of
@@ -132,7 +133,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
     except (ValueError, UnicodeDecodeError, OverflowError):
         raise BadRequest("cursor: not a cursor this endpoint returned") from None
     # A NUL would fail the query too: pass on only an exec_id _encode_cursor could have written.
-    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+    if not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise BadRequest("cursor: not a cursor this endpoint returned")
     return moment, exec_id
 
@@ -170,7 +171,7 @@ def _publisher_check(kind: str, exec_id: str) -> t.Callable[[dict[str, t.Any]], 
         with state.db.autocommit() as cur:
             visible_execution(cur, kind, exec_id, user)
         require("publish")
-    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+    if not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise NotFound()
 
     def visible(execution: dict[str, t.Any]) -> None:

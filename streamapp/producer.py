@@ -24,8 +24,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import re
-import secrets
 import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -42,6 +40,9 @@ from .errors import Conflict
 from .errors import Invalid
 from .errors import NotFound
 from .errors import TooLarge
+from .exec_ids import EXEC_ID_PATTERN
+from .exec_ids import EXEC_ID_RULE
+from .exec_ids import new_exec_id
 from .output_schema import check_schema
 from .output_schema import check_value
 
@@ -53,7 +54,6 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXEC_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 DEFAULT_MAX_JSON_DEPTH = nesting.DEFAULT_MAX_DEPTH
 Redactor = Callable[[t.Any], t.Any]
@@ -66,11 +66,6 @@ class AppendResult:
     first_id: int
     last_id: int
     status: str
-
-
-def new_exec_id() -> str:
-    """A fresh, unguessable, URL-safe execution id (128 random bits)."""
-    return secrets.token_urlsafe(16)
 
 
 def create_execution(
@@ -97,7 +92,7 @@ def create_execution(
     if kind not in catalog.KINDS:
         raise Invalid(f"kind must be one of {', '.join(catalog.KINDS)}")
     if exec_id is not None and not EXEC_ID_PATTERN.fullmatch(exec_id):
-        raise Invalid("exec_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
+        raise Invalid(f"exec_id {EXEC_ID_RULE}")
     # Before the schema check and the redactor, which recurse (issue 11).
     nesting.check_value(input, max_json_depth, "input")
     nesting.check_value(output_schema, max_json_depth, "output_schema")
