@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import secrets
 import typing as t
 
 from flask import Blueprint
@@ -24,11 +23,10 @@ from .auth import refuse_token_in_url
 from .auth import require
 from .auth import visible_execution
 from .errors import BadRequest
-from .errors import Conflict
 from .errors import Forbidden
 from .errors import Invalid
 from .errors import NotFound
-from .errors import Unavailable
+from .exec_ids import EXEC_ID_PATTERN
 from .inputs import authenticated_by_cookie
 from .inputs import bad_query
 from .inputs import kind_of
@@ -132,7 +130,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
     except (ValueError, UnicodeDecodeError, OverflowError):
         raise BadRequest("cursor: not a cursor this endpoint returned") from None
     # A NUL would fail the query too: pass on only an exec_id _encode_cursor could have written.
-    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+    if not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise BadRequest("cursor: not a cursor this endpoint returned")
     return moment, exec_id
 
@@ -153,39 +151,41 @@ def list_executions(segment: str) -> Response:
     return jsonify({"items": [_document(r) for r in page], "next_cursor": _encode_cursor(page[-1]) if more else None})
 
 
-def _publisher_check(kind: str, exec_id: str) -> t.Callable[[dict[str, t.Any]], None]:
-    """Who may write to this execution: the check the producer runs on it, once it has it.
+def _publisher(kind: str, exec_id: str) -> t.Any:
+    """Who asks to write to this execution, once the request may go on to the producer.
 
     Visibility comes first (404 hides existence), then the ``publish`` scope (403), before
-    anything of the body is read. The producer runs the returned check on the execution it
-    holds (the locked row, or what the worker knows of it), so "not yours" is 404 there too,
-    even once it has ended.
+    anything of the body is read. The view then decides on the execution the producer holds
+    (:func:`_may_write`: the locked row, or what the worker knows of it), so "not yours" is
+    404 there too, even once it has ended.
 
     :raises NotFound: unknown, malformed or not visible.
     :raises Forbidden: visible, but the credential lacks ``publish``.
     """
     user = require("read")
-    state = current_state()
     if "publish" not in getattr(user, "scopes", accounts.SCOPES):
-        with state.db.autocommit() as cur:
+        with current_state().db.autocommit() as cur:
             visible_execution(cur, kind, exec_id, user)
         require("publish")
-    if not producer.EXEC_ID_PATTERN.fullmatch(exec_id):
+    if not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise NotFound()
+    return user
 
-    def visible(execution: dict[str, t.Any]) -> None:
-        if not state.authorize(user, execution):
-            raise NotFound()
 
-    return visible
+def _may_write(user: t.Any, execution: dict[str, t.Any]) -> None:
+    """:raises NotFound: ``user`` may not see ``execution`` (the body of an unknown id, SPEC §7)."""
+    if not current_state().authorize(user, execution):
+        raise NotFound()
 
 
 @bp.post("/executions/<segment>/<exec_id>/events")
 def append_events(segment: str, exec_id: str) -> tuple[Response, int]:
     kind = kind_of(segment)
-    visible = _publisher_check(kind, exec_id)
+    user = _publisher(kind, exec_id)
     body = _events_append.load(require_json_body())
-    result = current_state().producer.append_events(exec_id, body["events"], kind=kind, check=visible)
+    with current_state().producer.appending(exec_id, body["events"], kind=kind) as pending:
+        _may_write(user, pending.execution)
+        result = pending.commit()
     return jsonify(_append_out.dump(result)), 201
 
 
@@ -234,17 +234,10 @@ def publish_chunks(segment: str, exec_id: str) -> tuple[Response, int]:
     kind = kind_of(segment)
     user = require("read")
     texts = _chunk_texts(require_json_body())
-    state = current_state()
-    if not state.settings.notify:
-        raise Unavailable("text chunks travel by LISTEN/NOTIFY, which STREAMAPP_NOTIFY=false turns off", 3600)
-    with state.db.transaction() as cur:
-        execution = visible_execution(cur, kind, exec_id, user)
+    with current_state().producer.publishing_chunks(exec_id, texts, kind=kind) as pending:
+        _may_write(user, pending.execution)
         require("publish")
-        if execution["terminal_event_id"] is not None:
-            raise Conflict("the execution has ended: no chunk may follow complete or error")
-        texts = [state.redactor.redact_text(text) for text in texts]
-        cur.execute("SET LOCAL synchronous_commit TO off")
-        chunks.publish(cur, exec_id, texts, secrets.token_hex(6), 0)
+        pending.commit()
     return jsonify({"accepted": len(texts)}), 202
 
 
@@ -269,7 +262,9 @@ def _cancel_reason() -> str | None:
 def cancel_execution(segment: str, exec_id: str) -> Response:
     """End an execution with ``error`` CANCELED; 409 once it has ended (SPEC §2)."""
     kind = kind_of(segment)
-    visible = _publisher_check(kind, exec_id)
+    user = _publisher(kind, exec_id)
     reason = _cancel_reason()
-    execution = current_state().producer.cancel(exec_id, reason=reason, kind=kind, check=visible)
+    with current_state().producer.canceling(exec_id, reason=reason, kind=kind) as pending:
+        _may_write(user, pending.execution)
+        execution = pending.commit()
     return jsonify(_document(execution))

@@ -33,12 +33,12 @@ from .errors import Forbidden
 from .errors import NotAuthenticated
 from .errors import NotFound
 from .errors import Unavailable
+from .exec_ids import EXEC_ID_PATTERN
 from .inputs import authenticated_by_cookie
 from .inputs import client_address
 from .inputs import login_body
 from .inputs import refuse_cross_site
 from .inputs import require_json_body
-from .producer import EXEC_ID_PATTERN
 from .schemas import TokenCreate
 from .schemas import TokenCreated
 from .schemas import TokenOut

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 import psycopg2
 
+from . import storage
 from .errors import DatabaseUnavailable
 from .errors import Invalid
 from .redact import Redactor
@@ -76,22 +77,48 @@ def split(text: str, size: int = PART_BYTES) -> list[str]:
 
 
 def payloads(exec_id: str, key: str, text: str) -> list[str]:
-    """The NOTIFY payloads that carry one chunk."""
+    """The NOTIFY payloads that carry one chunk (read back by :func:`parse_payload`)."""
     parts = split(text)
     return [f"{exec_id}|{key}|{n}|{len(parts)}|{part}" for n, part in enumerate(parts)]
 
 
+class Part(t.NamedTuple):
+    exec_id: str
+    #: ``producer.seq``: which chunk of which publisher this part belongs to.
+    key: str
+    #: This part's place, from 0, and how many parts the chunk has.
+    place: int
+    parts: int
+    text: str
+
+
+def parse_payload(payload: str) -> Part | None:
+    """One part of a chunk, as :func:`payloads` wrote it; ``None`` for anything else on the channel."""
+    try:
+        exec_id, key, place, parts, text = payload.split("|", 4)
+        return Part(exec_id, key, int(place), int(parts), text)
+    except ValueError:
+        return None
+
+
+# Chunks are never stored, so their transaction does not wait for a WAL flush.
+_PUBLISH = storage.async_commit(
+    "SELECT pg_notify(%s, p) FROM (SELECT p FROM unnest(%s::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n) s"
+)
+
+
 def publish(cur: Cursor, exec_id: str, texts: Iterable[str], producer_id: str, first_seq: int) -> int:
-    """Send chunks in the caller's transaction; they travel when it commits. Returns the next seq."""
+    """Send chunks in a transaction streamapp owns; they travel when it commits. Returns the next seq.
+
+    One statement, which also makes the transaction's commit asynchronous
+    (:func:`storage.async_commit`): never call it in a caller's transaction.
+    """
     batch: list[str] = []
     seq = first_seq
     for text in texts:
         batch.extend(payloads(exec_id, f"{producer_id}.{seq}", text))
         seq += 1
-    cur.execute(
-        "SELECT pg_notify(%s, p) FROM (SELECT p FROM unnest(%s::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n) s",
-        (CHANNEL, batch),
-    )
+    cur.execute(_PUBLISH, (CHANNEL, batch))
     return seq
 
 
@@ -106,24 +133,22 @@ class Reassembler:
 
     def feed(self, payload: str) -> tuple[str, str] | None:
         """One payload in; ``(exec_id, text)`` once a chunk is whole, else ``None``."""
-        try:
-            exec_id, key, part, parts, text = payload.split("|", 4)
-            index, count = int(part), int(parts)
-        except ValueError:
+        part = parse_payload(payload)
+        if part is None:
             return None
-        if count == 1:
-            return exec_id, text
-        slot_key = f"{exec_id}|{key}"
+        if part.parts == 1:
+            return part.exec_id, part.text
+        slot_key = f"{part.exec_id}|{part.key}"
         now = time.monotonic()
         self._expire(now)
-        _, slots = self._pending.setdefault(slot_key, (now, [None] * count))
-        if not 0 <= index < len(slots):
+        _, slots = self._pending.setdefault(slot_key, (now, [None] * part.parts))
+        if not 0 <= part.place < len(slots):
             return None
-        slots[index] = text
+        slots[part.place] = part.text
         if any(s is None for s in slots):
             return None
         del self._pending[slot_key]
-        return exec_id, "".join(t.cast(list[str], slots))
+        return part.exec_id, "".join(t.cast(list[str], slots))
 
     def _expire(self, now: float) -> None:
         while self._pending:
@@ -218,7 +243,6 @@ class ChunkPublisher:
             if self.redact is not None:
                 text = self.redact(text)
             with self.db.transaction() as cur:
-                cur.execute("SET LOCAL synchronous_commit TO off")
                 self._seq = publish(cur, self.exec_id, [text], self.producer_id, self._seq)
 
     def close(self) -> None:

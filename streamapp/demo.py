@@ -15,8 +15,8 @@ loopback address *and* name a loopback host (a DNS-rebinding page on
 ``--host 0.0.0.0`` does not open it to other machines); and it follows the
 cross-site rule of every cookie request (JSON, same origin, SPEC §7).
 
-The demo producers use the public producer API only (``state.producer`` and
-``ChunkPublisher``), in a background greenlet, as a host's worker would.
+The demo producers use the public producer API only (``state.producer``, its
+``chunk_publisher``), in a background greenlet, as a host's worker would.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from flask_login import login_user
 from . import accounts
 from .auth import refuse_token_in_url
 from .auth import require
-from .chunks import ChunkPublisher
 from .errors import Forbidden
 from .errors import NotFound
 from .errors import StreamappError
@@ -52,7 +51,6 @@ from .inputs import refuse_cross_site
 from .state import current_state
 
 if t.TYPE_CHECKING:
-    from .db import Database
     from .producer import Producer
     from .state import State
 
@@ -142,7 +140,7 @@ def start_workflow() -> tuple[Response, int]:
 @bp.post("/demo/agent")
 def start_agent() -> tuple[Response, int]:
     state, exec_id = _create("agent", "support-agent", {"question": AGENT_QUESTION})
-    gevent.spawn(_guarded, run_agent, state.producer, exec_id, db=state.db, redact=state.redactor.redact_text)
+    gevent.spawn(_guarded, run_agent, state.producer, exec_id)
     return _started("agent", exec_id)
 
 
@@ -207,8 +205,6 @@ def run_agent(
     producer: Producer,
     exec_id: str,
     *,
-    db: Database,
-    redact: Callable[[str], str],
     sleep: Sleep = gevent.sleep,
     seconds: float = 10.0,
 ) -> None:
@@ -221,7 +217,7 @@ def run_agent(
     append(exec_id, _events(("tool_call", {**call, "status": "done", "output": {"hits": 3}, "duration_ms": 800})))
     words = AGENT_ANSWER.split(" ")
     # Text chunks are best-effort (SPEC §5.2); complete carries the whole answer.
-    with ChunkPublisher(db, exec_id, redact=redact) as out:
+    with producer.chunk_publisher(exec_id) as out:
         for n, word in enumerate(words):
             out.write(word if n == len(words) - 1 else word + " ")
             sleep(seconds / len(words))

@@ -302,9 +302,9 @@ class Hub:
                     self.auth_changes[1](note.payload)
                     continue
                 counters.NOTIFICATIONS.inc()
-                exec_id, _, last = note.payload.rpartition(":")
-                if last.isdigit():
-                    self.wake(exec_id, int(last))
+                woken = storage.parse_wake(note.payload)
+                if woken is not None:
+                    self.wake(*woken)
 
     def _on_chunk(self, payload: str) -> None:
         counters.CHUNK_NOTIFICATIONS.inc()

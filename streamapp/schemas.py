@@ -13,11 +13,12 @@ from marshmallow import validate
 
 from . import nesting
 from .catalog import TYPE_PATTERN
+from .exec_ids import EXEC_ID_PATTERN
+from .exec_ids import EXEC_ID_RULE
 
 _DIGITS = re.compile(r"[0-9]+")  # not \d: it matches every script's digits
 #: Cursors are PostgreSQL bigints: any value below 2^63 (SPEC §5), so 19 digits past leading zeros.
 CURSOR_LIMIT = 2**63
-_EXEC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _storable(value: t.Any) -> None:
@@ -39,7 +40,7 @@ class ExecutionCreate(_Strict):
     output_schema = fields.Raw(load_default=None, allow_none=True, validate=_storable)
     exec_id = fields.String(
         load_default=None,
-        validate=validate.Regexp(_EXEC_ID, error="must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"),
+        validate=validate.Regexp(EXEC_ID_PATTERN, error=EXEC_ID_RULE),
     )
     owner = fields.String(load_default=None, validate=[validate.Length(min=1, max=254), _storable])
 

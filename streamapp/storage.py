@@ -1,7 +1,9 @@
-"""Executions and events SQL: gap-free per-execution ids, NOTIFY (SPEC §3).
+"""Executions and events SQL: gap-free per-execution ids, NOTIFY payloads (SPEC §3).
 
 Every function takes a cursor first and never commits: the caller owns the
 transaction, so a host app can commit its own state and an event atomically.
+The wake-up payload is written (:func:`wake_payload`) and read
+(:func:`parse_wake`) here only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,39 @@ if t.TYPE_CHECKING:
 
 #: The one channel every worker's listener LISTENs on; payload ``exec_id:last_id``.
 CHANNEL = "streamapp_events"
+#: The wake-up payload (SPEC §3): one format for Python's ``%`` and SQL's ``format()``, so the
+#: payload built in the database (:data:`_APPEND_KNOWN`) is the one :func:`wake_payload` builds.
+_WAKE_FORMAT = "%s:%s"
+
+
+def wake_payload(exec_id: str, last_id: int) -> str:
+    """The ``NOTIFY`` payload that wakes the streams of ``exec_id``: its id and new last id, never event data."""
+    return _WAKE_FORMAT % (exec_id, last_id)
+
+
+def parse_wake(payload: str) -> tuple[str, int] | None:
+    """``(exec_id, last_id)`` of a wake-up payload; ``None`` for anything else on the channel."""
+    exec_id, _, last = payload.rpartition(":")
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if not (last.isascii() and last.isdigit()):
+        return None
+    return exec_id, int(last)
+
+
+def async_commit(sql: str) -> str:
+    """``sql``, run in a transaction that commits without waiting for its WAL flush.
+
+    For what is never stored or is stored already: wake-ups, text chunks,
+    stream counts. A crash may lose it; the safety check and the next
+    maintenance round cover that (SPEC §3). Only for transactions streamapp
+    owns: it would make a caller's own commit asynchronous too.
+    """
+    return "SET LOCAL synchronous_commit TO off;\n" + sql
+
+
+_WAKE = "SELECT pg_notify(%(channel)s, %(payload)s)"
+#: The wake-up of an append whose commit is ours, sent after that commit (issue 4).
+_WAKE_AFTER_COMMIT = async_commit(_WAKE)
 
 _EXECUTION_COLUMNS = """
     exec_id, kind, name, status, input, output_schema, owner_id, last_event_id,
@@ -178,8 +213,8 @@ def commit_events(cur: Cursor, exec_id: str, append: Append, *, notify_after: bo
     values = b",".join(cur.mogrify("(%s,%s,%s,%s,%s)", (exec_id, *row)) for row in append.rows)
     sql = bump + b";\n" + _INSERT_EVENTS.encode().replace(b"%s", values) + b";\nCOMMIT;"
     if notify_after:
-        wake = cur.mogrify("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{append.rows[-1][0]}"))
-        sql += b"\nSET LOCAL synchronous_commit TO off;\n" + wake
+        wake = {"channel": CHANNEL, "payload": wake_payload(exec_id, append.rows[-1][0])}
+        sql += b"\n" + cur.mogrify(_WAKE_AFTER_COMMIT, wake)
     cur.execute(sql)
 
 
@@ -208,13 +243,14 @@ WITH bumped AS (
 )
 SELECT set_config('streamapp.append', b.before || ':' || b.status, false) FROM bumped b;
 COMMIT;
-SET LOCAL synchronous_commit TO off;
+""" + async_commit("""
 SELECT current_setting('streamapp.append'),
        CASE WHEN %(notify)s AND current_setting('streamapp.append') <> '' THEN pg_notify(
            %(channel)s,
-           %(exec_id)s || ':' || (split_part(current_setting('streamapp.append'), ':', 1)::bigint + %(count)s)
+           format(%(wake_format)s, %(exec_id)s,
+                  split_part(current_setting('streamapp.append'), ':', 1)::bigint + %(count)s)
        ) END
-"""
+""")
 
 
 def append_known(
@@ -245,6 +281,7 @@ def append_known(
             "tails": [tail for _, tail in tails],
             "notify": notify,
             "channel": CHANNEL,
+            "wake_format": _WAKE_FORMAT,
         },
     )
     return _outcome(cur.fetchone())
@@ -264,11 +301,8 @@ def _outcome(row: tuple[t.Any, ...] | None) -> tuple[int, str] | None:
 
 
 def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
-    """Wake the streams of ``exec_id``; delivered when the transaction commits.
-
-    The payload carries only the id and the new last id, never event data (SPEC §3).
-    """
-    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{last_id}"))
+    """Wake the streams of ``exec_id``; delivered when the caller's transaction commits (SPEC §3)."""
+    cur.execute(_WAKE, {"channel": CHANNEL, "payload": wake_payload(exec_id, last_id)})
 
 
 #: A page of events stops once it holds this many bytes (always at least one event).

@@ -14,9 +14,16 @@ import requests
 
 from streamapp.chunks import ChunkPublisher
 from streamapp.chunks import Reassembler
+from streamapp.chunks import parse_payload
 from streamapp.chunks import payloads
 from streamapp.chunks import split
 from streamapp.db import Database
+from streamapp.errors import Conflict
+from streamapp.errors import Invalid
+from streamapp.errors import NotFound
+from streamapp.errors import Unavailable
+from streamapp.producer import Producer
+from streamapp.redact import Redactor
 from tests.sse import Reader
 from tests.sse import Stream
 
@@ -478,3 +485,50 @@ def test_a_secret_split_by_a_chunk_boundary_never_reaches_the_stream(server, acc
     bare = re.sub(r"\s", "", secret)
     assert not [bare[i : i + 6] for i in range(len(bare) - 5) if bare[i : i + 6] in seen]  # no part of it
     assert "[REDACTED]" in seen
+
+
+# -- chunks through the producer (the HTTP view, the demo and Python producers share it) --------
+
+
+def test_producer_chunks_reach_open_streams_redacted(server, account, db):
+    exec_id = _create(server, account)
+    with _open(server, account, exec_id) as stream:
+        _subscribed(stream, server, account, exec_id)
+        Producer(db).publish_chunks(exec_id, ["first ", "password=hunter2\n"])
+        assert [stream.next_frame().data for _ in range(2)] == ["first ", "password=[REDACTED]\n"]
+
+
+def test_producer_chunks_are_refused_as_the_api_refuses_them(db, producer, account):
+    exec_id = producer.create_execution("agent", "a", account.user.get_id())["exec_id"]
+    with pytest.raises(Invalid, match=r"texts\[1\]"):
+        producer.publish_chunks(exec_id, ["ok", ""])
+    with pytest.raises(NotFound):
+        producer.publish_chunks(exec_id, ["ok"], kind="task")
+    with pytest.raises(Unavailable):
+        Producer(db, notify=False).publish_chunks(exec_id, ["ok"])
+    producer.append_events(exec_id, [{"type": "complete", "data": {"status": "SUCCESS"}}])
+    with pytest.raises(Conflict):
+        producer.publish_chunks(exec_id, ["late"])
+
+
+def test_a_producers_chunk_publisher_redacts_with_its_rules(db):
+    producer = Producer(db, redact=Redactor(["flavour"]))
+    with producer.chunk_publisher("e-1") as out:
+        assert out.redact is not None and out.redact("flavour=vanilla") == "flavour=[REDACTED]"
+
+
+@pytest.mark.parametrize("size", [10, 7_800, 20_000])
+def test_every_payload_reads_back_as_the_part_it_was_written_as(size):
+    text = ("é" * size)[:size]
+    written = payloads("e-1", "p.3", text)
+    parts = [parse_payload(p) for p in written]
+    assert [(p.exec_id, p.key, p.place, p.parts) for p in parts if p] == [
+        ("e-1", "p.3", n, len(written)) for n in range(len(written))
+    ]
+    assert "".join(p.text for p in parts if p) == text
+
+
+@pytest.mark.parametrize("payload", ["", "e|k|0", "e|k|x|1|t", "e|k|0|²|t"])
+def test_other_payloads_on_the_chunk_channel_are_ignored(payload):
+    assert parse_payload(payload) is None
+    assert Reassembler().feed(payload) is None

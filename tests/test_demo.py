@@ -17,7 +17,6 @@ from streamapp import create_app
 from streamapp import demo
 from streamapp import migrate
 from streamapp.db import Database
-from streamapp.redact import Redactor
 from tests.conftest import ROOT
 from tests.sse import parse
 
@@ -191,9 +190,9 @@ def test_the_demo_workflow_is_catalog_content_ending_in_success(client, producer
     assert doc["status"] == "SUCCESS"
 
 
-def test_the_demo_agent_ends_with_its_whole_answer(client, producer, db, account):
+def test_the_demo_agent_ends_with_its_whole_answer(client, producer, account):
     exec_id = producer.create_execution("agent", "support-agent", account.user.get_id())["exec_id"]
-    demo.run_agent(producer, exec_id, db=db, redact=Redactor().redact_text, sleep=lambda seconds: None)
+    demo.run_agent(producer, exec_id, sleep=lambda seconds: None)
     events = _stream(client, account, "agent", exec_id)
     assert [e["type"] for e in events] == ["agent_status", "tool_call", "tool_call", "complete"]
     assert events[-1]["data"] == {"status": "SUCCESS", "output": demo.AGENT_ANSWER}

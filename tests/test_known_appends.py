@@ -75,14 +75,20 @@ def test_the_kind_is_still_checked(warm, workflow):
         warm.append_events(workflow, [STATUS], kind="agent")
 
 
-def test_the_authorization_check_still_runs(warm, workflow, db):
-    def refuse(execution: dict[str, t.Any]) -> None:
-        assert execution["exec_id"] == workflow
-        raise NotFound()
-
-    with pytest.raises(NotFound):
-        warm.append_events(workflow, [STATUS], check=refuse)
+def test_a_caller_that_refuses_the_execution_stores_nothing(warm, workflow, db):
+    with pytest.raises(NotFound), warm.appending(workflow, [STATUS]) as pending:
+        assert pending.execution["exec_id"] == workflow
+        raise NotFound()  # what the HTTP layer does for a user who may not write to it
     assert len(_stored(db, workflow)) == 1
+
+
+def test_a_refused_locked_execution_is_rolled_back_and_unlocked(db, workflow):
+    cold = Producer(db)
+    with pytest.raises(NotFound), cold.appending(workflow, [STATUS]) as pending:
+        assert pending.execution["last_event_id"] == 0  # the locked row, read for this append
+        raise NotFound()
+    # The lock went with the rollback: another producer appends at once, with the next id.
+    assert Producer(db).append_events(workflow, [STATUS]).first_id == 1
 
 
 def test_ids_stay_gap_free_with_two_warm_workers_racing(db, workflow):
@@ -120,12 +126,13 @@ def test_a_structured_delta_batch_takes_the_locking_path_and_its_sequence_is_che
         worker.append_events(agent, [{**delta, "data": {"content": {"a": 3}, "sequence": 2}}])
 
 
-def test_a_warm_producer_checks_what_it_knows_not_a_locked_row(warm, workflow):
-    seen: list[dict[str, t.Any]] = []
-    warm.append_events(workflow, [STATUS], check=seen.append)
-    # The known path hands the hook the remembered execution, whose changing fields are blank:
+def test_a_warm_producer_hands_over_what_it_knows_not_a_locked_row(warm, workflow):
+    with warm.appending(workflow, [STATUS]) as pending:
+        seen = pending.execution
+        pending.commit()
+    # The known path hands over the remembered execution, whose changing fields are blank:
     # no row was read and locked for this append.
-    assert seen[0]["owner_id"] and seen[0]["last_event_id"] is None and seen[0]["status"] is None
-    cold = Producer(warm.db)
-    cold.append_events(workflow, [STATUS], check=seen.append)
-    assert seen[1]["last_event_id"] == 2
+    assert seen["owner_id"] and seen["last_event_id"] is None and seen["status"] is None
+    with Producer(warm.db).appending(workflow, [STATUS]) as pending:
+        assert pending.execution["last_event_id"] == 2
+        pending.commit()

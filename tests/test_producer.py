@@ -12,6 +12,7 @@ from streamapp import create_execution
 from streamapp.chunks import ChunkPublisher
 from streamapp.errors import Conflict
 from streamapp.errors import Invalid
+from streamapp.errors import NotFound
 from streamapp.redact import Redactor
 
 SECRET_CALL = {"tool_call_id": "1", "tool_name": "db", "status": "ok", "input": {"password": "hunter2"}}
@@ -174,3 +175,10 @@ def test_event_data_with_a_lone_surrogate_is_invalid(db, account):
     exec_id = producer.create_execution("workflow", "w", account.user.get_id())["exec_id"]
     with pytest.raises(Invalid, match=r"events\[0\].data"):
         producer.append_events(exec_id, [{"type": "custom_thing", "data": {"v": "lone \udc00"}}])
+
+
+def test_a_cancel_its_caller_refuses_ends_nothing(producer, workflow):
+    with pytest.raises(NotFound), producer.canceling(workflow, reason="stop") as pending:
+        assert pending.execution["terminal_event_id"] is None  # the locked row
+        raise NotFound()  # what the HTTP layer does for a user who may not write to it
+    assert producer.cancel(workflow)["status"] == "CANCELED"

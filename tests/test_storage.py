@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import select
+import time
 import typing as t
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from streamapp import accounts
 from streamapp import framing
 from streamapp import storage
 from streamapp.errors import Conflict
+from streamapp.producer import Producer
 from tests.conftest import ROOT
 from tests.conftest import new_exec_id
 
@@ -179,3 +182,53 @@ def test_no_frames_after_the_newest(db, producer, account):
     exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {}}])
     with db.autocommit() as cur:
         assert storage.frames_after(cur, exec_id, 1, 100) == ([], False)
+
+
+# -- wake-up payloads and the commit that waits for no flush (SPEC §3) --------------------------
+
+
+@pytest.mark.parametrize(
+    "payload, woken",
+    [
+        ("e-1:42", ("e-1", 42)),
+        (storage.wake_payload("a_b-9", 7), ("a_b-9", 7)),
+        ("e-1:", None),
+        ("e-1:x", None),
+        ("e-1:²", None),  # str.isdigit() takes it; int() does not
+        ("e-1", None),
+    ],
+)
+def test_wake_payloads_read_back_and_anything_else_is_ignored(payload, woken):
+    assert storage.parse_wake(payload) == woken
+
+
+def _notifications(conn: t.Any, deadline_s: float = 10.0) -> t.Iterator[str]:
+    """Payloads as they arrive on a listening connection, until the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        select.select([conn], [], [], max(0.0, deadline - time.monotonic()))
+        conn.poll()
+        while conn.notifies:
+            yield conn.notifies.pop(0).payload
+
+
+@pytest.mark.parametrize("appends", [1, 2], ids=["locking path", "one-round-trip path"])
+def test_both_append_paths_wake_with_the_payload_storage_writes(database, db, workflow, appends):
+    producer = Producer(db)
+    with contextlib.closing(psycopg2.connect(database)) as conn:
+        conn.autocommit = True
+        conn.cursor().execute(f"LISTEN {storage.CHANNEL}")
+        for _ in range(appends):  # the second append is built in SQL, by format()
+            last_id = producer.append_events(workflow, [{"type": "progress", "data": {}}]).last_id
+        expected = storage.wake_payload(workflow, last_id)
+        assert expected in _notifications(conn)
+        assert storage.parse_wake(expected) == (workflow, last_id)
+
+
+def test_async_commit_lasts_only_for_its_transaction(db):
+    with db.transaction() as cur:
+        cur.execute(storage.async_commit("SELECT current_setting('synchronous_commit')"))
+        assert cur.fetchone() == ("off",)
+    with db.transaction() as cur:
+        cur.execute("SELECT current_setting('synchronous_commit')")
+        assert cur.fetchone() == ("on",)
