@@ -1,22 +1,34 @@
-"""Per-user stream counts, kept in PostgreSQL across every worker (SPEC §7).
+"""Stream slots: the per-user stream limit across every worker, and this worker's open streams (SPEC §5, §7).
 
-A stream counts one for its user on its worker from connect to close. Each
-worker has one row per user it serves (``stream_counts``), so admitting a
-stream sums one row per worker, however many streams the user holds. The
-worker's hub keeps the true counts in memory and writes them back at every
-maintenance round (:func:`sync`): a give-back that failed, or one that raced
-the round, is corrected there, and rows of a worker that died stop counting
-after :func:`stale_after`.
+A stream holds one slot of its user's limit on its worker from connect to
+close. Each worker has one row per user it serves (table ``stream_counts``),
+so admitting a stream sums one row per worker, however many streams the user
+holds. The worker's :class:`Slots` keeps the true counts in memory and its
+hub writes them back at every maintenance round (:meth:`Slots.write_back`): a
+give-back that failed, or one that raced the round, is corrected there, and
+rows of a worker that died stop counting after :func:`stale_after`.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import typing as t
+
+import psycopg2
+
+from . import counters
+from .errors import DatabaseUnavailable
+from .errors import TooManyStreams
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping
 
     from psycopg2.extensions import cursor as Cursor
+
+    from .db import Database
+
+log = logging.getLogger(__name__)
 
 # One round trip: the statements run as one implicit transaction, so the
 # advisory lock (released at its end) makes sum-then-add atomic for one user
@@ -84,3 +96,80 @@ def sync(cur: Cursor, worker: str, counts: Mapping[str, int], stale_s: float) ->
         "forget_s": stale_s * FORGET_AFTER_STALE,
     }
     cur.execute(_SYNC, params)
+
+
+class Slots:
+    """The slots this worker's streams hold: per user (the truth for ``stream_counts``) and in all."""
+
+    def __init__(self, db: Database, refresh_s: float) -> None:
+        self.db = db
+        #: Seconds between maintenance rounds; rows older than :func:`stale_after` of it stop counting.
+        self.refresh_s = refresh_s
+        #: This worker's name in ``stream_counts``; the hub names it when it starts, in the worker.
+        self.worker_id = ""
+        #: Streams open on this worker, for its own limit (SPEC §5: 503).
+        self.open = 0
+        self._held: collections.Counter[str] = collections.Counter()
+        self._changed = False  # since the last round wrote them
+
+    @property
+    def held(self) -> dict[str, int]:
+        """Open streams per user on this worker."""
+        return dict(self._held)
+
+    def take(self, cur: Cursor, user_id: str, limit: int) -> None:
+        """Hold a slot for a new stream of ``user_id``, unless they hold ``limit`` across workers.
+
+        Counted here first and forgotten last, so a maintenance round running
+        meanwhile errs on the side of one stream too many, never too few.
+        Run it on an autocommit cursor.
+
+        :raises TooManyStreams: the user holds ``limit`` streams already.
+        """
+        self._hold(user_id)
+        try:
+            taken = take(cur, user_id, self.worker_id, limit, stale_after(self.refresh_s))
+        except BaseException:
+            self._release(user_id)
+            raise
+        if not taken:
+            self._release(user_id)
+            counters.stream_refused("user_limit")
+            # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
+            raise TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
+        self.open += 1
+
+    def give_back(self, user_id: str) -> None:
+        """A stream of ``user_id`` ended: its slot is free at once, here and for every worker (SPEC §5)."""
+        self.open -= 1
+        try:
+            with self.db.autocommit() as cur:
+                give_back(cur, user_id, self.worker_id)
+        except DatabaseUnavailable:
+            pass  # an outage, logged once by the pool; the next round writes the true count
+        except psycopg2.Error:
+            log.warning("could not count a closed stream off; the hub corrects it")
+        finally:
+            self._release(user_id)
+
+    def write_back(self) -> None:
+        """Write this worker's counts; no query while it holds none and nothing changed."""
+        if not self._held and not self._changed:
+            return
+        self._changed = False
+        try:
+            with self.db.autocommit() as cur:
+                sync(cur, self.worker_id, dict(self._held), stale_after(self.refresh_s))
+        except BaseException:
+            self._changed = True  # write them at the next round
+            raise
+
+    def _hold(self, user_id: str) -> None:
+        self._held[user_id] += 1
+        self._changed = True
+
+    def _release(self, user_id: str) -> None:
+        self._held[user_id] -= 1
+        self._changed = True
+        if self._held[user_id] <= 0:
+            del self._held[user_id]

@@ -3,44 +3,18 @@
 from __future__ import annotations
 
 import collections
-import os
 import typing as t
 from collections.abc import Sequence
 
 import gevent.event
 
 from . import counters
-from .catalog import TERMINAL_TYPES
+from .event_filter import Item
+from .event_filter import wanted
 
-#: ``(event id or None for a text chunk, type, framed bytes)``
-Item = tuple[int | None, str, bytes]
-
-
-class Rendered:
-    """One batch's bytes for streams at one cursor with one filter, made once for all of them.
-
-    ``data`` goes to the socket, ``last`` is the cursor after it, ``ended``
-    whether it holds the terminal event; ``types`` counts its frames by type
-    and ``writes`` the streams it was written to, so the hub counts what was
-    sent once per batch, not once per stream (issue 13).
-    """
-
-    __slots__ = ("data", "last", "ended", "types", "writes")
-
-    def __init__(self, data: bytes, last: int, ended: bool, types: dict[str, int]) -> None:
-        self.data, self.last, self.ended, self.types = data, last, ended, types
-        self.writes = 0
-
-
-def direct_sent(rendered: dict[t.Any, Rendered]) -> dict[str, int]:
-    """Frames by type that one batch's direct writes put on sockets, summed over its streams."""
-    sent: dict[str, int] = {}
-    for done in rendered.values():
-        if done.writes:
-            for name, count in done.types.items():
-                sent[name] = sent.get(name, 0) + count * done.writes
-    return sent
-
+if t.TYPE_CHECKING:
+    from .direct_writes import Batch
+    from .direct_writes import ClientSocket
 
 #: Frames a stream may have queued before it must re-read from the table instead.
 QUEUE_BYTES = 1024 * 1024
@@ -66,12 +40,10 @@ class Subscriber:
         "user_id",
         "token_prefix",
         "text_mode",
-        "fd",
-        "chunked",
+        "socket",
         "types",
         "last",
         "parked",
-        "pending",
         "ended",
         "connected_at",
         "reason",
@@ -87,6 +59,9 @@ class Subscriber:
         user_id: str | None = None,
         token_prefix: str | None = None,
         text_mode: bool = False,
+        types: frozenset[str] | None = None,
+        connected_at: float | None = None,
+        socket: ClientSocket | None = None,
     ) -> None:
         self.exec_id = exec_id
         self.items: collections.deque[Item] = collections.deque()
@@ -101,16 +76,16 @@ class Subscriber:
         self.user_id = user_id
         self.token_prefix = token_prefix
         self.text_mode = text_mode
-        # The direct-write path (see try_write); fd None keeps the stream on the generator path.
-        self.fd: int | None = None
-        self.chunked = True
-        self.types: frozenset[str] | None = None
+        #: The socket the hub may write to directly (see try_write); None keeps the generator path.
+        self.socket = socket if socket is not None and socket.direct else None
+        #: The ``events=`` filter (SPEC §5).
+        self.types = types
+        #: The cursor: the last id sent (or skipped by the filter) to this stream.
         self.last = 0
         self.parked = False
-        self.pending = b""
         self.ended = False
         #: ``time.monotonic()`` at the stream's request until its first event frame is written.
-        self.connected_at: float | None = None
+        self.connected_at = connected_at
         #: Why the stream was asked to end (see close); its end record says so (SPEC §9).
         self.reason = ""
         #: Event frames written for this stream, by the hub and by its generator (SPEC §9).
@@ -128,38 +103,25 @@ class Subscriber:
                 self.queued_bytes += size
         self.wakeup.set()
 
-    def try_write(self, batch: Sequence[Item], rendered: dict[t.Any, Rendered]) -> bool:
-        """Write new frames straight to a parked, up-to-date stream's socket.
+    def try_write(self, batch: Batch) -> bool:
+        """Write new frames straight to a parked, up-to-date stream's socket (``direct_writes``).
 
-        Waking one greenlet per stream per event and writing through the WSGI
-        server costs far more than one non-blocking ``os.write`` of bytes
-        framed once (PERFORMANCE.md). Only a stream parked in its wait, with
-        nothing queued, qualifies: its generator is not inside a write, so the
-        bytes cannot interleave with gunicorn's. What the socket does not take
-        now is left in ``pending`` for the stream's own greenlet to send.
-        ``rendered`` caches the bytes by cursor and filter across the streams
-        of one batch, and counts the streams they went to. Returns False when
-        the caller must queue instead.
+        Only a stream parked in its wait, with nothing queued, qualifies: its
+        generator is not inside a write, so the bytes cannot interleave with
+        gunicorn's. What the socket does not take now stays pending for the
+        stream's own greenlet (:meth:`flush`). Returns False when the caller
+        must queue instead.
         """
-        if self.fd is None or not self.parked or self.items or self.overflowed or self.pending or self.closing:
+        sock = self.socket
+        if sock is None or not self.parked or self.items or self.overflowed or sock.pending or self.closing:
             return False
-        key = (self.last, self.types, self.chunked)
-        cached = rendered.get(key)
-        if cached is None:
-            cached = rendered[key] = self._render(batch)
-        data = cached.data
-        if data:
-            try:
-                written = os.write(self.fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                return False  # a broken socket: the generator's next write ends the stream
-            self.pending = data[written:]
-            cached.writes += 1
-            self.wrote(sum(cached.types.values()))
-        self.last, self.ended = cached.last, cached.ended
-        if self.pending or self.ended:
+        rendered = batch.render(self.last, self.types, sock.chunked)
+        if not sock.write(rendered):
+            return False
+        if rendered.data:
+            self.wrote(rendered.count)
+        self.last, self.ended = rendered.last, rendered.ended
+        if sock.pending or self.ended:
             self.wakeup.set()
         return True
 
@@ -171,26 +133,30 @@ class Subscriber:
             counters.first_event(self.connected_at)
             self.connected_at = None
 
-    def _render(self, batch: Sequence[Item]) -> Rendered:
-        frames, last, ended = [], self.last, False
-        types: dict[str, int] = {}
-        for event_id, type_name, frame in batch:
-            if event_id is None or event_id <= last:
-                continue
-            last = event_id
-            if self.types is None or type_name in self.types or type_name in TERMINAL_TYPES:
-                frames.append(frame)
-                types[type_name] = types.get(type_name, 0) + 1
-            if type_name in TERMINAL_TYPES:
-                ended = True
-                break
-        body = b"".join(frames)
-        if body and self.chunked:
-            body = b"%X\r\n%s\r\n" % (len(body), body)
-        return Rendered(body, last, ended, types)
+    def advance(self, last: int) -> None:
+        """The stream's generator sent (or skipped) everything up to ``last``."""
+        self.last = max(self.last, last)
+
+    def park(self, last: int, timeout: float) -> int:
+        """Wait for news, at cursor ``last``, for at most ``timeout`` seconds; the cursor after.
+
+        While parked, the hub may write frames straight to the socket and move the cursor.
+        """
+        self.last, self.parked = last, True
+        try:
+            self.wakeup.wait(timeout=timeout)
+        finally:
+            self.parked = False
+        return self.last
+
+    def flush(self) -> str | None:
+        """Finish a direct write the socket did not take at once; why the stream must end, if it must."""
+        if self.socket is None or not self.socket.pending:
+            return None
+        return self.socket.flush()
 
     def push_chunk(self, frame: bytes) -> None:
-        if self.types is not None and "llm_chunk" not in self.types:
+        if not wanted(self.types, "llm_chunk"):
             return  # filtered out: neither queued nor counted as dropped
         if self.overflowed or self.queued_chunks >= CHUNK_LIMIT:
             self.dropped_chunks += 1
@@ -215,6 +181,11 @@ class Subscriber:
         self.queued_bytes = self.queued_chunks = 0
         self.overflowed = False
         return items, overflowed
+
+    def take_dropped(self) -> int:
+        """Text chunks dropped since the last call, for the stream to say so."""
+        dropped, self.dropped_chunks = self.dropped_chunks, 0
+        return dropped
 
     def _drop_queue(self) -> None:
         dropped = self.queued_chunks

@@ -1,22 +1,23 @@
-"""The hub's maintenance round: stream slots and revoked credentials, on a real PostgreSQL (issue 6).
+"""The hub's maintenance round and its stream slots, on a real PostgreSQL (issue 6).
 
-The live behaviour over gunicorn is in tests/live/test_hub.py and tests/live/test_revocation.py;
-here one hub, never started, runs ``maintain()`` by hand.
+The live behaviour over gunicorn is in tests/live/test_hub.py, tests/live/test_slots.py and
+tests/live/test_revocation.py; here one hub, never started, runs ``maintain()`` by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import typing as t
 
 import pytest
 
-from streamapp import slots
 from streamapp.db import Database
+from streamapp.errors import TooManyStreams
 from streamapp.hub import Hub
 
-STALE_S = 30.0
+STALE_S = 30.0  # slots.stale_after() of the default maintenance interval
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def make_hub() -> t.Iterator[t.Callable[..., Hub]]:
     def make(url: str, **kwargs: t.Any) -> Hub:
         db = Database(url, 2)
         hub = Hub(db, url, listen=False, **kwargs)
-        hub.worker_id = "test-worker"  # what start() would make
+        hub.slots.worker_id = "test-worker"  # what start() would make
         hubs.append((hub, db))
         return hub
 
@@ -41,27 +42,25 @@ def new_user_id() -> str:
     return "hub-test-" + secrets.token_hex(4)
 
 
-def test_revocation_is_checked_when_the_slot_refresh_fails(empty_database, make_hub):
-    """A database error in the slot refresh does not skip that round's revocation check."""
-    checked: list[set[str]] = []
-
-    def revoked(cur: t.Any, user_ids: set[str], prefixes: set[str]) -> tuple[set[str], set[str]]:
-        cur.execute("SELECT 1")  # the check itself reaches the database
-        checked.append(user_ids)
-        return {"7"}, set()
-
-    # No stream_slots table there: every slot query fails.
-    hub = make_hub(empty_database, revoked_check=revoked)
-    sub = hub.subscribe("e-1", user_id="7", token_prefix=None, text_mode=False)
-    hub.hold_slot("7")  # so there is something to write back
-    hub.maintain()
-    assert checked == [{"7"}]
-    assert sub.closing
+@contextlib.contextmanager
+def _counts_fail(hub: Hub, empty_database: str) -> t.Iterator[None]:
+    """Meanwhile every query on the hub's slots fails: its database answers but has no stream_counts."""
+    real, hub.slots.db = hub.slots.db, Database(empty_database, 1)
+    try:
+        yield
+    finally:
+        hub.slots.db.close()
+        hub.slots.db = real
 
 
 def _take(hub: Hub, user_id: str, limit: int) -> bool:
+    """Whether the hub's slots admit one more stream of the user (the stream view's step)."""
     with hub.db.autocommit() as cur:
-        return slots.take(cur, user_id, hub.worker_id, limit, STALE_S)
+        try:
+            hub.slots.take(cur, user_id, limit)
+        except TooManyStreams:
+            return False
+    return True
 
 
 def _counted(hub: Hub, user_id: str) -> int:
@@ -75,26 +74,59 @@ def _counted(hub: Hub, user_id: str) -> int:
         return int(cur.fetchone()[0])
 
 
-def test_maintain_writes_back_what_the_hub_holds(database, make_hub, new_user_id):
+def test_revocation_is_checked_when_the_slot_refresh_fails(database, empty_database, make_hub, new_user_id):
+    """A database error in the slot refresh does not skip that round's revocation check."""
+    checked: list[set[str]] = []
+
+    def revoked(cur: t.Any, user_ids: set[str], prefixes: set[str]) -> tuple[set[str], set[str]]:
+        cur.execute("SELECT 1")  # the check itself reaches the database
+        checked.append(user_ids)
+        return {new_user_id}, set()
+
+    hub = make_hub(database, revoked_check=revoked)
+    sub = hub.subscribe("e-1", user_id=new_user_id, token_prefix=None, text_mode=False)
+    assert _take(hub, new_user_id, 10)  # so there is something to write back
+    with _counts_fail(hub, empty_database):
+        hub.maintain()
+    assert checked == [{new_user_id}]
+    assert sub.closing
+
+
+def test_a_slot_counts_on_the_worker_until_given_back(database, make_hub, new_user_id):
+    hub = make_hub(database)
+    assert _take(hub, new_user_id, 1)
+    assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (1, {new_user_id: 1}, 1)
+    hub.slots.give_back(new_user_id)
+    assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (0, {}, 0)
+
+
+def test_a_refused_stream_holds_nothing(database, make_hub, new_user_id):
+    hub = make_hub(database)
+    assert _take(hub, new_user_id, 1)
+    assert not _take(hub, new_user_id, 1)
+    assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (1, {new_user_id: 1}, 1)
+
+
+def test_maintain_writes_back_what_the_hub_holds(database, empty_database, make_hub, new_user_id):
     hub = make_hub(database)
     for _ in range(3):
         assert _take(hub, new_user_id, 10)
-        hub.hold_slot(new_user_id)
-    # One stream ended and its give-back failed: only the hub knows.
-    hub.release_slot(new_user_id)
+    with _counts_fail(hub, empty_database):  # one stream ended and its give-back failed: only the hub knows
+        hub.slots.give_back(new_user_id)
     assert _counted(hub, new_user_id) == 3
     hub.maintain()
     assert _counted(hub, new_user_id) == 2
 
 
-def test_a_failed_give_back_stops_counting_at_the_next_round(database, make_hub, new_user_id):
+def test_a_failed_give_back_stops_counting_at_the_next_round(database, empty_database, make_hub, new_user_id):
     hub = make_hub(database)
     assert _take(hub, new_user_id, 1)
-    hub.hold_slot(new_user_id)
     assert not _take(hub, new_user_id, 1)  # the limit holds while the stream is open
-    hub.release_slot(new_user_id)  # ...and its give-back "failed"
+    with _counts_fail(hub, empty_database):
+        hub.slots.give_back(new_user_id)
+    assert not _take(hub, new_user_id, 1)  # the row still counts...
     hub.maintain()
-    assert _take(hub, new_user_id, 1)
+    assert _take(hub, new_user_id, 1)  # ...until the next round
 
 
 def test_counts_of_a_worker_that_stopped_writing_them_go_stale(database, make_hub, new_user_id):
@@ -108,15 +140,10 @@ def test_counts_of_a_worker_that_stopped_writing_them_go_stale(database, make_hu
 def test_a_failed_round_is_made_good_at_the_next(database, empty_database, make_hub, new_user_id):
     hub = make_hub(database)
     assert _take(hub, new_user_id, 10)
-    hub.hold_slot(new_user_id)
     hub.maintain()
-    hub.release_slot(new_user_id)
-    real_db, hub.db = hub.db, Database(empty_database, 1)  # a round in which every count query fails
-    try:
-        hub.maintain()
-    finally:
-        hub.db.close()
-        hub.db = real_db
+    with _counts_fail(hub, empty_database):
+        hub.slots.give_back(new_user_id)
+        hub.maintain()  # a round in which every count query fails
     assert _counted(hub, new_user_id) == 1
     hub.maintain()
     assert _counted(hub, new_user_id) == 0
@@ -125,11 +152,11 @@ def test_a_failed_round_is_made_good_at_the_next(database, empty_database, make_
 def test_rows_of_workers_long_dead_are_deleted(database, make_hub, new_user_id):
     hub = make_hub(database)
     dead = make_hub(database)
-    dead.worker_id = "a-worker-that-died"
+    dead.slots.worker_id = "a-worker-that-died"
     assert _take(dead, new_user_id, 10)
     with hub.db.autocommit() as cur:
         cur.execute("UPDATE stream_counts SET seen_at = now() - interval '1 day' WHERE worker = %s", (dead.worker_id,))
-    hub.hold_slot("someone")  # any round that writes
+    assert _take(hub, new_user_id + "-someone", 10)  # any round that writes
     hub.maintain()
     with hub.db.autocommit() as cur:
         cur.execute("SELECT count(*) FROM stream_counts WHERE worker = %s", (dead.worker_id,))
@@ -138,7 +165,7 @@ def test_rows_of_workers_long_dead_are_deleted(database, make_hub, new_user_id):
 
 def test_the_per_user_sum_covers_every_worker(database, make_hub, new_user_id):
     one, two = make_hub(database), make_hub(database)
-    two.worker_id = "another-worker"
+    two.slots.worker_id = "another-worker"
     assert _take(one, new_user_id, 2) and _take(two, new_user_id, 2)
     assert not _take(one, new_user_id, 2) and not _take(two, new_user_id, 2)
 

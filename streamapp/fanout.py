@@ -1,0 +1,160 @@
+"""Fan-out: one read of new rows per execution, shared by every stream on it in this worker (SPEC §5, §8).
+
+::
+
+    wake(exec_id, last_id) ──► Topic(exec_id): ONE read of new rows ──► each Subscriber:
+    (NOTIFY or safety check)                                               direct write, else its queue
+
+A stream subscribes first, then replays from the table and reports where its
+replay ended (:meth:`Topics.caught_up`), so nothing falls between replay and
+live; it de-duplicates by id. Text chunks are framed once per mode and queued
+to every stream of their execution. The hub owns the one :class:`Topics` of a
+worker; only the hub holds process-wide mutable state (STYLE §4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import typing as t
+
+import gevent
+import psycopg2
+
+from . import chunks
+from . import counters
+from . import framing
+from . import storage
+from .direct_writes import Batch
+from .errors import DatabaseUnavailable
+from .subscriber import Subscriber
+
+if t.TYPE_CHECKING:
+    from .db import Database
+
+log = logging.getLogger(__name__)
+
+FETCH_PAGE = 1000
+
+
+class _Topic:
+    __slots__ = ("exec_id", "subscribers", "cursor", "known", "fetching")
+
+    def __init__(self, exec_id: str) -> None:
+        self.exec_id = exec_id
+        self.subscribers: set[Subscriber] = set()
+        self.cursor: int | None = None  # highest id fanned out, None until a replay reports
+        self.known = 0  # highest id known to exist
+        self.fetching = False
+
+
+class Topics:
+    """The executions streamed by one worker, each with its streams and its read cursor."""
+
+    def __init__(self, db: Database, queue_limit: int) -> None:
+        self.db = db
+        self.queue_limit = queue_limit
+        self._topics: dict[str, _Topic] = {}
+        self._reassembler = chunks.Reassembler()
+
+    def __bool__(self) -> bool:
+        return bool(self._topics)
+
+    def exec_ids(self) -> list[str]:
+        return list(self._topics)
+
+    def subscribers(self) -> list[Subscriber]:
+        return [sub for topic in self._topics.values() for sub in topic.subscribers]
+
+    def subscribe(self, exec_id: str, poll_ms: int, **stream: t.Any) -> Subscriber:
+        """Register a stream of ``exec_id``; ``stream`` holds the :class:`Subscriber`'s keyword arguments."""
+        topic = self._topics.get(exec_id)
+        if topic is None:
+            topic = self._topics[exec_id] = _Topic(exec_id)
+        sub = Subscriber(exec_id, self.queue_limit, poll_ms, **stream)
+        topic.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        topic = self._topics.get(sub.exec_id)
+        if topic is None:
+            return
+        topic.subscribers.discard(sub)
+        if not topic.subscribers:
+            del self._topics[sub.exec_id]
+
+    def caught_up(self, sub: Subscriber, last_id: int) -> None:
+        """A stream's replay read the table up to ``last_id``."""
+        topic = self._topics.get(sub.exec_id)
+        if topic is None:
+            return
+        if topic.cursor is None:
+            topic.cursor = last_id
+        self._maybe_fetch(topic)
+
+    def wake(self, exec_id: str, last_id: int) -> None:
+        """Record that ``exec_id`` has events up to ``last_id``; read them if no stream has."""
+        topic = self._topics.get(exec_id)
+        if topic is None:
+            return
+        if last_id > topic.known:
+            topic.known = last_id
+        self._maybe_fetch(topic)
+
+    def _maybe_fetch(self, topic: _Topic) -> None:
+        if topic.cursor is not None and topic.known > topic.cursor and not topic.fetching:
+            topic.fetching = True
+            gevent.spawn(self._fetch, topic)
+
+    def _fetch(self, topic: _Topic) -> None:
+        try:
+            while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
+                with self.db.autocommit() as cur:
+                    items, _ = storage.frames_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
+                counters.EVENT_READS.inc()
+                if not items:
+                    break
+                size = sum(len(frame) for _, _, frame in items)
+                topic.cursor = items[-1][0]
+                batch, direct = Batch(items), 0
+                for sub in list(topic.subscribers):
+                    if sub.try_write(batch):
+                        direct += 1
+                    else:
+                        sub.push(items, size)
+                counters.DELIVERED.inc(len(items) * len(topic.subscribers))
+                batch.count(direct)
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the pool; the safety check retries once it is back
+        except psycopg2.Error:
+            log.warning("reading new events of one execution failed; will retry")
+        finally:
+            topic.fetching = False
+
+    def chunk(self, payload: str) -> None:
+        """Take one chunk notification; queue a whole text chunk to every stream of its execution,
+        framed once per mode (SPEC §5.2)."""
+        counters.CHUNK_NOTIFICATIONS.inc()
+        dropped = self._reassembler.dropped
+        whole = self._reassembler.feed(payload)
+        if self._reassembler.dropped > dropped:
+            counters.CHUNKS_INCOMPLETE.inc(self._reassembler.dropped - dropped)
+        if whole is None:
+            return
+        exec_id, text = whole
+        topic = self._topics.get(exec_id)
+        if topic is None:
+            return
+        frames: dict[bool, bytes] = {}
+        for sub in list(topic.subscribers):
+            if sub.text_mode not in frames:
+                frames[sub.text_mode] = _chunk_frame(exec_id, text, sub.text_mode)
+            sub.push_chunk(frames[sub.text_mode])
+
+
+def _chunk_frame(exec_id: str, text: str, text_mode: bool) -> bytes:
+    """A text chunk frame (SPEC §5.2): the text itself, or the JSON chunk envelope; never an id."""
+    if text_mode:
+        return framing.event_frame(None, "llm_chunk", text)
+    envelope = {"type": "llm_chunk", "exec_id": exec_id, "data": {"content": text}}
+    return framing.event_frame(None, "llm_chunk", json.dumps(envelope, ensure_ascii=False))

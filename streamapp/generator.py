@@ -1,0 +1,264 @@
+"""The generator path: one stream's WSGI body — prelude, replay, live frames — and its end (SPEC §5).
+
+The body gets plain values only (a :class:`Plan`: no ``request``, ``g`` or
+``current_user``). It flushes its prelude before any database work,
+subscribes to the worker's hub, replays from the table and goes live. Live
+frames reach the client through this body (gunicorn writes what it yields),
+or, for a parked stream with a raw socket, straight from the hub
+(``direct_writes``); both select frames with ``event_filter.select``, so the
+client gets the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import time
+import typing as t
+from collections.abc import Callable
+from collections.abc import Generator
+from collections.abc import Iterator
+
+from . import counters
+from . import framing
+from . import logs
+from . import storage
+from .errors import DatabaseUnavailable
+from .event_filter import Selected
+from .event_filter import select
+
+if t.TYPE_CHECKING:
+    from .direct_writes import ClientSocket
+    from .state import State
+    from .subscriber import Subscriber
+
+# Stream records keep the logger operators filter on, whichever module writes them.
+log = logging.getLogger("streamapp.stream")
+
+REPLAY_PAGE = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a stream's body needs, as plain values."""
+
+    exec_id: str
+    cursor: int
+    newest: int | None  # the execution's newest id when the cursor must be checked for a reset
+    types: frozenset[str] | None
+    poll_ms: int
+    heartbeat_s: float
+    lifetime_s: float
+    retry_ms: int
+    user_id: str
+    token_prefix: str | None
+    text_mode: bool
+    kind: str
+    connected_at: float  # time.monotonic() when the request reached the view
+    client: ClientSocket | None = None  # the raw socket, when the WSGI server exposes it
+    terminal_id: int | None = None  # an ended execution's terminal id: the replay ends there, pruned or not
+
+
+@dataclasses.dataclass
+class _Ending:
+    """How a stream ended, for its one log record (SPEC §9); its body fills it in."""
+
+    reason: str = "client_gone"  # the body never ran: the client left before the first byte
+    sent: int = 0
+    last: int = 0
+
+
+def open_stream(state: State, plan: Plan) -> tuple[Iterator[bytes], Callable[[], None]]:
+    """Count the stream open; its body, and the call that ends it should the body never run.
+
+    The caller holds the stream's slot (``slots``); ending gives it back, once.
+    """
+    counters.stream_opened(plan.kind)
+    ending = _Ending(last=plan.cursor)
+    done = False
+
+    def end() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            _end(state, plan, ending)
+
+    return _body(state, plan, ending, end), end
+
+
+def _end(state: State, plan: Plan, ending: _Ending) -> None:
+    """Give the stream's slot back, then log its end: once per stream, whichever way it ended."""
+    counters.stream_closed(plan.kind, time.monotonic() - plan.connected_at)
+    state.hub.slots.give_back(plan.user_id)
+    logs.structured(
+        log,
+        logging.INFO,
+        "stream ended",
+        exec_id=plan.exec_id,
+        kind=plan.kind,
+        user_id=plan.user_id,
+        duration_s=round(time.monotonic() - plan.connected_at, 3),
+        events_sent=ending.sent,
+        last_id=ending.last,
+        reason=ending.reason,
+    )
+
+
+def reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | None, int]:
+    """The ``stream_reset`` frame and the cursor to replay from, when the cursor is unusable (SPEC §5.5)."""
+    held_from = oldest if oldest is not None else newest + 1
+    if cursor > newest:
+        reason = "cursor_ahead"
+    elif cursor < held_from - 1:  # retention removed events after the cursor, maybe all of them
+        reason = "cursor_expired"
+    else:
+        return None, cursor
+    data = json.dumps({"reason": reason, "newest_id": newest, "oldest_id": oldest or 0})
+    return framing.event_frame(held_from - 1, "stream_reset", data), held_from - 1
+
+
+def _written(sub: Subscriber, selected: Selected) -> None:
+    """Count a batch the body wrote (its ``yield`` returned): per type, not per event (SPEC §9)."""
+    counters.events_sent(selected.types)
+    sub.wrote(selected.count)
+
+
+def _replay(
+    state: State, plan: Plan, sub: Subscriber, last: int, newest: int | None = None
+) -> Generator[bytes, None, tuple[int, bool]]:
+    """Send the table from ``last`` on, page by page; return the new cursor and whether it ended.
+
+    With ``newest`` (a cursor behind the head), the first page also tells
+    whether retention removed events after the cursor: the oldest held one
+    is then not ``last + 1``, and a ``stream_reset`` goes first (SPEC §5).
+    """
+    while True:
+        # The cap covers the read, not the client's pace: a slow reader holds no slot.
+        with state.hub.replays, state.db.autocommit() as cur:
+            items, more = storage.frames_after(cur, plan.exec_id, last, REPLAY_PAGE)
+        if newest is not None:
+            reset, last = reset_frame(last, newest, items[0][0] if items else None)
+            if reset:
+                yield reset
+            newest = None
+        selected = select(items, last, plan.types)
+        last = selected.last
+        if selected.frames:
+            yield selected.data
+            _written(sub, selected)
+        sub.advance(last)  # for the end record, should the client leave now
+        if selected.ended or not more or sub.closing:
+            return last, selected.ended
+
+
+def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) -> Iterator[bytes]:
+    yield framing.prelude(plan.retry_ms)
+    ending.reason = "error"  # unless one of the ways out below says otherwise
+    hub = state.hub
+    sub = hub.subscribe(
+        plan.exec_id,
+        plan.poll_ms,
+        user_id=plan.user_id,
+        token_prefix=plan.token_prefix,
+        text_mode=plan.text_mode,
+        types=plan.types,
+        connected_at=plan.connected_at,
+        socket=plan.client,
+    )
+    try:
+        cursor, newest = plan.cursor, plan.newest
+        if newest is not None and cursor > newest:  # ahead of the table: rare, costs one query
+            with state.db.autocommit() as cur:
+                oldest = storage.oldest_event_id(cur, plan.exec_id)
+            reset, cursor = reset_frame(cursor, newest, oldest)
+            yield t.cast(bytes, reset)
+            newest = None
+            ending.last = cursor  # the client's cursor is the reset's id now
+        last, ended = yield from _replay(state, plan, sub, cursor, newest)
+        if ended or (plan.terminal_id is not None and last >= plan.terminal_id):
+            # Pruned to the end: the stream_reset's id was the terminal id; a reconnect gets 204 (SPEC §9).
+            ending.reason = "terminal"
+            return
+        hub.caught_up(sub, last)
+        watch = plan.client.watch_hangup(lambda: sub.close("client_gone")) if plan.client else None
+        with watch or contextlib.nullcontext():
+            ending.reason = yield from _live(state, plan, sub, last)
+    except DatabaseUnavailable:
+        # After the first byte a status can no longer say 503: end cleanly instead; the
+        # client resumes with Last-Event-ID and gets the 503 while the outage lasts (SPEC §2).
+        ending.reason = "unavailable"
+        return
+    except GeneratorExit:
+        # gunicorn closes us when a write fails: a client that hung up, or one that stopped
+        # reading until the send timeout (its socket still full) — issue 4's slow client.
+        ending.reason = "client_gone"
+        if plan.client is not None and plan.client.stalled():
+            counters.SLOW_CLIENT_DISCONNECTS.inc()
+            ending.reason = "slow_client"
+        raise
+    finally:
+        hub.unsubscribe(sub)
+        ending.sent, ending.last = sub.sent, max(ending.last, sub.last)
+        # Before the response's last byte: a client that sees the end may open another at once.
+        end()
+
+
+def _shutdown_end(plan: Plan) -> bytes:
+    """The last bytes of a stream ended by shutdown: a jittered ``retry:`` (SPEC §5.4, §9).
+
+    The streams of a worker all end at once; spread over half to one and a half
+    retry periods, their reconnects do not all land on the next worker together.
+    Reading is shut too, so gunicorn closes the connection after this response
+    instead of keeping it for another request to a worker that is going away.
+    """
+    if plan.client is not None:
+        plan.client.shut_reading()
+    return framing.retry(random.randint(plan.retry_ms // 2, plan.retry_ms * 3 // 2))
+
+
+def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Generator[bytes, None, str]:
+    """Live events until the stream ends; why it ended (SPEC §9). ``sub.last`` follows the cursor."""
+    started = time.monotonic()
+    next_ping = started + plan.heartbeat_s
+    end = started + plan.lifetime_s
+    while True:
+        now = time.monotonic()
+        if sub.closing:
+            if sub.reason == "shutdown":
+                yield _shutdown_end(plan)
+            return sub.reason
+        if now >= end:
+            return "lifetime"
+        if now >= next_ping:
+            yield framing.PING
+            next_ping = now + plan.heartbeat_s
+        last = sub.park(last, min(next_ping, end) - now)  # the hub may have written frames for us meanwhile
+        gone = sub.flush()
+        if gone:
+            return gone
+        if sub.ended:
+            return "terminal"
+        items, overflowed = sub.take()
+        dropped = sub.take_dropped()
+        if dropped:
+            # Comments are ignored by clients; operators reading raw streams see the gap.
+            yield framing.comment(f"dropped {dropped} text chunks")
+        if overflowed:
+            last, ended = yield from _replay(state, plan, sub, last)
+            if ended:
+                return "terminal"
+            continue
+        selected = select(items, last, plan.types)
+        last = selected.last
+        if selected.frames:
+            yield selected.data
+            _written(sub, selected)
+            oldest = next((frame for frame in selected.frames if frame.startswith(b"id:")), None)
+            if oldest is not None:  # text chunks have no commit
+                counters.commit_to_send(oldest)
+        sub.advance(last)
+        if selected.ended:
+            return "terminal"
