@@ -13,7 +13,6 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2.extras import Json
 
-from . import framing
 from .errors import Conflict
 
 if t.TYPE_CHECKING:
@@ -271,55 +270,72 @@ def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
     cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{last_id}"))
 
 
-#: A page of events stops once it holds this many bytes (always at least one event).
+#: A page of events holds at most this many bytes of frames (always at least one event).
 PAGE_BYTES = 4 * 1024 * 1024
+#: The most a frame adds to its data lines: ``id: `` and 19 digits, ``event: `` and a
+#: 64-character type, ``data: `` and three line ends (SPEC §5).
+FRAME_OVERHEAD = 4 + 19 + 8 + 64 + 6 + 3
 
 # The frames themselves are put together by PostgreSQL and cross the wire as the bytes the
 # client gets (varchar read as bytes, below): no decode, format and encode per event in the
 # worker, which is what bounded replay and fan-out (issue 10). An envelope holding a line
-# break was not written by the producer; it comes back raw and takes the general framing.
-_SELECT_FRAMES_AFTER = """
-SELECT id, type, frame, raw, scanned FROM (
-    SELECT id, type, frame, raw, count(*) OVER () AS scanned,
-           sum(octet_length(coalesce(frame, raw))) OVER (ORDER BY id) - octet_length(coalesce(frame, raw)) AS before
-    FROM (
-        SELECT id, type,
-               CASE WHEN NOT broken
-                    THEN ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: ' || envelope
-                          || chr(10) || chr(10))::varchar
-               END AS frame,
-               CASE WHEN broken THEN envelope END AS raw
-        FROM (
-            SELECT id, type, envelope, strpos(envelope, chr(10)) + strpos(envelope, chr(13)) > 0 AS broken
-            FROM events
-            WHERE exec_id = %(exec_id)s AND id > %(after)s
-            ORDER BY id
-            LIMIT %(limit)s
-        ) stored
-    ) newest
-) page
-WHERE before < %(max_bytes)s
-ORDER BY id
+# break was not written by the producer (json.dumps escapes them); it is split into data
+# lines as framing.event_frame splits it, so no payload can end a frame early.
+#
+# The page is a plain "ORDER BY id LIMIT n": a running byte count in a window function cost
+# more than the rest of the read together (SPEC §8). The byte bound comes from
+# executions.envelope_bytes_max (migration 0006), an upper bound on every envelope's data
+# lines that PostgreSQL keeps itself: n frames of at most that plus FRAME_OVERHEAD bytes fit
+# in PAGE_BYTES. The last row, with no type, carries n, so the caller knows whether more follow.
+_SELECT_FRAMES_AFTER = r"""
+WITH cap AS (
+    SELECT least(%(limit)s, greatest(1, %(max_bytes)s / (envelope_bytes_max + %(overhead)s))) AS n
+    FROM executions
+    WHERE exec_id = %(exec_id)s
+)
+(
+    SELECT id, type,
+           ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: '
+            || CASE WHEN strpos(envelope, chr(10)) + strpos(envelope, chr(13)) = 0 THEN envelope
+                    ELSE regexp_replace(envelope, '\r\n|\r|\n', chr(10) || 'data: ', 'g')
+               END
+            || chr(10) || chr(10))::varchar
+    FROM events
+    WHERE exec_id = %(exec_id)s AND id > %(after)s
+    ORDER BY id
+    LIMIT (SELECT n FROM cap)
+)
+UNION ALL
+SELECT n, NULL, NULL FROM cap
 """
 #: varchar columns as bytes, as PostgreSQL sent them; text columns stay str.
 _VARCHAR_AS_BYTES = psycopg2.extensions.new_type((1043,), "STREAMAPP_FRAME", psycopg2.extensions.BYTES)
 
+Frame = tuple[int, str, bytes]
 
-def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[tuple[int, str, bytes]], bool]:
+
+def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[Frame], bool]:
     """Stored events with ``id > after`` as SSE frames, ``(id, type, frame)`` in id order, and whether
-    more follow; at most ``limit`` events and about :data:`PAGE_BYTES` bytes.
+    more follow; at most ``limit`` events and :data:`PAGE_BYTES` bytes of frames (or one event).
     """
     psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
-    cur.execute(_SELECT_FRAMES_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES})
-    rows = cur.fetchall()
+    cur.execute(
+        _SELECT_FRAMES_AFTER,
+        {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES, "overhead": FRAME_OVERHEAD},
+    )
+    rows: list[t.Any] = cur.fetchall()
     if not rows:
-        return [], False
-    scanned = rows[0][4]
-    more = scanned == limit or len(rows) < scanned
-    return [
-        (event_id, type_name, frame if frame is not None else framing.event_frame(event_id, type_name, raw))
-        for event_id, type_name, frame, raw, _ in rows
-    ], more
+        return [], False  # no such execution
+    cap = rows.pop() if rows[-1][1] is None else _cap_row(rows)
+    return rows, len(rows) == cap[0]
+
+
+def _cap_row(rows: list[t.Any]) -> tuple[int, None, None]:
+    # UNION ALL keeps its branches' order in practice; should a plan ever not, find the row.
+    for n, row in enumerate(rows):
+        if row[1] is None:
+            return t.cast("tuple[int, None, None]", rows.pop(n))
+    raise AssertionError("frames_after: the page size row is missing")
 
 
 _SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"

@@ -17,7 +17,9 @@ import pytest
 
 from streamapp import accounts
 from streamapp import framing
+from streamapp import migrate
 from streamapp import storage
+from streamapp.db import Database
 from streamapp.errors import Conflict
 from tests.conftest import ROOT
 from tests.conftest import new_exec_id
@@ -179,3 +181,88 @@ def test_no_frames_after_the_newest(db, producer, account):
     exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {}}])
     with db.autocommit() as cur:
         assert storage.frames_after(cur, exec_id, 1, 100) == ([], False)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    ["a\rb", "a\nb", "a\r\nb", "\r\r\n\n\r", "\n", "\rtrailing\r", "\r\n\r\nlead", "x\n\ry", "é\r☃\n"],
+)
+def test_a_raw_line_break_is_split_as_the_framing_module_splits_it(db, producer, account, envelope):
+    exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {}}])
+    with db.transaction() as cur:  # a row edited by hand: no producer writes a raw line break
+        cur.execute("UPDATE events SET envelope = %s WHERE exec_id = %s", (envelope, exec_id))
+    with db.autocommit() as cur:
+        frames, _ = storage.frames_after(cur, exec_id, 0, 100)
+    assert frames == [(1, "progress", framing.event_frame(1, "progress", envelope))]
+
+
+def _all_pages(db: t.Any, exec_id: str, limit: int) -> list[list[storage.Frame]]:
+    pages, last, more = [], 0, True
+    with db.autocommit() as cur:
+        while more:
+            page, more = storage.frames_after(cur, exec_id, last, limit)
+            pages.append(page)
+            last = page[-1][0] if page else last
+    return pages
+
+
+def test_no_page_of_large_envelopes_holds_more_than_its_byte_budget(db, producer, account, monkeypatch):
+    """SPEC §8 speed without a worker ballooning: a page never holds more than PAGE_BYTES of frames,
+    unless it is a single event larger than that; every event still comes once, in order."""
+    sizes = [10, 200, 30_000, 10, 10, 90_000, 10, 250_000, 250_000, 10, 5_000, 10]
+    events = [{"type": "progress", "data": {"pad": "x" * size}} for size in sizes]
+    exec_id = _stored_workflow(db, producer, account, events)
+    monkeypatch.setattr(storage, "PAGE_BYTES", 600_000)
+    pages = _all_pages(db, exec_id, 5000)
+    assert [event_id for page in pages for event_id, _, _ in page] == list(range(1, len(sizes) + 1))
+    assert all(sum(len(frame) for _, _, frame in page) <= storage.PAGE_BYTES for page in pages)
+    assert max(len(page) for page in pages) > 1
+
+    # A row edited by hand, larger than the budget once split into data lines (0.4 MB of raw line
+    # breaks become 0.7 MB): from then on each page holds one event, and that event whole.
+    forged = ("y" * 7 + "\n") * 50_000
+    with db.transaction() as cur:
+        cur.execute("UPDATE events SET envelope = %s WHERE exec_id = %s AND id = 4", (forged, exec_id))
+    pages = _all_pages(db, exec_id, 5000)
+    assert [event_id for page in pages for event_id, _, _ in page] == list(range(1, len(sizes) + 1))
+    assert [len(page) for page in pages] == [1] * len(sizes) + [0]  # the last full page could not tell
+    assert pages[3][0][2] == framing.event_frame(4, "progress", forged)
+    assert len(pages[3][0][2]) > storage.PAGE_BYTES
+
+
+def test_small_events_fill_a_page_up_to_the_limit(db, producer, account):
+    exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {"n": n}} for n in range(30)])
+    pages = _all_pages(db, exec_id, 10)
+    assert [len(page) for page in pages] == [10, 10, 10, 0]
+
+
+def test_the_migration_sizes_pages_for_events_stored_before_it(empty_database, tmp_path):
+    """Migration 0006 backfills envelope_bytes_max from the events already stored."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in migrate.pending_files():
+        if path.name < "0006":
+            (before / path.name).write_text(path.read_text())
+    db = Database(empty_database, 2)
+    try:
+        migrate.upgrade(db, before)
+        envelopes = {"big": '{"pad":"' + "z" * 5000 + '"}', "broken": "a\r\nb\n" * 300, "small": "{}"}
+        with db.transaction() as cur:
+            for exec_id, envelope in [*envelopes.items(), ("empty", None)]:
+                cur.execute(
+                    "INSERT INTO executions (exec_id, kind, name, owner_id) VALUES (%s, 'workflow', 'w', '1')",
+                    (exec_id,),
+                )
+                if envelope is not None:
+                    cur.execute(
+                        "INSERT INTO events (exec_id, id, type, created_at, envelope) VALUES (%s, 1, 'p', now(), %s)",
+                        (exec_id, envelope),
+                    )
+        migrate.upgrade(db)
+        with db.transaction() as cur:
+            cur.execute("SELECT exec_id, envelope_bytes_max FROM executions ORDER BY exec_id")
+            sizes = dict(cur.fetchall())
+    finally:
+        db.close()
+    split = len(framing.event_frame(1, "p", envelopes["broken"])) - len(b"id: 1\nevent: p\ndata: \n\n")
+    assert sizes == {"big": 5010, "broken": split, "small": 1000, "empty": 1000}
