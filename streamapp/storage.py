@@ -14,6 +14,7 @@ import psycopg2.extras
 from psycopg2.extras import Json
 
 from .errors import Conflict
+from .replay import frames_after as frames_after  # the replay read lives in its own module
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
@@ -268,74 +269,6 @@ def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
     The payload carries only the id and the new last id, never event data (SPEC §3).
     """
     cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{exec_id}:{last_id}"))
-
-
-#: A page of events holds at most this many bytes of frames (always at least one event).
-PAGE_BYTES = 4 * 1024 * 1024
-#: The most a frame adds to its data lines: ``id: `` and 19 digits, ``event: `` and a
-#: 64-character type, ``data: `` and three line ends (SPEC §5).
-FRAME_OVERHEAD = 4 + 19 + 8 + 64 + 6 + 3
-
-# The frames themselves are put together by PostgreSQL and cross the wire as the bytes the
-# client gets (varchar read as bytes, below): no decode, format and encode per event in the
-# worker, which is what bounded replay and fan-out (issue 10). An envelope holding a line
-# break was not written by the producer (json.dumps escapes them); it is split into data
-# lines as framing.event_frame splits it, so no payload can end a frame early.
-#
-# The page is a plain "ORDER BY id LIMIT n": a running byte count in a window function cost
-# more than the rest of the read together (SPEC §8). The byte bound comes from
-# executions.envelope_bytes_max (migration 0006), an upper bound on every envelope's data
-# lines that PostgreSQL keeps itself: n frames of at most that plus FRAME_OVERHEAD bytes fit
-# in PAGE_BYTES. The last row, with no type, carries n, so the caller knows whether more follow.
-_SELECT_FRAMES_AFTER = r"""
-WITH cap AS (
-    SELECT least(%(limit)s, greatest(1, %(max_bytes)s / (envelope_bytes_max + %(overhead)s))) AS n
-    FROM executions
-    WHERE exec_id = %(exec_id)s
-)
-(
-    SELECT id, type,
-           ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: '
-            || CASE WHEN strpos(envelope, chr(10)) + strpos(envelope, chr(13)) = 0 THEN envelope
-                    ELSE regexp_replace(envelope, '\r\n|\r|\n', chr(10) || 'data: ', 'g')
-               END
-            || chr(10) || chr(10))::varchar
-    FROM events
-    WHERE exec_id = %(exec_id)s AND id > %(after)s
-    ORDER BY id
-    LIMIT (SELECT n FROM cap)
-)
-UNION ALL
-SELECT n, NULL, NULL FROM cap
-"""
-#: varchar columns as bytes, as PostgreSQL sent them; text columns stay str.
-_VARCHAR_AS_BYTES = psycopg2.extensions.new_type((1043,), "STREAMAPP_FRAME", psycopg2.extensions.BYTES)
-
-Frame = tuple[int, str, bytes]
-
-
-def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[Frame], bool]:
-    """Stored events with ``id > after`` as SSE frames, ``(id, type, frame)`` in id order, and whether
-    more follow; at most ``limit`` events and :data:`PAGE_BYTES` bytes of frames (or one event).
-    """
-    psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
-    cur.execute(
-        _SELECT_FRAMES_AFTER,
-        {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES, "overhead": FRAME_OVERHEAD},
-    )
-    rows: list[t.Any] = cur.fetchall()
-    if not rows:
-        return [], False  # no such execution
-    cap = rows.pop() if rows[-1][1] is None else _cap_row(rows)
-    return rows, len(rows) == cap[0]
-
-
-def _cap_row(rows: list[t.Any]) -> tuple[int, None, None]:
-    # UNION ALL keeps its branches' order in practice; should a plan ever not, find the row.
-    for n, row in enumerate(rows):
-        if row[1] is None:
-            return t.cast("tuple[int, None, None]", rows.pop(n))
-    raise AssertionError("frames_after: the page size row is missing")
 
 
 _SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"
