@@ -10,8 +10,9 @@ lines of every envelope of the execution that PostgreSQL keeps up to date
 itself: ``n`` frames of at most that plus :data:`FRAME_OVERHEAD` bytes fit in
 :data:`PAGE_BYTES`. A running byte count in a window function gives the same
 bound for every execution, but cost more than the rest of the read together; it
-is used only where one large event would otherwise shrink every page of its
-execution to a few events.
+only fills up a page that one large event elsewhere in its execution cut short
+(fewer than :data:`PLAIN_PAGE_MIN` events), so such an execution still replays
+in a few large pages rather than thousands of small ones.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ PAGE_BYTES = 4 * 1024 * 1024
 #: The most a frame adds to its data lines: ``id: `` and 19 digits, ``event: `` and a
 #: 64-character type, ``data: `` and three line ends (SPEC §5).
 FRAME_OVERHEAD = 4 + 19 + 8 + 64 + 6 + 3
-#: Below this many events a page sized from the largest envelope is cut by a running byte count.
+#: A page sized from the largest envelope that holds fewer events, more following, is filled up
+#: by a running byte count.
 PLAIN_PAGE_MIN = 500
 
 Frame = tuple[int, str, bytes]
@@ -44,9 +46,7 @@ _FRAME = r"""
      || chr(10) || chr(10))::varchar
 """
 
-# The plain page, or, when the execution's largest envelope leaves fewer than PLAIN_PAGE_MIN
-# of them to a page, no rows (the one-time filter skips the read). Either way the last row,
-# the one without a type, carries the page size n.
+# The plain page; its last row, the one without a type, carries the page size n.
 _SELECT_PAGE = f"""
 WITH cap AS (
     SELECT least(%(limit)s, greatest(1, %(max_bytes)s / (envelope_bytes_max + %(overhead)s))) AS n
@@ -56,7 +56,7 @@ WITH cap AS (
 (
     SELECT id, type, {_FRAME}
     FROM events
-    WHERE exec_id = %(exec_id)s AND id > %(after)s AND (SELECT n FROM cap) >= %(plain_min)s
+    WHERE exec_id = %(exec_id)s AND id > %(after)s
     ORDER BY id
     LIMIT (SELECT n FROM cap)
 )
@@ -64,14 +64,13 @@ UNION ALL
 SELECT n, NULL, NULL FROM cap
 """
 
-# A page cut by its running byte count: a frame goes while the page stays within max_bytes
-# (the first always goes); next_id tells whether anything follows the last one kept.
-_SELECT_COUNTED_PAGE = f"""
+# The rest of a page, cut by its running byte count: a frame goes while the rest stays within
+# max_bytes; next_id tells whether anything follows the last one kept.
+_SELECT_COUNTED = f"""
 SELECT id, type, frame, next_id FROM (
     SELECT id, type, frame,
            sum(octet_length(frame)) OVER w AS upto,
-           lead(id) OVER w AS next_id,
-           row_number() OVER w AS n
+           lead(id) OVER w AS next_id
     FROM (
         SELECT id, type, {_FRAME} AS frame
         FROM events
@@ -81,7 +80,7 @@ SELECT id, type, frame, next_id FROM (
     ) page
     WINDOW w AS (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ) counted
-WHERE upto <= %(max_bytes)s OR n = 1
+WHERE upto <= %(max_bytes)s
 ORDER BY id
 """
 
@@ -94,26 +93,23 @@ def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[lis
     more follow; at most ``limit`` events and :data:`PAGE_BYTES` bytes of frames (or one event).
     """
     psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
-    plain_min = min(limit, PLAIN_PAGE_MIN)
-    params = {
-        "exec_id": exec_id,
-        "after": after,
-        "limit": limit,
-        "max_bytes": PAGE_BYTES,
-        "overhead": FRAME_OVERHEAD,
-        "plain_min": plain_min,
-    }
+    params = {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES, "overhead": FRAME_OVERHEAD}
     cur.execute(_SELECT_PAGE, params)
     rows: list[t.Any] = cur.fetchall()
     if not rows:
         return [], False  # no such execution
     size = rows.pop()[0] if rows[-1][1] is None else _page_size(rows)
-    if size >= plain_min:
+    if len(rows) < size or size >= min(limit, PLAIN_PAGE_MIN):
         return rows, len(rows) == size
-    cur.execute(_SELECT_COUNTED_PAGE, params)
+    # A large envelope somewhere in this execution leaves few events to a page sized from it,
+    # and more follow: fill the rest of the page by a running byte count (one more round trip).
+    used = sum(len(frame) for _, _, frame in rows)
+    params.update(after=rows[-1][0], limit=limit - len(rows), max_bytes=PAGE_BYTES - used)
+    cur.execute(_SELECT_COUNTED, params)
     counted = cur.fetchall()
-    more = len(counted) == limit or bool(counted and counted[-1][3] is not None)
-    return [(event_id, type_name, frame) for event_id, type_name, frame, _ in counted], more
+    rows.extend((event_id, type_name, frame) for event_id, type_name, frame, _ in counted)
+    more = len(rows) == limit or not counted or counted[-1][3] is not None
+    return rows, more
 
 
 def _page_size(rows: list[t.Any]) -> int:

@@ -14,7 +14,7 @@ from streamapp.producer import Producer
 from streamapp.producer import append_events
 
 PATHS = pytest.mark.parametrize(
-    "plain_min", [1, 10**9], ids=["sized from the largest envelope", "cut by a running byte count"]
+    "plain_min", [1, 10**9], ids=["sized from the largest envelope", "filled up by a running byte count"]
 )
 
 
