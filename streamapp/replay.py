@@ -38,12 +38,15 @@ Frame = tuple[int, str, bytes]
 # One frame, SPEC §5 bytes. An envelope holding a raw line break was not written by a
 # producer (json.dumps escapes them); it is split into data lines exactly as
 # framing.event_frame splits it, so no payload can end a frame early or inject a field.
+# Whether any envelope of the execution holds one is known per execution (migration 0006),
+# so the split costs nothing per event elsewhere; the parenthesised constants fold once.
 _FRAME = r"""
-    ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: '
-     || CASE WHEN strpos(envelope, chr(10)) + strpos(envelope, chr(13)) = 0 THEN envelope
-             ELSE regexp_replace(envelope, '\r\n|\r|\n', chr(10) || 'data: ', 'g')
+    ('id: ' || id || (chr(10) || 'event: ') || type || (chr(10) || 'data: ')
+     || CASE WHEN (SELECT raw_line_breaks FROM executions WHERE exec_id = %(exec_id)s)
+             THEN regexp_replace(envelope, '\r\n|\r|\n', chr(10) || 'data: ', 'g')
+             ELSE envelope
         END
-     || chr(10) || chr(10))::varchar
+     || (chr(10) || chr(10)))::varchar
 """
 
 # The plain page; its last row, the one without a type, carries the page size n.

@@ -147,7 +147,7 @@ def test_no_frames_after_the_newest(db, producer, account, monkeypatch, plain_mi
 
 
 def test_the_migration_sizes_pages_for_events_stored_before_it(empty_database, tmp_path):
-    """Migration 0006 backfills envelope_bytes_max from the events already stored."""
+    """Migration 0006 backfills envelope_bytes_max and raw_line_breaks from the events already stored."""
     before = tmp_path / "before"
     before.mkdir()
     for path in migrate.pending_files():
@@ -170,12 +170,12 @@ def test_the_migration_sizes_pages_for_events_stored_before_it(empty_database, t
                     )
         migrate.upgrade(db)
         with db.transaction() as cur:
-            cur.execute("SELECT exec_id, envelope_bytes_max FROM executions")
-            sizes = dict(cur.fetchall())
+            cur.execute("SELECT exec_id, envelope_bytes_max, raw_line_breaks FROM executions")
+            sizes = {exec_id: (size, raw) for exec_id, size, raw in cur.fetchall()}
     finally:
         db.close()
     split = len(framing.event_frame(1, "p", envelopes["broken"])) - len(b"id: 1\nevent: p\ndata: \n\n")
-    assert sizes == {"big": 5010, "broken": split, "small": 1000, "empty": 1000}
+    assert sizes == {"big": (5010, False), "broken": (split, True), "small": (1000, False), "empty": (1000, False)}
 
 
 def _largest(db: Database, exec_id: str) -> tuple[int, int]:
