@@ -15,8 +15,8 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2.extras import Json
 
-from . import framing
 from .errors import Conflict
+from .replay import frames_after as frames_after  # the replay read lives in its own module
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
@@ -303,57 +303,6 @@ def _outcome(row: tuple[t.Any, ...] | None) -> tuple[int, str] | None:
 def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
     """Wake the streams of ``exec_id``; delivered when the caller's transaction commits (SPEC §3)."""
     cur.execute(_WAKE, {"channel": CHANNEL, "payload": wake_payload(exec_id, last_id)})
-
-
-#: A page of events stops once it holds this many bytes (always at least one event).
-PAGE_BYTES = 4 * 1024 * 1024
-
-# The frames themselves are put together by PostgreSQL and cross the wire as the bytes the
-# client gets (varchar read as bytes, below): no decode, format and encode per event in the
-# worker, which is what bounded replay and fan-out (issue 10). An envelope holding a line
-# break was not written by the producer; it comes back raw and takes the general framing.
-_SELECT_FRAMES_AFTER = """
-SELECT id, type, frame, raw, scanned FROM (
-    SELECT id, type, frame, raw, count(*) OVER () AS scanned,
-           sum(octet_length(coalesce(frame, raw))) OVER (ORDER BY id) - octet_length(coalesce(frame, raw)) AS before
-    FROM (
-        SELECT id, type,
-               CASE WHEN NOT broken
-                    THEN ('id: ' || id || chr(10) || 'event: ' || type || chr(10) || 'data: ' || envelope
-                          || chr(10) || chr(10))::varchar
-               END AS frame,
-               CASE WHEN broken THEN envelope END AS raw
-        FROM (
-            SELECT id, type, envelope, strpos(envelope, chr(10)) + strpos(envelope, chr(13)) > 0 AS broken
-            FROM events
-            WHERE exec_id = %(exec_id)s AND id > %(after)s
-            ORDER BY id
-            LIMIT %(limit)s
-        ) stored
-    ) newest
-) page
-WHERE before < %(max_bytes)s
-ORDER BY id
-"""
-#: varchar columns as bytes, as PostgreSQL sent them; text columns stay str.
-_VARCHAR_AS_BYTES = psycopg2.extensions.new_type((1043,), "STREAMAPP_FRAME", psycopg2.extensions.BYTES)
-
-
-def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[list[tuple[int, str, bytes]], bool]:
-    """Stored events with ``id > after`` as SSE frames, ``(id, type, frame)`` in id order, and whether
-    more follow; at most ``limit`` events and about :data:`PAGE_BYTES` bytes.
-    """
-    psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
-    cur.execute(_SELECT_FRAMES_AFTER, {"exec_id": exec_id, "after": after, "limit": limit, "max_bytes": PAGE_BYTES})
-    rows = cur.fetchall()
-    if not rows:
-        return [], False
-    scanned = rows[0][4]
-    more = scanned == limit or len(rows) < scanned
-    return [
-        (event_id, type_name, frame if frame is not None else framing.event_frame(event_id, type_name, raw))
-        for event_id, type_name, frame, raw, _ in rows
-    ], more
 
 
 _SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"

@@ -18,7 +18,6 @@ import psycopg2
 import pytest
 
 from streamapp import accounts
-from streamapp import framing
 from streamapp import storage
 from streamapp.errors import Conflict
 from streamapp.producer import Producer
@@ -119,69 +118,6 @@ def test_the_log_is_where_the_tests_read_it():
     if os.environ.get("DATABASE_URL"):
         pytest.skip("no embedded server")
     assert Path(SERVER_LOG).is_file()
-
-
-# -- frames read back (issue 10) -------------------------------------------------------------
-
-
-def _stored_workflow(db: t.Any, producer: t.Any, account: t.Any, events: list[dict[str, t.Any]]) -> str:
-    exec_id = t.cast(str, producer.create_execution("workflow", "w", account.user.get_id())["exec_id"])
-    producer.append_events(exec_id, events)
-    return exec_id
-
-
-def test_frames_are_the_framing_modules_bytes_for_every_stored_event(db, producer, account):
-    text = 'naïve ☃ \u2028 "quoted" \\ back'
-    exec_id = _stored_workflow(
-        db,
-        producer,
-        account,
-        [
-            {"type": "workflow_status", "data": {"status": "RUNNING"}},
-            {"type": "warning", "data": {"code": "w", "message": text}},
-            {"type": "custom_type", "data": {"lines": "one\ntwo\r\nthree"}},
-        ],
-    )
-    with db.autocommit() as cur:
-        frames, more = storage.frames_after(cur, exec_id, 0, 100)
-        cur.execute("SELECT id, type, envelope FROM events WHERE exec_id = %s ORDER BY id", (exec_id,))
-        stored = cur.fetchall()
-    assert not more
-    assert frames == [(i, kind, framing.stored_event_frame(i, kind, envelope)) for i, kind, envelope in stored]
-    assert all(isinstance(frame, bytes) and isinstance(kind, str) for _, kind, frame in frames)
-
-
-def test_an_envelope_with_a_line_break_in_the_table_still_frames_safely(db, producer, account):
-    exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {}}] * 2)
-    with db.transaction() as cur:  # not something a producer can write: a row edited by hand
-        cur.execute(
-            "UPDATE events SET envelope = %s WHERE exec_id = %s AND id = 1",
-            ('{"a":1}\r\nid: 99\n\nevent: forged', exec_id),
-        )
-    with db.autocommit() as cur:
-        frames, _ = storage.frames_after(cur, exec_id, 0, 100)
-    assert frames[0][2] == b'id: 1\nevent: progress\ndata: {"a":1}\ndata: id: 99\ndata: \ndata: event: forged\n\n'
-    assert frames[1][2].startswith(b"id: 2\nevent: progress\ndata: {")
-
-
-def test_a_page_stops_near_its_byte_budget_and_says_more_follow(db, producer, account, monkeypatch):
-    exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {"pad": "x" * 1000}}] * 10)
-    monkeypatch.setattr(storage, "PAGE_BYTES", 3000)
-    with db.autocommit() as cur:
-        first, more = storage.frames_after(cur, exec_id, 0, 100)
-        rest, more_after = storage.frames_after(cur, exec_id, first[-1][0], 100)
-    assert (
-        more
-        and 2 <= len(first) <= 3
-        and [i for i, _, _ in first + rest][: len(first) + 1] == list(range(1, len(first) + 2))
-    )
-    assert more_after
-
-
-def test_no_frames_after_the_newest(db, producer, account):
-    exec_id = _stored_workflow(db, producer, account, [{"type": "progress", "data": {}}])
-    with db.autocommit() as cur:
-        assert storage.frames_after(cur, exec_id, 1, 100) == ([], False)
 
 
 # -- wake-up payloads and the commit that waits for no flush (SPEC §3) --------------------------
