@@ -185,6 +185,10 @@ class Point:
         after = server.metrics()
         _close(self.children)
         server.stop()
+        if self.args.server_log:
+            out = Path(self.args.server_log)
+            out = out if len(self.args.streams) == 1 else out.with_name(f"{out.stem}-{self.n}{out.suffix}")
+            out.write_bytes(server.log_path.read_bytes())
         total = {
             key: sum(r[key] for r in results)
             for key in ("connected", "completed", "correct", "gaps", "duplicates", "out_of_order")
@@ -263,6 +267,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=30.0, help="longest wait for the last deliveries (30)")
     p.add_argument("--streams-per-process", type=int, default=2500, help="streams per load process (2500)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a server setting; repeatable")
+    p.add_argument(
+        "--server-log",
+        metavar="FILE",
+        help="keep gunicorn's log (stdout and stderr) in FILE (FILE-N for each N of a list)",
+    )
     p.add_argument(
         "--profile",
         metavar="FILE",
