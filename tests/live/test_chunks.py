@@ -20,6 +20,8 @@ from streamapp.db import Database
 from tests.sse import Reader
 from tests.sse import Stream
 
+pytestmark = pytest.mark.live
+
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
 

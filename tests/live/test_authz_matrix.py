@@ -33,6 +33,8 @@ from tests.conftest import Account
 from tests.conftest import AuthActions
 from tests.conftest import LiveServer
 
+pytestmark = pytest.mark.live
+
 WARNING = {"type": "warning", "data": {"code": "c", "message": "m"}}
 KINDS = ("workflow", "agent", "task")
 

@@ -18,6 +18,8 @@ from tests.conftest import live_server
 from tests.conftest import new_exec_id
 from tests.sse import Stream
 
+pytestmark = pytest.mark.live
+
 COMPLETE = ("complete", {"status": "SUCCESS", "output": "done"})
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
