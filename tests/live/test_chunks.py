@@ -13,9 +13,6 @@ import pytest
 import requests
 
 from streamapp.chunks import ChunkPublisher
-from streamapp.chunks import Reassembler
-from streamapp.chunks import payloads
-from streamapp.chunks import split
 from streamapp.db import Database
 from tests.sse import Reader
 from tests.sse import Stream
@@ -394,17 +391,6 @@ def test_output_is_checked_before_redaction_and_stored_redacted(server, account,
         cur.execute("SELECT envelope FROM events WHERE exec_id = %s", (exec_id,))
         stored = cur.fetchone()[0]
     assert "k-123" not in stored
-
-
-@pytest.mark.parametrize("size", [1, 7800, 7801, 20_000, 100_000])
-def test_split_and_reassemble_round_trip(size):
-    text = ("ab€" * size)[:size]
-    parts = payloads("e1", "p.0", text)
-    assert all(len(p.encode()) < 8000 for p in parts)
-    joiner = Reassembler()
-    results = [joiner.feed(p) for p in reversed(parts)]
-    assert results[-1] == ("e1", text) and all(r is None for r in results[:-1])
-    assert "".join(split(text)) == text
 
 
 @pytest.mark.parametrize(
