@@ -1,15 +1,15 @@
 """The authorization matrix's own check, in process: its tables have a row for every API route of
 the app and a status for every caller (SPEC §2, §7; issue 6). The matrix runs against a live
-gunicorn in tests/live/test_authz_matrix.py."""
+gunicorn in tests/live/test_auth_matrix.py."""
 
 from __future__ import annotations
 
-from tests.live.test_authz_matrix import CALLERS
-from tests.live.test_authz_matrix import CELLS
-from tests.live.test_authz_matrix import EXPECTED
-from tests.live.test_authz_matrix import KIND_EXPECTED
-from tests.live.test_authz_matrix import KINDS
-from tests.live.test_authz_matrix import ROUTES
+from tests.live.test_auth_matrix import CALLERS
+from tests.live.test_auth_matrix import CELLS
+from tests.live.test_auth_matrix import EXPECTED
+from tests.live.test_auth_matrix import KIND_EXPECTED
+from tests.live.test_auth_matrix import KINDS
+from tests.live.test_auth_matrix import ROUTES
 
 
 def test_the_tables_cover_every_endpoint_and_caller(app):
