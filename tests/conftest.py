@@ -289,14 +289,8 @@ def _wait_ready(server: LiveServer, deadline_s: float = 30.0) -> None:
     raise RuntimeError(f"gunicorn not ready in {deadline_s} s:\n{server.log_text()}")
 
 
+# The shared live server's settings (the `server` fixture of tests/live/conftest.py).
 SHARED_SERVER_ENV = {"STREAMAPP_HEARTBEAT_S": "1", "STREAMAPP_POLL_MS": "250"}
-
-
-@pytest.fixture(scope="session")
-def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[LiveServer]:
-    """A shared live gunicorn with short heartbeats."""
-    with live_server(database, tmp_path_factory.mktemp("server"), SHARED_SERVER_ENV) as live:
-        yield live
 
 
 @pytest.fixture

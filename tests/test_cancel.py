@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import requests
 
 from streamapp import producer as producer_api
 from streamapp.errors import Conflict
 from streamapp.errors import Invalid
 from streamapp.errors import NotFound
 from tests.conftest import new_exec_id
-from tests.sse import Stream
 
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
 RUNNING = {"type": "workflow_status", "data": {"status": "RUNNING"}}
@@ -197,19 +195,3 @@ def test_cancel_inside_the_callers_transaction_commits_with_it(db, producer, acc
     with db.transaction() as cur:
         row = producer_api.cancel(cur, exec_id, reason="done with it")
     assert row["status"] == "CANCELED" and _events(db, exec_id)[0][2]["error"]["message"] == "done with it"
-
-
-# -- its streams receive the event like any other -------------------------------------------------
-
-
-def test_an_open_stream_gets_the_cancel_and_ends(server, account, workflow, producer):
-    producer.append_events(workflow, [RUNNING])
-    url = server.api(f"/executions/workflows/{workflow}/stream")
-    with Stream(url, account.headers) as s:
-        assert s.frames_until(lambda f: f.id == "1")[-1].event == "workflow_status"
-        r = requests.post(server.api(f"/executions/workflows/{workflow}/cancel"), headers=account.headers, timeout=10)
-        assert r.status_code == 200
-        [frame] = s.rest()
-        assert (frame.id, frame.event, frame.json["data"]) == ("2", "error", CANCELED)
-    again = requests.get(url, headers={**account.headers, "Last-Event-ID": "2"}, timeout=10)
-    assert again.status_code == 204

@@ -1,4 +1,5 @@
-"""The pool under outages (SPEC §2 "Robustness"): 503 with Retry-After, one log line, reconnects.
+"""The pool: units of work commit or roll back and give their connection back; under outages
+(SPEC §2 "Robustness"): 503 with Retry-After, one log line, reconnects.
 
 A stopped and restarted server is in tests/live/test_outage.py; here the
 outages are an address where nothing listens and backends terminated under
@@ -156,3 +157,55 @@ def test_every_endpoint_of_an_app_without_its_database_answers_503(make_client):
     for answer in answers[:-1]:
         assert answer.json["error"]["code"] == "unavailable"
         assert int(answer.headers["Retry-After"]) >= 1
+
+
+# -- units of work --------------------------------------------------------------------------------
+
+
+def _exists(db: Database, name: str) -> bool:
+    with db.transaction() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        return bool(cur.fetchone()[0])
+
+
+def test_a_transaction_commits_on_success_and_rolls_back_on_error(own_pool, db):
+    pool, _ = own_pool
+    kept, undone = f"kept_{secrets.token_hex(4)}", f"undone_{secrets.token_hex(4)}"
+    try:
+        with pool.transaction() as cur:
+            cur.execute(f"CREATE TABLE {kept} (n int)")
+        with pytest.raises(RuntimeError, match="the caller's own failure"), pool.transaction() as cur:
+            cur.execute(f"CREATE TABLE {undone} (n int)")
+            raise RuntimeError("the caller's own failure")
+        # Read on another pool's connection: what was committed, and only that.
+        assert _exists(db, kept) and not _exists(db, undone)
+    finally:
+        with pool.transaction() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {kept}")
+
+
+def test_autocommit_statements_stay_when_the_caller_fails_after_them(own_pool, db):
+    pool, _ = own_pool
+    name = f"auto_{secrets.token_hex(4)}"
+    try:
+        with pytest.raises(RuntimeError), pool.autocommit() as cur:
+            cur.execute(f"CREATE TABLE {name} (n int)")
+            raise RuntimeError("after the statement")
+        assert _exists(db, name)
+    finally:
+        with pool.transaction() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_a_failed_unit_of_work_gives_its_connection_back(database):
+    db = Database(database, 1, pool_timeout_s=2)
+    try:
+        for _ in range(3):
+            with pytest.raises(RuntimeError), db.transaction() as cur:
+                cur.execute("SELECT 1")
+                raise RuntimeError("the caller's own failure")
+            assert isinstance(_run(db, "SELECT 1/0"), psycopg2.errors.DivisionByZero)
+        # One connection in the pool: had any failure kept it, this would wait 2 s and be a 503.
+        assert _run(db) is None
+    finally:
+        db.close()

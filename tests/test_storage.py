@@ -168,3 +168,28 @@ def test_async_commit_lasts_only_for_its_transaction(db):
     with db.transaction() as cur:
         cur.execute("SELECT current_setting('synchronous_commit')")
         assert cur.fetchone() == ("on",)
+
+
+# -- executions and their ids, read back ----------------------------------------------------------
+
+
+def test_an_execution_is_found_under_its_own_kind_only(db, producer, account):
+    exec_id = producer.create_execution("workflow", "w", account.user.get_id())["exec_id"]
+    with db.autocommit() as cur:
+        found = storage.get_execution(cur, "workflow", exec_id)
+        assert found is not None and (found["exec_id"], found["kind"]) == (exec_id, "workflow")
+        assert storage.get_execution(cur, None, exec_id) == found
+        assert storage.get_execution(cur, "agent", exec_id) is None
+        assert storage.get_execution(cur, "workflow", new_exec_id()) is None
+
+
+def test_last_and_oldest_ids_follow_appends_and_deletions(db, producer, account):
+    held = producer.create_execution("workflow", "w", account.user.get_id())["exec_id"]
+    producer.append_events(held, [{"type": "progress", "data": {}}] * 3)
+    empty = producer.create_execution("workflow", "w", account.user.get_id())["exec_id"]
+    with db.autocommit() as cur:
+        assert storage.last_event_ids(cur, [held, empty, new_exec_id()]) == {held: 3, empty: 0}
+        assert (storage.oldest_event_id(cur, held), storage.oldest_event_id(cur, empty)) == (1, None)
+        cur.execute("DELETE FROM events WHERE exec_id = %s AND id <= 2", (held,))  # what retention does
+        assert storage.oldest_event_id(cur, held) == 3
+        assert storage.last_event_ids(cur, [held]) == {held: 3}

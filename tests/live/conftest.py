@@ -1,5 +1,9 @@
-"""Fixtures of the live tests: a real headless Chromium (Debian's), driven by playwright, and an
-embedded PostgreSQL of a test's own, to stop and start again."""
+"""Fixtures of the live tests: the shared live gunicorn, a real headless Chromium (Debian's),
+driven by playwright, and an embedded PostgreSQL of a test's own, to stop and start again.
+
+The ``server`` fixture lives here, not in tests/conftest.py, so a test outside tests/live cannot
+ask for it: the fast suite (``pytest -m "not live"``) starts no gunicorn.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,18 @@ import pytest
 from streamapp import migrate
 from streamapp.db import Database
 from streamapp.errors import DatabaseUnavailable
+from tests.conftest import SHARED_SERVER_ENV
+from tests.conftest import LiveServer
+from tests.conftest import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[LiveServer]:
+    """A shared live gunicorn with short heartbeats."""
+    with live_server(database, tmp_path_factory.mktemp("server"), SHARED_SERVER_ENV) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Cancel raced by many requests over two gunicorn workers: exactly one error event (SPEC §2, issue 13)."""
+"""Cancel on a live gunicorn (SPEC §2): raced by many requests over two workers, exactly one error
+event (issue 13); an open stream receives it and ends."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import pytest
 import requests
 
 from tests.conftest import live_server
+from tests.sse import Stream
 from tests.sse import parse
 
 pytestmark = pytest.mark.live
 
 RACERS = 12
 RUNNING = {"type": "task_status", "data": {"status": "RUNNING"}}
+WORKFLOW_RUNNING = {"type": "workflow_status", "data": {"status": "RUNNING"}}
+CANCELED = {"status": "CANCELED", "error": {"message": "canceled", "code": "canceled"}}
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +65,19 @@ def test_racing_cancels_append_exactly_one_error(live, producer, account, db, ro
     body = requests.get(live.api(f"/executions/tasks/{exec_id}/stream"), headers=account.headers, timeout=10)
     frames, _ = parse(body.content)
     assert [(f.id, f.event) for f in frames] == [("1", "task_status"), ("2", "error")]
+
+
+# -- its streams receive the event like any other -------------------------------------------------
+
+
+def test_an_open_stream_gets_the_cancel_and_ends(server, account, workflow, producer):
+    producer.append_events(workflow, [WORKFLOW_RUNNING])
+    url = server.api(f"/executions/workflows/{workflow}/stream")
+    with Stream(url, account.headers) as s:
+        assert s.frames_until(lambda f: f.id == "1")[-1].event == "workflow_status"
+        r = requests.post(server.api(f"/executions/workflows/{workflow}/cancel"), headers=account.headers, timeout=10)
+        assert r.status_code == 200
+        [frame] = s.rest()
+        assert (frame.id, frame.event, frame.json["data"]) == ("2", "error", CANCELED)
+    again = requests.get(url, headers={**account.headers, "Last-Event-ID": "2"}, timeout=10)
+    assert again.status_code == 204

@@ -15,6 +15,8 @@ from tests.conftest import new_exec_id
 from tests.sse import Stream
 from tests.sse import parse
 
+pytestmark = pytest.mark.live
+
 
 @pytest.fixture(scope="module", params=["direct", "generator"])
 def server(request, database, tmp_path_factory):

@@ -11,6 +11,8 @@ from tests.conftest import SHARED_SERVER_ENV
 from tests.conftest import live_server
 from tests.sse import Stream
 
+pytestmark = pytest.mark.live
+
 PRODUCERS = 4
 EVENTS_EACH = 60
 
