@@ -32,7 +32,7 @@ from . import storage
 from .batches import DEFAULT_MAX_EVENT_BYTES
 from .batches import DEFAULT_MAX_JSON_DEPTH
 from .batches import DEFAULT_REDACTOR
-from .batches import AppendResult
+from .batches import AppendResult as AppendResult
 from .batches import Redactor
 from .batches import Rules
 from .batches import has_sequence
@@ -43,7 +43,7 @@ from .errors import Invalid
 from .errors import NotFound
 from .errors import Unavailable
 from .exec_ids import EXEC_ID_PATTERN
-from .executions import create_execution  # part of the producer API
+from .executions import create_execution as create_execution  # part of the producer API
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator

@@ -51,7 +51,7 @@ class EventsAppend(_Strict):
     )
 
 
-class CursorField(fields.Field):
+class CursorField(fields.Field[int]):
     """A non-negative integer below 2^63 written in plain ASCII digits (``Last-Event-ID``, SPEC §5)."""
 
     def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> int:
@@ -68,7 +68,7 @@ class PlainInteger(CursorField):
     """A query-string integer in plain ASCII digits: no sign, spaces, ``_`` or other scripts."""
 
 
-class TypeList(fields.Field):
+class TypeList(fields.Field[frozenset[str]]):
     """``a,b,c``: event type names, each matching the catalog pattern."""
 
     def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> frozenset[str]:
@@ -140,7 +140,7 @@ def parse_cursor(value: str) -> int:
 
     :raises ValidationError: unless it is a non-negative integer below 2^63.
     """
-    return t.cast(int, CursorField().deserialize(value))
+    return CursorField().deserialize(value)
 
 
 class CancelBody(_Strict):
