@@ -20,6 +20,7 @@ import psycopg2
 from . import counters
 from .errors import DatabaseUnavailable
 from .errors import TooManyStreams
+from .storage import async_commit
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping
@@ -33,8 +34,7 @@ log = logging.getLogger(__name__)
 # One round trip: the statements run as one implicit transaction, so the
 # advisory lock (released at its end) makes sum-then-add atomic for one user
 # across workers; counts are not durable state, so no WAL flush is awaited.
-_TAKE = """
-SET LOCAL synchronous_commit TO off;
+_TAKE = async_commit("""
 SELECT pg_advisory_xact_lock(hashtext('streamapp-slots:' || %(user_id)s));
 INSERT INTO stream_counts AS c (user_id, worker, streams)
 SELECT %(user_id)s, %(worker)s, 1
@@ -42,20 +42,18 @@ WHERE (SELECT coalesce(sum(streams), 0) FROM stream_counts
        WHERE user_id = %(user_id)s AND seen_at > now() - make_interval(secs => %(stale_s)s)) < %(limit)s
 ON CONFLICT (user_id, worker) DO UPDATE SET streams = c.streams + 1, seen_at = now()
 RETURNING streams
-"""
-_GIVE_BACK = """
-SET LOCAL synchronous_commit TO off;
+""")
+_GIVE_BACK = async_commit("""
 UPDATE stream_counts SET streams = streams - 1
 WHERE user_id = %(user_id)s AND worker = %(worker)s AND streams > 0
-"""
-_SYNC = """
-SET LOCAL synchronous_commit TO off;
+""")
+_SYNC = async_commit("""
 INSERT INTO stream_counts AS c (user_id, worker, streams)
 SELECT u, %(worker)s, n FROM unnest(%(users)s::text[], %(counts)s::int[]) AS held(u, n)
 ON CONFLICT (user_id, worker) DO UPDATE SET streams = excluded.streams, seen_at = now();
 DELETE FROM stream_counts WHERE worker = %(worker)s AND NOT user_id = ANY(%(users)s::text[]);
 DELETE FROM stream_counts WHERE seen_at < now() - make_interval(secs => %(forget_s)s)
-"""
+""")
 #: Rows of workers that died are deleted once they are this much older than stale: by then they
 #: have long stopped counting, and the table must not grow with every worker ever started.
 FORGET_AFTER_STALE = 10
