@@ -40,6 +40,7 @@ from .schemas import ExecutionCreate
 from .schemas import ExecutionOut
 from .schemas import ListQuery
 from .state import current_state
+from .storage import Execution
 
 bp = Blueprint("streamapp_api", __name__)
 # Before anything else, authentication included: a token in the URL is 400 (SPEC §7).
@@ -53,7 +54,7 @@ _events_append = EventsAppend()
 _append_out = AppendOut()
 
 
-def _document(execution: dict[str, t.Any]) -> dict[str, t.Any]:
+def _document(execution: Execution) -> dict[str, t.Any]:
     segment = execution["kind"] + "s"
     stream_url = url_for("streamapp_stream.stream", kind=segment, exec_id=execution["exec_id"])
     return t.cast(dict[str, t.Any], _execution_out.dump({**execution, "stream_url": stream_url}))
@@ -111,7 +112,7 @@ def get_execution(segment: str, exec_id: str) -> Response:
     return jsonify(_document(execution))
 
 
-def _encode_cursor(execution: dict[str, t.Any]) -> str:
+def _encode_cursor(execution: Execution) -> str:
     raw = f"{execution['created_at'].isoformat()}|{execution['exec_id']}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
@@ -172,7 +173,7 @@ def _publisher(kind: str, exec_id: str) -> t.Any:
     return user
 
 
-def _may_write(user: t.Any, execution: dict[str, t.Any]) -> None:
+def _may_write(user: t.Any, execution: Execution) -> None:
     """:raises NotFound: ``user`` may not see ``execution`` (the body of an unknown id, SPEC §7)."""
     if not current_state().authorize(user, execution):
         raise NotFound()

@@ -47,11 +47,13 @@ from .state import current_state
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
+    from .storage import Execution
+
 bp = Blueprint("streamapp_auth", __name__)
 URL_TOKEN_PARAMS = ("token", "access_token", "api_key")
 
 
-def owner_or_admin(user: t.Any, execution: dict[str, t.Any]) -> bool:
+def owner_or_admin(user: t.Any, execution: Execution) -> bool:
     """The default authorization rule (SPEC §7): the owner, or an admin."""
     return bool(getattr(user, "is_admin", False)) or execution["owner_id"] == str(user.get_id())
 
@@ -201,7 +203,7 @@ def issue_ticket(kind: str, exec_id: str, user: t.Any) -> tuple[str, str]:
     return ticket, tickets.isoformat(expires_at)
 
 
-def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> dict[str, t.Any]:
+def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> Execution:
     """Look an execution up and check the user may read it.
 
     :raises NotFound: unknown, or not visible to ``user`` (one answer for both).

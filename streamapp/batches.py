@@ -23,6 +23,7 @@ from .errors import Conflict
 from .errors import Invalid
 from .errors import TooLarge
 from .output_schema import check_value
+from .storage import Execution
 
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 DEFAULT_MAX_JSON_DEPTH = nesting.DEFAULT_MAX_DEPTH
@@ -75,7 +76,7 @@ def has_sequence(events: Sequence[t.Any]) -> bool:
     return False
 
 
-def render(execution: dict[str, t.Any], events: Sequence[t.Any], rules: Rules) -> Rendered:
+def render(execution: Execution, events: Sequence[t.Any], rules: Rules) -> Rendered:
     """Check a batch against the locked ``execution`` and render its rows; nothing is stored yet.
 
     :raises Conflict: after a terminal event.
@@ -99,7 +100,7 @@ def render(execution: dict[str, t.Any], events: Sequence[t.Any], rules: Rules) -
     return Rendered(storage.Append(rows, status, sequence, terminal_id), result)
 
 
-def render_tails(known: dict[str, t.Any], events: Sequence[t.Any], rules: Rules) -> Tails:
+def render_tails(known: Execution, events: Sequence[t.Any], rules: Rules) -> Tails:
     """Check a batch against what is ``known`` of its execution and render it without ids.
 
     What is checked here does not change over an execution's life (kind, owner, output
@@ -122,7 +123,7 @@ def _now() -> str:
 
 
 def _check(
-    execution: dict[str, t.Any], events: Sequence[t.Any], rules: Rules
+    execution: Execution, events: Sequence[t.Any], rules: Rules
 ) -> tuple[list[tuple[str, dict[str, t.Any], str]], int]:
     """Validate a whole batch before anything is stored.
 
@@ -173,7 +174,7 @@ def _check(
     return checked, sequence
 
 
-def _envelope_tail(type_name: str, ts: str, execution: dict[str, t.Any], data_json: str) -> str:
+def _envelope_tail(type_name: str, ts: str, execution: Execution, data_json: str) -> str:
     """The envelope after its ``{"id":N``; the known-execution path has the database put the id in front.
 
     Built by hand around the already-encoded data so it is encoded once.

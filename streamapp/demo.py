@@ -113,7 +113,7 @@ def _create(kind: str, name: str, input: dict[str, t.Any]) -> tuple[State, str]:
         refuse_cross_site()
     state = current_state()
     execution = state.producer.create_execution(kind, name, str(user.get_id()), input=input)
-    return state, t.cast(str, execution["exec_id"])
+    return state, execution["exec_id"]
 
 
 def _started(kind: str, exec_id: str) -> tuple[Response, int]:

@@ -23,6 +23,8 @@ from .output_schema import check_schema
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
+    from .storage import Execution
+
 
 def create_execution(
     cur: Cursor,
@@ -35,7 +37,7 @@ def create_execution(
     output_schema: dict[str, t.Any] | bool | None = None,
     redact: Redactor | None = DEFAULT_REDACTOR,
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
-) -> dict[str, t.Any]:
+) -> Execution:
     """Create an execution inside the caller's transaction; return its row.
 
     ``input`` is shown in the execution document, so it is redacted as event

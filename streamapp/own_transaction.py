@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     from .batches import Rendered
     from .batches import Tails
     from .db import Database
+    from .storage import Execution
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Locked:
 
     conn: Connection
     cur: Cursor
-    execution: dict[str, t.Any]
+    execution: Execution
 
     def commit(self, rendered: Rendered, *, notify: bool) -> AppendResult:
         """Store the rows, COMMIT, then (``notify``) wake the streams: one round trip."""
@@ -132,20 +133,15 @@ class KnownExecutions:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._rows: collections.OrderedDict[str, dict[str, t.Any]] = collections.OrderedDict()
+        self._rows: collections.OrderedDict[str, Execution] = collections.OrderedDict()
 
-    def get(self, exec_id: str) -> dict[str, t.Any] | None:
+    def get(self, exec_id: str) -> Execution | None:
         return self._rows.get(exec_id)
 
-    def remember(self, execution: dict[str, t.Any]) -> None:
+    def remember(self, execution: Execution) -> None:
         # The changing fields are blanked so nothing can read them as current.
-        self._rows[execution["exec_id"]] = {
-            **execution,
-            "status": None,
-            "last_event_id": None,
-            "terminal_event_id": None,
-            "last_sequence": 0,
-        }
+        blanked = {**execution, "status": None, "last_event_id": None, "terminal_event_id": None, "last_sequence": 0}
+        self._rows[execution["exec_id"]] = t.cast("Execution", blanked)
         self._rows.move_to_end(execution["exec_id"])
         while len(self._rows) > self.size:
             self._rows.popitem(last=False)

@@ -51,6 +51,7 @@ if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
     from .db import Database
+    from .storage import Execution
 
 R = t.TypeVar("R")
 
@@ -65,7 +66,7 @@ class Pending(t.Generic[R]):
     the ``with`` block without committing writes nothing.
     """
 
-    execution: dict[str, t.Any]
+    execution: Execution
     commit: Callable[[], R]
 
 
@@ -100,7 +101,7 @@ def cancel(
     kind: str | None = None,
     redact: Redactor | None = DEFAULT_REDACTOR,
     notify: bool = True,
-) -> dict[str, t.Any]:
+) -> Execution:
     """Cancel an execution inside the caller's transaction; return its row as it is after.
 
     Appends one ``error`` event ``{status: "CANCELED", error: {message:
@@ -116,7 +117,7 @@ def cancel(
     return _end_locked(cur, _lock(cur, kind, exec_id), event, Rules(redact=redact), notify)
 
 
-def _lock(cur: Cursor, kind: str | None, exec_id: str) -> dict[str, t.Any]:
+def _lock(cur: Cursor, kind: str | None, exec_id: str) -> Execution:
     """The execution's row, locked until ``cur``'s transaction ends. :raises NotFound: unknown (of ``kind``)."""
     execution = storage.get_execution(cur, kind, exec_id, lock=True)
     if execution is None:
@@ -125,7 +126,7 @@ def _lock(cur: Cursor, kind: str | None, exec_id: str) -> dict[str, t.Any]:
 
 
 def _append_locked(
-    cur: Cursor, execution: dict[str, t.Any], events: Sequence[t.Any], rules: Rules, notify: bool
+    cur: Cursor, execution: Execution, events: Sequence[t.Any], rules: Rules, notify: bool
 ) -> AppendResult:
     """:func:`append_events` on an execution whose row the caller has locked in ``cur``'s transaction."""
     rendered = render(execution, events, rules)
@@ -146,9 +147,7 @@ def _cancel_event(reason: str | None) -> dict[str, t.Any]:
     }
 
 
-def _end_locked(
-    cur: Cursor, execution: dict[str, t.Any], event: dict[str, t.Any], rules: Rules, notify: bool
-) -> dict[str, t.Any]:
+def _end_locked(cur: Cursor, execution: Execution, event: dict[str, t.Any], rules: Rules, notify: bool) -> Execution:
     """Append one terminal ``event`` to a locked execution; return the row as it is after.
 
     The row lock is what makes it exactly one terminal event however many
@@ -158,7 +157,12 @@ def _end_locked(
     if execution["terminal_event_id"] is not None:
         raise Conflict("the execution has already ended")
     result = _append_locked(cur, execution, [event], rules, notify)
-    return {**execution, "status": result.status, "last_event_id": result.last_id, "terminal_event_id": result.last_id}
+    return {
+        **execution,
+        "status": result.status,
+        "last_event_id": result.last_id,
+        "terminal_event_id": result.last_id,
+    }
 
 
 class Producer:
@@ -179,7 +183,7 @@ class Producer:
         self.rules = Rules(max_event_bytes, redact, max_json_depth)
         self._known = own_transaction.KnownExecutions()
 
-    def create_execution(self, kind: str, name: str, owner_id: str, **fields: t.Any) -> dict[str, t.Any]:
+    def create_execution(self, kind: str, name: str, owner_id: str, **fields: t.Any) -> Execution:
         """Create an execution in its own transaction (see :func:`create_execution`).
 
         Its ``input`` goes through this producer's redactor unless ``redact=`` is given.
@@ -212,7 +216,7 @@ class Producer:
             with own_transaction.locked(self.db, kind, exec_id) as held:
                 yield Pending(held.execution, functools.partial(self._commit_locked, held, events))
 
-    def _append_known(self, known: dict[str, t.Any], events: Sequence[t.Any]) -> AppendResult:
+    def _append_known(self, known: Execution, events: Sequence[t.Any]) -> AppendResult:
         result = own_transaction.append_known(
             self.db, known["exec_id"], render_tails(known, events, self.rules), notify=self.notify
         )
@@ -229,7 +233,7 @@ class Producer:
         self._known.remember(held.execution)
         return result
 
-    def cancel(self, exec_id: str, *, reason: str | None = None, kind: str | None = None) -> dict[str, t.Any]:
+    def cancel(self, exec_id: str, *, reason: str | None = None, kind: str | None = None) -> Execution:
         """Cancel an execution in a transaction of its own (see :func:`cancel` for errors)."""
         with self.canceling(exec_id, reason=reason, kind=kind) as pending:
             return pending.commit()
@@ -237,7 +241,7 @@ class Producer:
     @contextlib.contextmanager
     def canceling(
         self, exec_id: str, *, reason: str | None = None, kind: str | None = None
-    ) -> Iterator[Pending[dict[str, t.Any]]]:
+    ) -> Iterator[Pending[Execution]]:
         """:meth:`cancel`, held open on the locked row until the caller has decided on it.
 
         Cancels are rare: the wake-up simply rides in the same transaction.
@@ -284,7 +288,7 @@ class Producer:
                 raise NotFound()
             yield Pending(execution, functools.partial(self._publish, cur, execution, texts))
 
-    def _publish(self, cur: Cursor, execution: dict[str, t.Any], texts: Sequence[str]) -> None:
+    def _publish(self, cur: Cursor, execution: Execution, texts: Sequence[str]) -> None:
         if execution["terminal_event_id"] is not None:
             raise Conflict("the execution has ended: no chunk may follow complete or error")
         redact = self.rules.redact

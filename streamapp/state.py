@@ -11,13 +11,14 @@ from flask import current_app
 from .redact import Redactor
 
 #: Who may read an execution: ``authorize(user, execution)``; a host app may bring its own (SPEC §7).
-Authorize = Callable[[t.Any, dict[str, t.Any]], bool]
+Authorize = Callable[[t.Any, "Execution"], bool]
 
 if t.TYPE_CHECKING:
     from .config import Settings
     from .db import Database
     from .hub import Hub
     from .producer import Producer
+    from .storage import Execution
     from .tickets import Tickets
     from .token_cache import TokenCache
 

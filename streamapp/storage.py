@@ -9,6 +9,7 @@ The wake-up payload is written (:func:`wake_payload`) and read
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import typing as t
 
 import psycopg2.extensions
@@ -63,6 +64,27 @@ _EXECUTION_COLUMNS = """
 """
 _COLUMN_NAMES = [c.strip() for c in _EXECUTION_COLUMNS.split(",")]
 
+
+class Execution(t.TypedDict):
+    """An execution's row, as every layer reads it.
+
+    A dict rather than a class: ``authorize(user, execution)`` hands it to host
+    code, which indexes it (docs/integration.md); the type lets mypy check ours.
+    """
+
+    exec_id: str
+    kind: str
+    name: str
+    status: str
+    input: t.Any
+    output_schema: dict[str, t.Any] | bool | None
+    owner_id: str
+    last_event_id: int
+    last_sequence: int
+    terminal_event_id: int | None
+    created_at: datetime.datetime
+
+
 # An exec_id in use inserts nothing and returns no row: no unique violation fails in the
 # database, so the statement, with the execution's input, never reaches its log (SPEC §2).
 _INSERT_EXECUTION = f"""
@@ -73,8 +95,8 @@ RETURNING {_EXECUTION_COLUMNS}
 """
 
 
-def _row(row: tuple[t.Any, ...] | None) -> dict[str, t.Any] | None:
-    return None if row is None else dict(zip(_COLUMN_NAMES, row, strict=True))
+def _row(row: tuple[t.Any, ...] | None) -> Execution | None:
+    return None if row is None else t.cast(Execution, dict(zip(_COLUMN_NAMES, row, strict=True)))
 
 
 def insert_execution(
@@ -86,7 +108,7 @@ def insert_execution(
     owner_id: str,
     input: t.Any = None,
     output_schema: dict[str, t.Any] | bool | None = None,
-) -> dict[str, t.Any]:
+) -> Execution:
     """Create an execution.
 
     :raises Conflict: if ``exec_id`` is already in use.
@@ -114,7 +136,7 @@ WHERE exec_id = %(exec_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s)
 """
 
 
-def get_execution(cur: Cursor, kind: str | None, exec_id: str, *, lock: bool = False) -> dict[str, t.Any] | None:
+def get_execution(cur: Cursor, kind: str | None, exec_id: str, *, lock: bool = False) -> Execution | None:
     """One execution (of this kind, unless ``None``) or ``None``; ``lock`` takes its row lock."""
     cur.execute(_SELECT_EXECUTION + (" FOR UPDATE" if lock else ""), {"exec_id": exec_id, "kind": kind})
     return _row(cur.fetchone())
@@ -137,14 +159,14 @@ def list_executions(
     owner_id: str | None,
     limit: int,
     after: tuple[str, str] | None = None,
-) -> list[dict[str, t.Any]]:
+) -> list[Execution]:
     """Executions newest first; ``owner_id=None`` lists everyone's; ``after`` is a keyset cursor."""
     after_ts, after_id = after if after else (None, None)
     cur.execute(
         _LIST_EXECUTIONS,
         {"kind": kind, "owner_id": owner_id, "after_ts": after_ts, "after_id": after_id, "limit": limit},
     )
-    return [t.cast(dict[str, t.Any], _row(r)) for r in cur.fetchall()]
+    return [t.cast(Execution, _row(r)) for r in cur.fetchall()]
 
 
 _BUMP_COUNTER = """
@@ -190,7 +212,7 @@ def insert_events(cur: Cursor, exec_id: str, append: Append) -> None:
     psycopg2.extras.execute_values(cur, _INSERT_EVENTS, [(exec_id, *row) for row in append.rows], page_size=1000)
 
 
-def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> dict[str, t.Any] | None:
+def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> Execution | None:
     """On an autocommit cursor: open a transaction and lock the execution, in one round trip.
 
     The caller ends it with :func:`commit_events` or ``ROLLBACK``.
