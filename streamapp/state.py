@@ -42,6 +42,11 @@ class State:
     token_cache: TokenCache | None = None
     url_prefix: str = "/api/v0"
 
+    def close(self) -> None:
+        """Stop the hub (its listener and loops) and close the pool: for apps built and thrown away, as in tests."""
+        self.hub.stop()
+        self.db.close()
+
 
 def current_state() -> State:
     """The streamapp state of the current Flask app."""

@@ -101,7 +101,7 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def make_client(settings: Settings):  # type: ignore[no-untyped-def]
 
     yield make
     for app in apps:
-        app.extensions["streamapp"].db.close()
+        app.extensions["streamapp"].close()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def small_client(settings):
     app = create_app(settings.replace(max_body_bytes=1024, max_event_bytes=256))
     app.config["TESTING"] = True
     yield app.test_client()
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 # -- events ---------------------------------------------------------------------------------------

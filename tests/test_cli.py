@@ -55,7 +55,7 @@ def test_db_upgrade_applies_then_is_idempotent(settings, empty_database):
         second = runner.invoke(args=["db", "upgrade"])
         assert (second.exit_code, second.output) == (0, "already up to date\n")
     finally:
-        app.extensions["streamapp"].db.close()
+        app.extensions["streamapp"].close()
 
 
 # -- users ----------------------------------------------------------------------------------------

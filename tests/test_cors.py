@@ -256,7 +256,7 @@ def app_client(settings):
     app = create_app(settings.replace(cors_origins=(ALLOWED,)))
     app.config["TESTING"] = True
     yield app.test_client()
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 @pytest.mark.parametrize(

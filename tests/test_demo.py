@@ -81,7 +81,7 @@ def test_a_host_app_gets_streamapp_js_beside_its_own_static_files_and_keeps_its_
         for path in DEMO_ENDPOINTS:
             assert client.post(path, json={}).status_code == 404
     finally:
-        host.extensions["streamapp"].db.close()
+        host.extensions["streamapp"].close()
 
 
 def test_the_demo_page_is_served_in_development(client):
@@ -150,7 +150,7 @@ def test_without_a_development_user_the_session_is_404(settings, empty_database)
         assert r.status_code == 404
         assert demo.DEV_EMAIL in r.get_json()["error"]["message"]
     finally:
-        app.extensions["streamapp"].db.close()
+        app.extensions["streamapp"].close()
 
 
 @pytest.mark.parametrize("path", ["/demo/workflow", "/demo/agent"])

@@ -4,12 +4,16 @@ and what ``init_app`` wires for every app: redaction before storage (issue 6).""
 from __future__ import annotations
 
 import json
+import time
 
 import flask
 import flask_login
+import gevent
 import pytest
 
 from streamapp import StreamApp
+from streamapp import create_app
+from streamapp.hub import LISTENER_NAME
 from tests.sse import parse
 
 
@@ -37,7 +41,7 @@ def host(settings):
     ext = StreamApp(settings=settings, url_prefix="/progress", authorize=_authorize)
     ext.init_app(app)
     yield app
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 def _create(client, user: str, name: str) -> dict:
@@ -137,7 +141,7 @@ def redacting_client(settings):
     app = create_app(settings.replace(redact_keys=("ssn",)))
     app.config["TESTING"] = True
     yield app.test_client()
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 def test_appended_events_are_redacted_in_the_stored_row(redacting_client, account, db):
@@ -187,3 +191,34 @@ def test_execution_input_is_redacted_with_the_configured_keys(redacting_client, 
         stored = cur.fetchone()[0]
     assert stored == {"ssn": "[REDACTED]", "api_key": "[REDACTED]", "n": 1}
     assert r.get_json()["input"] == stored
+
+
+def _listeners(db) -> int:
+    with db.autocommit() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+            (LISTENER_NAME,),
+        )
+        return cur.fetchone()[0]
+
+
+def _until(predicate, deadline_s: float = 10.0) -> bool:
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        gevent.sleep(0.05)
+    return True
+
+
+def test_close_ends_the_apps_listener_and_pool(settings, db):
+    # An app thrown away without close() kept its LISTEN connection for the life of the
+    # process: a test suite built hundreds of them and ran out of PostgreSQL connections.
+    before = _listeners(db)
+    app = create_app(settings)
+    state = app.extensions["streamapp"]
+    state.hub.start()
+    assert _until(lambda: _listeners(db) == before + 1)
+    state.close()
+    assert _until(lambda: _listeners(db) == before)
+    assert state.hub.stopping and not state.db._idle

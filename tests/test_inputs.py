@@ -67,7 +67,7 @@ def app(settings):  # type: ignore[no-untyped-def]
     app = create_app(settings.replace(proxy_hops=1))
     app.config["TESTING"] = True
     yield app
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 @pytest.fixture(scope="module")

@@ -398,7 +398,7 @@ def host(settings):
     manager.request_loader(lambda req: _HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
     StreamApp(settings=settings, url_prefix="/progress").init_app(app)
     yield app
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 def test_extension_mode_documents_the_hosts_prefix(host):

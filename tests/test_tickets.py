@@ -279,7 +279,7 @@ def host(settings):
     StreamApp(settings=settings, url_prefix="/progress").init_app(app)
     app.config["inactive"] = inactive
     yield app
-    app.extensions["streamapp"].db.close()
+    app.extensions["streamapp"].close()
 
 
 def test_tickets_in_extension_mode_use_the_hosts_user_loader(host):
