@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import typing as t
 
 import psycopg2
@@ -44,8 +45,9 @@ ON CONFLICT (user_id, worker) DO UPDATE SET streams = c.streams + 1, seen_at = n
 RETURNING streams
 """)
 _GIVE_BACK = async_commit("""
-UPDATE stream_counts SET streams = streams - 1
-WHERE user_id = %(user_id)s AND worker = %(worker)s AND streams > 0
+UPDATE stream_counts AS c SET streams = greatest(c.streams - ended.n, 0)
+FROM unnest(%(users)s::text[], %(counts)s::int[]) AS ended(u, n)
+WHERE c.user_id = ended.u AND c.worker = %(worker)s
 """)
 _SYNC = async_commit("""
 INSERT INTO stream_counts AS c (user_id, worker, streams)
@@ -74,9 +76,10 @@ def take(cur: Cursor, user_id: str, worker: str, limit: int, stale_s: float) -> 
     return cur.fetchone() is not None
 
 
-def give_back(cur: Cursor, user_id: str, worker: str) -> None:
-    """Count one stream fewer; never below zero."""
-    cur.execute(_GIVE_BACK, {"user_id": user_id, "worker": worker})
+def give_back(cur: Cursor, worker: str, ended: Mapping[str, int]) -> None:
+    """Count ``ended[user]`` streams fewer for each user on ``worker``; never below zero."""
+    users = list(ended)
+    cur.execute(_GIVE_BACK, {"worker": worker, "users": users, "counts": [ended[u] for u in users]})
 
 
 def sync(cur: Cursor, worker: str, counts: Mapping[str, int], stale_s: float) -> None:
@@ -109,6 +112,10 @@ class Slots:
         self.open = 0
         self._held: collections.Counter[str] = collections.Counter()
         self._changed = False  # since the last round wrote them
+        #: Streams that ended while a give-back was on its way to the database: the next one's.
+        self._ended: collections.Counter[str] = collections.Counter()
+        self._giving_back = False
+        self._lock = threading.Lock()
 
     @property
     def held(self) -> dict[str, int]:
@@ -128,27 +135,53 @@ class Slots:
         try:
             taken = take(cur, user_id, self.worker_id, limit, stale_after(self.refresh_s))
         except BaseException:
-            self._release(user_id)
+            self._release({user_id: 1})
             raise
         if not taken:
-            self._release(user_id)
+            self._release({user_id: 1})
             counters.stream_refused("user_limit")
             # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
             raise TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
         self.open += 1
 
     def give_back(self, user_id: str) -> None:
-        """A stream of ``user_id`` ended: its slot is free at once, here and for every worker (SPEC §5)."""
+        """A stream of ``user_id`` ended: its slot is free at once, here and for every worker (SPEC §5).
+
+        Streams that end while a give-back is on its way go to the database together in the
+        next one: a thousand streams ending at once (their executions completed) are a few
+        statements, not a thousand updates of one row waiting on each other's locks and holding
+        the pool from the appends meanwhile (issue 10).
+        """
         self.open -= 1
+        with self._lock:
+            self._ended[user_id] += 1
+            if self._giving_back:
+                return  # the give-back under way takes this one next
+            self._giving_back = True
+        try:
+            while True:
+                with self._lock:
+                    ended, self._ended = self._ended, collections.Counter()
+                    if not ended:
+                        self._giving_back = False
+                        return
+                self._write_give_back(ended)
+        except BaseException:
+            with self._lock:  # killed mid-way: forget what is left here; the next round writes the truth
+                ended, self._ended, self._giving_back = self._ended, collections.Counter(), False
+            self._release(ended)
+            raise
+
+    def _write_give_back(self, ended: collections.Counter[str]) -> None:
         try:
             with self.db.autocommit() as cur:
-                give_back(cur, user_id, self.worker_id)
+                give_back(cur, self.worker_id, ended)
         except DatabaseUnavailable:
             pass  # an outage, logged once by the pool; the next round writes the true count
         except psycopg2.Error:
-            log.warning("could not count a closed stream off; the hub corrects it")
+            log.warning("could not count %d closed streams off; the hub corrects it", ended.total())
         finally:
-            self._release(user_id)
+            self._release(ended)
 
     def write_back(self) -> None:
         """Write this worker's counts; no query while it holds none and nothing changed."""
@@ -166,8 +199,9 @@ class Slots:
         self._held[user_id] += 1
         self._changed = True
 
-    def _release(self, user_id: str) -> None:
-        self._held[user_id] -= 1
-        self._changed = True
-        if self._held[user_id] <= 0:
-            del self._held[user_id]
+    def _release(self, ended: Mapping[str, int]) -> None:
+        for user_id, n in ended.items():
+            self._held[user_id] -= n
+            self._changed = True
+            if self._held[user_id] <= 0:
+                del self._held[user_id]

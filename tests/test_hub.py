@@ -11,8 +11,11 @@ import logging
 import secrets
 import typing as t
 
+import gevent
+import psycopg2.extensions
 import pytest
 
+from streamapp import slots
 from streamapp.db import Database
 from streamapp.errors import TooManyStreams
 from streamapp.hub import Hub
@@ -98,6 +101,38 @@ def test_a_slot_counts_on_the_worker_until_given_back(database, make_hub, new_us
     assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (1, {new_user_id: 1}, 1)
     hub.slots.give_back(new_user_id)
     assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (0, {}, 0)
+
+
+@pytest.fixture
+def green_psycopg2() -> t.Iterator[None]:
+    """psycopg2 yields to other greenlets while it waits, as in a gevent worker (gunicorn.conf.py)."""
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+    yield
+    psycopg2.extensions.set_wait_callback(None)
+
+
+def test_streams_ending_together_are_given_back_together(database, make_hub, new_user_id, green_psycopg2, monkeypatch):
+    # 50 streams of one user end at once, as when their execution completes: one row update
+    # each queued on that row's lock and held the pool from appends (issue 10).
+    hub = make_hub(database)
+    others = new_user_id + "-other"
+    for user_id in [new_user_id] * 40 + [others] * 10:
+        assert _take(hub, user_id, 100)
+    written: list[dict[str, int]] = []
+
+    def spy(cur: t.Any, worker: str, ended: t.Mapping[str, int]) -> None:
+        written.append(dict(ended))
+        real_give_back(cur, worker, ended)
+
+    real_give_back = slots.give_back
+    monkeypatch.setattr(slots, "give_back", spy)
+    gevent.joinall([gevent.spawn(hub.slots.give_back, u) for u in [new_user_id] * 40 + [others] * 10], raise_error=True)
+    assert len(written) == 2, written  # the first alone, then all that ended meanwhile
+    assert written[1] == {new_user_id: 39, others: 10}
+    assert (hub.slots.open, hub.slots.held) == (0, {})
+    assert (_counted(hub, new_user_id), _counted(hub, others)) == (0, 0)
 
 
 def test_a_refused_stream_holds_nothing(database, make_hub, new_user_id):
