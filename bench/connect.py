@@ -86,7 +86,7 @@ def _query_latencies(url: str, token: str, user_id: str, exec_id: str) -> dict[s
 
     def slot() -> None:
         slots.take(cur, user_id, "bench", 10**6, 30.0)
-        slots.give_back(cur, user_id, "bench")
+        slots.give_back(cur, "bench", {user_id: 1})
 
     steps: dict[str, Callable[[], t.Any]] = {
         "SELECT 1": lambda: cur.execute("SELECT 1"),
