@@ -267,6 +267,7 @@ def live_server(
     server = LiveServer(f"http://127.0.0.1:{port}", process, log)
     try:
         _wait_ready(server)
+        _wait_accepting(server, workers)
         yield server
     finally:
         process.terminate()
@@ -287,6 +288,30 @@ def _wait_ready(server: LiveServer, deadline_s: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"gunicorn not ready in {deadline_s} s:\n{server.log_text()}")
+
+
+def _wait_accepting(server: LiveServer, workers: int, deadline_s: float = 30.0) -> None:
+    """Until every worker accepts connections: /readyz answered from one, another may still be loading
+    the app, and a test that needs streams on each would see every one of them go to the first."""
+    if workers < 2:
+        return
+    port = int(server.url.rsplit(":", 1)[1])
+    end = time.monotonic() + deadline_s
+    while server.workers_holding_streams() < workers:
+        if time.monotonic() > end:
+            raise RuntimeError(f"not all {workers} gunicorn workers accept in {deadline_s} s:\n{server.log_text()}")
+        # One connection at a time, held open: the idle workers race to accept each.
+        held = []
+        try:
+            for _ in range(4 * workers):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                time.sleep(0.02)
+                if server.workers_holding_streams() >= workers:
+                    return
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.1)
 
 
 # The shared live server's settings (the `server` fixture of tests/live/conftest.py).
