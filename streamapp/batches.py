@@ -15,10 +15,10 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
 
+from . import appends
 from . import catalog
 from . import nesting
 from . import redact as redaction
-from . import storage
 from .errors import Conflict
 from .errors import Invalid
 from .errors import TooLarge
@@ -52,7 +52,7 @@ class AppendResult:
 class Rendered:
     """A batch for an execution whose row is locked: its rows with their ids, and what the append returns."""
 
-    append: storage.Append
+    append: appends.Append
     result: AppendResult
 
 
@@ -97,7 +97,7 @@ def render(execution: Execution, events: Sequence[t.Any], rules: Rules) -> Rende
         if type_name in catalog.TERMINAL_TYPES:
             terminal_id = event_id
     result = AppendResult(first_id, first_id + len(rows) - 1, status or execution["status"])
-    return Rendered(storage.Append(rows, status, sequence, terminal_id), result)
+    return Rendered(appends.Append(rows, status, sequence, terminal_id), result)
 
 
 def render_tails(known: Execution, events: Sequence[t.Any], rules: Rules) -> Tails:

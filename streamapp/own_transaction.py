@@ -23,6 +23,7 @@ import typing as t
 import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
+from . import appends
 from . import counters
 from . import storage
 from .batches import AppendResult
@@ -53,7 +54,7 @@ class Locked:
     def commit(self, rendered: Rendered, *, notify: bool) -> AppendResult:
         """Store the rows, COMMIT, then (``notify``) wake the streams: one round trip."""
         try:
-            storage.commit_events(self.cur, self.execution["exec_id"], rendered.append, notify_after=notify)
+            appends.commit_events(self.cur, self.execution["exec_id"], rendered.append, notify_after=notify)
         except psycopg2.Error:
             if not _only_the_wake_up_failed(self.conn):
                 raise  # failed before COMMIT: nothing is stored
@@ -79,7 +80,7 @@ def append_known(db: Database, exec_id: str, batch: Tails, *, notify: bool) -> A
     """Store, commit and wake in one round trip; ``None`` when nothing was written (it has ended)."""
     with db.connection() as conn, _session(conn), conn.cursor() as cur:
         try:
-            outcome = storage.append_known(
+            outcome = appends.append_known(
                 cur,
                 exec_id,
                 batch.tails,
@@ -91,7 +92,7 @@ def append_known(db: Database, exec_id: str, batch: Tails, *, notify: bool) -> A
         except psycopg2.Error:
             if not _only_the_wake_up_failed(conn):
                 raise  # failed before COMMIT: nothing is stored
-            outcome = storage.last_append(cur)
+            outcome = appends.last_append(cur)
     if outcome is None:
         return None
     before, status = outcome

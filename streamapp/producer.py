@@ -25,6 +25,7 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
 
+from . import appends
 from . import chunks
 from . import counters
 from . import own_transaction
@@ -130,9 +131,9 @@ def _append_locked(
 ) -> AppendResult:
     """:func:`append_events` on an execution whose row the caller has locked in ``cur``'s transaction."""
     rendered = render(execution, events, rules)
-    storage.insert_events(cur, execution["exec_id"], rendered.append)
+    appends.insert_events(cur, execution["exec_id"], rendered.append)
     if notify:
-        storage.notify(cur, execution["exec_id"], rendered.result.last_id)
+        appends.notify(cur, execution["exec_id"], rendered.result.last_id)
     # Counted as inserted: the caller's transaction commits them, or rolls them back (rare).
     counters.APPENDS.inc(len(rendered.append.rows))
     return rendered.result

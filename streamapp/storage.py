@@ -1,4 +1,4 @@
-"""Executions and events SQL: gap-free per-execution ids, NOTIFY payloads (SPEC §3).
+"""Executions and events SQL: the execution rows, their lock, event reads, NOTIFY payloads (SPEC §3).
 
 Every function takes a cursor first and never commits: the caller owns the
 transaction, so a host app can commit its own state and an event atomically.
@@ -8,12 +8,9 @@ The wake-up payload is written (:func:`wake_payload`) and read
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import typing as t
 
-import psycopg2.extensions
-import psycopg2.extras
 from psycopg2.extras import Json
 
 from .errors import Conflict
@@ -25,13 +22,13 @@ if t.TYPE_CHECKING:
 #: The one channel every worker's listener LISTENs on; payload ``exec_id:last_id``.
 CHANNEL = "streamapp_events"
 #: The wake-up payload (SPEC §3): one format for Python's ``%`` and SQL's ``format()``, so the
-#: payload built in the database (:data:`_APPEND_KNOWN`) is the one :func:`wake_payload` builds.
-_WAKE_FORMAT = "%s:%s"
+#: payload built in the database (``appends.append_known``) is the one :func:`wake_payload` builds.
+WAKE_FORMAT = "%s:%s"
 
 
 def wake_payload(exec_id: str, last_id: int) -> str:
     """The ``NOTIFY`` payload that wakes the streams of ``exec_id``: its id and new last id, never event data."""
-    return _WAKE_FORMAT % (exec_id, last_id)
+    return WAKE_FORMAT % (exec_id, last_id)
 
 
 def parse_wake(payload: str) -> tuple[str, int] | None:
@@ -53,10 +50,6 @@ def async_commit(sql: str) -> str:
     """
     return "SET LOCAL synchronous_commit TO off;\n" + sql
 
-
-_WAKE = "SELECT pg_notify(%(channel)s, %(payload)s)"
-#: The wake-up of an append whose commit is ours, sent after that commit (issue 4).
-_WAKE_AFTER_COMMIT = async_commit(_WAKE)
 
 _EXECUTION_COLUMNS = """
     exec_id, kind, name, status, input, output_schema, owner_id, last_event_id,
@@ -169,49 +162,6 @@ def list_executions(
     return [t.cast(Execution, _row(r)) for r in cur.fetchall()]
 
 
-_BUMP_COUNTER = """
-UPDATE executions
-SET last_event_id = last_event_id + %(count)s,
-    status = COALESCE(%(status)s, status),
-    last_sequence = GREATEST(last_sequence, %(last_sequence)s),
-    terminal_event_id = COALESCE(%(terminal_event_id)s, terminal_event_id),
-    updated_at = clock_timestamp()
-WHERE exec_id = %(exec_id)s
-"""
-_INSERT_EVENTS = "INSERT INTO events (exec_id, id, type, created_at, envelope) VALUES %s"
-
-
-@dataclasses.dataclass(frozen=True)
-class Append:
-    """What one append writes: rendered rows ``(id, type, ts, envelope)`` and the execution's new state."""
-
-    rows: list[tuple[int, str, t.Any, str]]
-    status: str | None
-    last_sequence: int
-    terminal_event_id: int | None
-
-    def bump(self, exec_id: str) -> dict[str, t.Any]:
-        """The parameters of :data:`_BUMP_COUNTER`."""
-        return {
-            "count": len(self.rows),
-            "status": self.status,
-            "last_sequence": self.last_sequence,
-            "terminal_event_id": self.terminal_event_id,
-            "exec_id": exec_id,
-        }
-
-
-def insert_events(cur: Cursor, exec_id: str, append: Append) -> None:
-    """Store rendered events and move the execution's counter.
-
-    The caller holds the execution's row lock (``get_execution(lock=True)``)
-    and chose the ids as ``last_event_id + 1 …``; the lock is what keeps ids
-    gap-free and in commit order across concurrent producers.
-    """
-    cur.execute(_BUMP_COUNTER, append.bump(exec_id))
-    psycopg2.extras.execute_values(cur, _INSERT_EVENTS, [(exec_id, *row) for row in append.rows], page_size=1000)
-
-
 def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> Execution | None:
     """On an autocommit cursor: open a transaction and lock the execution, in one round trip.
 
@@ -219,112 +169,6 @@ def begin_and_lock(cur: Cursor, kind: str | None, exec_id: str) -> Execution | N
     """
     cur.execute("BEGIN; " + _SELECT_EXECUTION + " FOR UPDATE", {"exec_id": exec_id, "kind": kind})
     return _row(cur.fetchone())
-
-
-def commit_events(cur: Cursor, exec_id: str, append: Append, *, notify_after: bool) -> None:
-    """Store events, move the counter and COMMIT the transaction :func:`begin_and_lock` opened,
-    then (``notify_after``) send the wake-up in a second, implicit transaction: one round trip.
-
-    The wake-up's transaction does not wait for a WAL flush, so PostgreSQL's
-    database-wide notify lock is held for microseconds, never through the
-    data commit's flush (issue 4). If only that second part fails, the
-    connection is idle afterwards, not inside the failed transaction block;
-    that is how the caller tells "stored" from "not stored".
-    """
-    bump = cur.mogrify(_BUMP_COUNTER, append.bump(exec_id))
-    values = b",".join(cur.mogrify("(%s,%s,%s,%s,%s)", (exec_id, *row)) for row in append.rows)
-    sql = bump + b";\n" + _INSERT_EVENTS.encode().replace(b"%s", values) + b";\nCOMMIT;"
-    if notify_after:
-        wake = {"channel": CHANNEL, "payload": wake_payload(exec_id, append.rows[-1][0])}
-        sql += b"\n" + cur.mogrify(_WAKE_AFTER_COMMIT, wake)
-    cur.execute(sql)
-
-
-# One round trip for an append to an execution the producer already knows (issue 10): the
-# row's own UPDATE takes the lock and hands the ids to the INSERT, so ids stay gap-free and in
-# commit order; the envelope's id is spliced in front of its pre-rendered tail. No row comes
-# back when the execution has ended (or is gone): then nothing was written, and the caller
-# takes the locking path to say why. The outcome outlives the data transaction in a session
-# setting, so the wake-up's own transaction, after COMMIT, can name the new last id and
-# return it in the same round trip (the notify lock is never held through the data's flush).
-_APPEND_KNOWN = """
-SELECT set_config('streamapp.append', '', false);
-BEGIN;
-WITH bumped AS (
-    UPDATE executions
-    SET last_event_id = last_event_id + %(count)s,
-        status = COALESCE(%(status)s, status),
-        terminal_event_id = last_event_id + %(terminal_offset)s,
-        updated_at = clock_timestamp()
-    WHERE exec_id = %(exec_id)s AND terminal_event_id IS NULL
-    RETURNING last_event_id - %(count)s AS before, status
-), stored AS (
-    INSERT INTO events (exec_id, id, type, created_at, envelope)
-    SELECT %(exec_id)s, b.before + e.n, e.type, %(ts)s, '{"id":' || (b.before + e.n) || e.tail
-    FROM bumped b, unnest(%(types)s::text[], %(tails)s::text[]) WITH ORDINALITY AS e(type, tail, n)
-)
-SELECT set_config('streamapp.append', b.before || ':' || b.status, false) FROM bumped b;
-COMMIT;
-""" + async_commit("""
-SELECT current_setting('streamapp.append'),
-       CASE WHEN %(notify)s AND current_setting('streamapp.append') <> '' THEN pg_notify(
-           %(channel)s,
-           format(%(wake_format)s, %(exec_id)s,
-                  split_part(current_setting('streamapp.append'), ':', 1)::bigint + %(count)s)
-       ) END
-""")
-
-
-def append_known(
-    cur: Cursor,
-    exec_id: str,
-    tails: list[tuple[str, str]],
-    ts: str,
-    *,
-    status: str | None,
-    terminal_offset: int | None,
-    notify: bool,
-) -> tuple[int, str] | None:
-    """On an autocommit cursor: store ``(type, envelope tail)`` rows, commit, then wake, in one round trip.
-
-    ``terminal_offset`` is the 1-based place of a terminal event in the batch.
-    Returns the id before the first new one and the execution's status, or
-    ``None`` when nothing was written (ended or unknown execution).
-    """
-    cur.execute(
-        _APPEND_KNOWN,
-        {
-            "exec_id": exec_id,
-            "count": len(tails),
-            "status": status,
-            "terminal_offset": terminal_offset,
-            "ts": ts,
-            "types": [type_name for type_name, _ in tails],
-            "tails": [tail for _, tail in tails],
-            "notify": notify,
-            "channel": CHANNEL,
-            "wake_format": _WAKE_FORMAT,
-        },
-    )
-    return _outcome(cur.fetchone())
-
-
-def last_append(cur: Cursor) -> tuple[int, str] | None:
-    """What :func:`append_known` stored on this connection, when only its wake-up failed."""
-    cur.execute("SELECT current_setting('streamapp.append', true)")
-    return _outcome(cur.fetchone())
-
-
-def _outcome(row: tuple[t.Any, ...] | None) -> tuple[int, str] | None:
-    if row is None or not row[0]:
-        return None
-    before, _, status = row[0].partition(":")
-    return int(before), status
-
-
-def notify(cur: Cursor, exec_id: str, last_id: int) -> None:
-    """Wake the streams of ``exec_id``; delivered when the caller's transaction commits (SPEC §3)."""
-    cur.execute(_WAKE, {"channel": CHANNEL, "payload": wake_payload(exec_id, last_id)})
 
 
 _SELECT_OLDEST = "SELECT min(id) FROM events WHERE exec_id = %(exec_id)s"

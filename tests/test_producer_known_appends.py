@@ -1,7 +1,7 @@
 """Appends to executions a producer already knows: one round trip, same rows, same rules (issue 10).
 
 A producer remembers what never changes about an execution it appended to
-(``KnownExecutions``); its next appends go through ``storage.append_known``.
+(``KnownExecutions``); its next appends go through ``appends.append_known``.
 Two producers stand for two workers (or hosts) with their own memories.
 """
 
