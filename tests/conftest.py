@@ -221,11 +221,14 @@ class LiveServer:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def workers_holding_streams(self) -> int:
         """How many of its workers hold an open client connection (the kernel picks the worker)."""
-        port = int(self.url.rsplit(":", 1)[1])
         return sum(
-            any(c.laddr and c.laddr.port == port and c.status == "ESTABLISHED" for c in w.net_connections())
+            any(c.laddr and c.laddr.port == self.port and c.status == "ESTABLISHED" for c in w.net_connections())
             for w in psutil.Process(self.process.pid).children()
         )
 
@@ -295,22 +298,21 @@ def _wait_accepting(server: LiveServer, workers: int, deadline_s: float = 30.0) 
     the app, and a test that needs streams on each would see every one of them go to the first."""
     if workers < 2:
         return
-    port = int(server.url.rsplit(":", 1)[1])
     end = time.monotonic() + deadline_s
-    while server.workers_holding_streams() < workers:
-        if time.monotonic() > end:
-            raise RuntimeError(f"not all {workers} gunicorn workers accept in {deadline_s} s:\n{server.log_text()}")
+    while True:
         # One connection at a time, held open: the idle workers race to accept each.
         held = []
         try:
             for _ in range(4 * workers):
-                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
                 time.sleep(0.02)
                 if server.workers_holding_streams() >= workers:
                     return
         finally:
             for sock in held:
                 sock.close()
+        if time.monotonic() > end:
+            raise RuntimeError(f"not all {workers} gunicorn workers accept in {deadline_s} s:\n{server.log_text()}")
         time.sleep(0.1)
 
 
