@@ -19,6 +19,7 @@ import time
 import typing as t
 from pathlib import Path
 
+import gevent
 import hypothesis
 import psutil
 import psycopg2
@@ -207,6 +208,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def until(predicate: t.Callable[[], bool], deadline_s: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``deadline_s``.
+
+    It sleeps with gevent, so greenlets of an app running in this process (a hub's listener)
+    make progress meanwhile; in a process without them it is a plain sleep.
+    """
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached in {deadline_s} s")
+        gevent.sleep(0.05)
 
 
 @dataclasses.dataclass

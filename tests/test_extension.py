@@ -4,16 +4,15 @@ and what ``init_app`` wires for every app: redaction before storage (issue 6).""
 from __future__ import annotations
 
 import json
-import time
 
 import flask
 import flask_login
-import gevent
 import pytest
 
 from streamapp import StreamApp
 from streamapp import create_app
 from streamapp.hub import LISTENER_NAME
+from tests.conftest import until
 from tests.sse import parse
 
 
@@ -202,15 +201,6 @@ def _listeners(db) -> int:
         return cur.fetchone()[0]
 
 
-def _until(predicate, deadline_s: float = 10.0) -> bool:
-    end = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        gevent.sleep(0.05)
-    return True
-
-
 def test_close_ends_the_apps_listener_and_pool(settings, db):
     # An app thrown away without close() kept its LISTEN connection for the life of the
     # process: a test suite built hundreds of them and ran out of PostgreSQL connections.
@@ -218,7 +208,7 @@ def test_close_ends_the_apps_listener_and_pool(settings, db):
     app = create_app(settings)
     state = app.extensions["streamapp"]
     state.hub.start()
-    assert _until(lambda: _listeners(db) == before + 1)
+    until(lambda: _listeners(db) == before + 1, 10, "the listener connected")
     state.close()
-    assert _until(lambda: _listeners(db) == before)
+    until(lambda: _listeners(db) == before, 10, "the listener closed")
     assert state.hub.stopping and not state.db._idle

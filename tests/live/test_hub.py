@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 import psutil
 import psycopg2
@@ -15,6 +14,7 @@ from streamapp.db import Database
 from streamapp.producer import Producer
 from tests.conftest import AuthActions
 from tests.conftest import live_server
+from tests.conftest import until
 from tests.live.conftest import retrying
 from tests.sse import Stream
 
@@ -31,15 +31,6 @@ def _metric(server, name: str) -> float:
     """The metric summed over its label values (open streams are counted by kind)."""
     text = requests.get(server.url + "/metrics", timeout=5).text
     return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
-def _until(predicate, deadline_s: float = 30.0, what: str = "condition") -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {deadline_s} s")
 
 
 def _stream_url(server, exec_id: str) -> str:
@@ -71,7 +62,7 @@ def test_killed_listener_loses_nothing(server, database, account, workflow, prod
         producer.append_events(workflow, [COMPLETE])
         ids = [int(f.id) for f in stream.rest()]
     assert ids == list(range(2, 13))
-    _until(lambda: len(_listener_pids(database)) == 1, what="listener reconnected")
+    until(lambda: len(_listener_pids(database)) == 1, what="listener reconnected")
     assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
 
 
@@ -115,7 +106,7 @@ def test_worker_limit_answers_503_with_retry_after(database, tmp_path, account, 
             assert refused.status_code == 503
             assert int(refused.headers["Retry-After"]) >= 1
             assert refused.json()["error"]["code"] == "unavailable"
-        _until(lambda: _metric(live, "streamapp_open_streams") == 0, what="streams released")
+        until(lambda: _metric(live, "streamapp_open_streams") == 0, what="streams released")
         with Stream(_stream_url(live, workflow), account.headers) as again:
             assert again.response.status_code == 200
 
@@ -146,11 +137,11 @@ def test_stalled_reader_is_disconnected_without_growing_memory(database, tmp_pat
         path = f"/api/v0/executions/workflows/{workflow}/stream"
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {account.token}\r\n\r\n".encode())
         try:
-            _until(lambda: _metric(live, "streamapp_open_streams") == 1, what="stream open")
+            until(lambda: _metric(live, "streamapp_open_streams") == 1, what="stream open")
             blob = "x" * 200_000
             for n in range(60):  # 12 MB the client never reads
                 producer.append_events(workflow, [{"type": "progress", "data": {"n": n, "blob": blob}}])
-            _until(lambda: _metric(live, "streamapp_open_streams") == 0, what="stalled stream dropped")
+            until(lambda: _metric(live, "streamapp_open_streams") == 0, what="stalled stream dropped")
             growth = _worker(live).memory_info().rss - rss_before
         finally:
             sock.close()
@@ -170,10 +161,10 @@ def test_postgres_restart_keeps_streams_open_and_loses_nothing(tmp_path, own_pos
             producer.append_events(exec_id, [_progress(1)])
             assert stream.next_frame().id == "1"
             pg.stop()
-            _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 503, what="not ready")
+            until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 503, what="not ready")
             assert stream.next_item(5) == "ping"  # the stream waits through the outage
             pg.start()
-            _until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 200, what="ready again")
+            until(lambda: requests.get(live.url + "/readyz", timeout=5).status_code == 200, what="ready again")
             # The test's own pooled connections died with the restart; the first use may fail.
             for event in [_progress(n) for n in range(2, 6)] + [COMPLETE]:
                 retrying(lambda event=event: producer.append_events(exec_id, [event]))
