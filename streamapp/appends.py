@@ -13,14 +13,13 @@ import typing as t
 import psycopg2.extras
 
 from . import storage
-from .storage import async_commit
 
 if t.TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
 _WAKE = "SELECT pg_notify(%(channel)s, %(payload)s)"
 #: The wake-up of an append whose commit is ours, sent after that commit (issue 4).
-_WAKE_AFTER_COMMIT = async_commit(_WAKE)
+_WAKE_AFTER_COMMIT = storage.async_commit(_WAKE)
 
 _BUMP_COUNTER = """
 UPDATE executions
@@ -109,7 +108,7 @@ WITH bumped AS (
 )
 SELECT set_config('streamapp.append', b.before || ':' || b.status, false) FROM bumped b;
 COMMIT;
-""" + async_commit("""
+""" + storage.async_commit("""
 SELECT current_setting('streamapp.append'),
        CASE WHEN %(notify)s AND current_setting('streamapp.append') <> '' THEN pg_notify(
            %(channel)s,

@@ -76,10 +76,14 @@ def take(cur: Cursor, user_id: str, worker: str, limit: int, stale_s: float) -> 
     return cur.fetchone() is not None
 
 
+def _per_user(counts: Mapping[str, int]) -> dict[str, list[t.Any]]:
+    """``counts`` as the two arrays the statements ``unnest``: users and their counts, in one order."""
+    return {"users": list(counts), "counts": list(counts.values())}
+
+
 def give_back(cur: Cursor, worker: str, ended: Mapping[str, int]) -> None:
     """Count ``ended[user]`` streams fewer for each user on ``worker``; never below zero."""
-    users = list(ended)
-    cur.execute(_GIVE_BACK, {"worker": worker, "users": users, "counts": [ended[u] for u in users]})
+    cur.execute(_GIVE_BACK, {"worker": worker, **_per_user(ended)})
 
 
 def sync(cur: Cursor, worker: str, counts: Mapping[str, int], stale_s: float) -> None:
@@ -89,14 +93,7 @@ def sync(cur: Cursor, worker: str, counts: Mapping[str, int], stale_s: float) ->
     left there, and rows of workers long dead are deleted. Run it on an
     autocommit cursor.
     """
-    users = list(counts)
-    params = {
-        "worker": worker,
-        "users": users,
-        "counts": [counts[u] for u in users],
-        "forget_s": stale_s * FORGET_AFTER_STALE,
-    }
-    cur.execute(_SYNC, params)
+    cur.execute(_SYNC, {"worker": worker, **_per_user(counts), "forget_s": stale_s * FORGET_AFTER_STALE})
 
 
 class Slots:
