@@ -83,39 +83,22 @@ def commit_events(cur: Cursor, exec_id: str, append: Append, *, notify_after: bo
     cur.execute(sql)
 
 
-# One round trip for an append to an execution the producer already knows (issue 10): the
-# row's own UPDATE takes the lock and hands the ids to the INSERT, so ids stay gap-free and in
-# commit order; the envelope's id is spliced in front of its pre-rendered tail. No row comes
-# back when the execution has ended (or is gone): then nothing was written, and the caller
-# takes the locking path to say why. The outcome outlives the data transaction in a session
-# setting, so the wake-up's own transaction, after COMMIT, can name the new last id and
-# return it in the same round trip (the notify lock is never held through the data's flush).
+# One round trip for an append to an execution the producer already knows (issue 10):
+# streamapp_append (migration 0007) stores the events under the row's own UPDATE, so ids
+# stay gap-free and in commit order; no row is written when the execution has ended (or is
+# gone), and the caller takes the locking path to say why. Its outcome outlives the data
+# transaction in a session setting, so the wake-up's own transaction, after COMMIT, can name
+# the new last id and return it in the same round trip (the notify lock is never held
+# through the data's flush). Functions, because their plans are kept per connection: parsed
+# and planned per call, this text cost PostgreSQL more than running it.
 _APPEND_KNOWN = """
 SELECT set_config('streamapp.append', '', false);
 BEGIN;
-WITH bumped AS (
-    UPDATE executions
-    SET last_event_id = last_event_id + %(count)s,
-        status = COALESCE(%(status)s, status),
-        terminal_event_id = last_event_id + %(terminal_offset)s,
-        updated_at = clock_timestamp()
-    WHERE exec_id = %(exec_id)s AND terminal_event_id IS NULL
-    RETURNING last_event_id - %(count)s AS before, status
-), stored AS (
-    INSERT INTO events (exec_id, id, type, created_at, envelope)
-    SELECT %(exec_id)s, b.before + e.n, e.type, %(ts)s, '{"id":' || (b.before + e.n) || e.tail
-    FROM bumped b, unnest(%(types)s::text[], %(tails)s::text[]) WITH ORDINALITY AS e(type, tail, n)
-)
-SELECT set_config('streamapp.append', b.before || ':' || b.status, false) FROM bumped b;
+SELECT streamapp_append(%(exec_id)s, %(count)s, %(status)s, %(terminal_offset)s, %(ts)s, %(types)s, %(tails)s);
 COMMIT;
-""" + storage.async_commit("""
-SELECT current_setting('streamapp.append'),
-       CASE WHEN %(notify)s AND current_setting('streamapp.append') <> '' THEN pg_notify(
-           %(channel)s,
-           format(%(wake_format)s, %(exec_id)s,
-                  split_part(current_setting('streamapp.append'), ':', 1)::bigint + %(count)s)
-       ) END
-""")
+""" + storage.async_commit(
+    "SELECT streamapp_wake_after_append(%(notify)s, %(channel)s, %(wake_format)s, %(exec_id)s, %(count)s)"
+)
 
 
 def append_known(

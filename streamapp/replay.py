@@ -49,23 +49,10 @@ _FRAME = r"""
      || (chr(10) || chr(10)))::varchar
 """
 
-# The plain page; its last row, the one without a type, carries the page size n.
-_SELECT_PAGE = f"""
-WITH cap AS (
-    SELECT least(%(limit)s, greatest(1, %(max_bytes)s / (envelope_bytes_max + %(overhead)s))) AS n
-    FROM executions
-    WHERE exec_id = %(exec_id)s
-)
-(
-    SELECT id, type, {_FRAME}
-    FROM events
-    WHERE exec_id = %(exec_id)s AND id > %(after)s
-    ORDER BY id
-    LIMIT (SELECT n FROM cap)
-)
-UNION ALL
-SELECT n, NULL, NULL FROM cap
-"""
+# The plain page (migration 0007: a function, so its plan is kept per connection rather than
+# made per read); its last row, the one without a type, carries the page size n. It frames
+# events as _FRAME does.
+_SELECT_PAGE = "SELECT * FROM streamapp_frames_after(%(exec_id)s, %(after)s, %(limit)s, %(max_bytes)s, %(overhead)s)"
 
 # The rest of a page, cut by its running byte count: a frame goes while the rest stays within
 # max_bytes; next_id tells whether anything follows the last one kept.
