@@ -42,6 +42,7 @@ from .inputs import require_json_body
 from .schemas import TokenCreate
 from .schemas import TokenCreated
 from .schemas import TokenOut
+from .slots import Reader
 from .state import current_state
 
 if t.TYPE_CHECKING:
@@ -55,7 +56,18 @@ URL_TOKEN_PARAMS = ("token", "access_token", "api_key")
 
 def owner_or_admin(user: t.Any, execution: Execution) -> bool:
     """The default authorization rule (SPEC §7): the owner, or an admin."""
-    return bool(getattr(user, "is_admin", False)) or execution["owner_id"] == str(user.get_id())
+    return _is_admin(user) or execution["owner_id"] == str(user.get_id())
+
+
+def _is_admin(user: t.Any) -> bool:
+    return bool(getattr(user, "is_admin", False))
+
+
+def stream_reader(user: t.Any) -> Reader:
+    """``user`` as a stream connect's single round trip sees them (``slots.open_stream``): under
+    :func:`owner_or_admin` the database decides it too, as it takes the stream's slot."""
+    default_rule = current_state().authorize is owner_or_admin
+    return Reader(str(user.get_id()), any_owner=_is_admin(user), default_rule=default_rule)
 
 
 def init_login(app: Flask, own_users: bool) -> None:

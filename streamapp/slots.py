@@ -12,6 +12,7 @@ rows of a worker that died stop counting after :func:`stale_after`.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import typing as t
@@ -19,11 +20,14 @@ import typing as t
 import psycopg2
 
 from . import counters
+from . import storage
 from .errors import DatabaseUnavailable
 from .errors import TooManyStreams
+from .storage import Execution
 from .storage import async_commit
 
 if t.TYPE_CHECKING:
+    from collections.abc import Callable
     from collections.abc import Mapping
 
     from psycopg2.extensions import cursor as Cursor
@@ -32,17 +36,14 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# One round trip: the statements run as one implicit transaction, so the
-# advisory lock (released at its end) makes sum-then-add atomic for one user
-# across workers; counts are not durable state, so no WAL flush is awaited.
-_TAKE = async_commit("""
-SELECT pg_advisory_xact_lock(hashtext('streamapp-slots:' || %(user_id)s));
-INSERT INTO stream_counts AS c (user_id, worker, streams)
-SELECT %(user_id)s, %(worker)s, 1
-WHERE (SELECT coalesce(sum(streams), 0) FROM stream_counts
-       WHERE user_id = %(user_id)s AND seen_at > now() - make_interval(secs => %(stale_s)s)) < %(limit)s
-ON CONFLICT (user_id, worker) DO UPDATE SET streams = c.streams + 1, seen_at = now()
-RETURNING streams
+# streamapp_take_slot and streamapp_open_stream (migration 0008) hold a per-user advisory lock
+# to the end of their implicit transaction, which makes sum-then-add atomic for one user across
+# workers; counts are not durable state, so no WAL flush is awaited.
+_TAKE = async_commit("SELECT streamapp_take_slot(%(user_id)s, %(worker)s, %(limit)s, %(stale_s)s)")
+_OPEN = async_commit("""
+SELECT * FROM streamapp_open_stream(
+    %(exec_id)s, %(kind)s, %(cursor)s, %(take)s, %(user_id)s, %(any_owner)s, %(worker)s, %(limit)s, %(stale_s)s
+)
 """)
 _GIVE_BACK = async_commit("""
 UPDATE stream_counts AS c SET streams = greatest(c.streams - ended.n, 0)
@@ -73,7 +74,43 @@ def take(cur: Cursor, user_id: str, worker: str, limit: int, stale_s: float) -> 
     """
     params = {"user_id": user_id, "worker": worker, "stale_s": stale_s, "limit": limit}
     cur.execute(_TAKE, params)
-    return cur.fetchone() is not None
+    return bool(t.cast(tuple[bool], cur.fetchone())[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """Who opens a stream, as the default authorization rule sees them: a slot may be taken in the
+    lookup's own round trip only for a stream that rule lets them read (``auth.owner_or_admin``)."""
+
+    user_id: str
+    any_owner: bool  # an admin reads every execution
+    default_rule: bool  # False: a host's ``authorize`` hook decides, after the lookup
+
+
+def open_stream(
+    cur: Cursor, kind: str, exec_id: str, cursor: int, reader: Reader, worker: str, limit: int, stale_s: float
+) -> tuple[Execution | None, bool]:
+    """The execution, and whether a slot of ``reader`` was taken for its stream, in one round trip.
+
+    A slot is taken only under the default rule, for a reader it lets in, when the
+    execution has not ended at ``cursor``. Run it on an autocommit cursor.
+    """
+    params = {
+        "exec_id": exec_id,
+        "kind": kind,
+        "cursor": cursor,
+        "take": reader.default_rule,
+        "user_id": reader.user_id,
+        "any_owner": reader.any_owner,
+        "worker": worker,
+        "limit": limit,
+        "stale_s": stale_s,
+    }
+    cur.execute(_OPEN, params)
+    row = cur.fetchone()
+    if row is None:
+        return None, False
+    return storage.execution_from_row(row[:-1]), bool(row[-1])
 
 
 def _per_user(counts: Mapping[str, int]) -> dict[str, list[t.Any]]:
@@ -122,24 +159,54 @@ class Slots:
     def take(self, cur: Cursor, user_id: str, limit: int) -> None:
         """Hold a slot for a new stream of ``user_id``, unless they hold ``limit`` across workers.
 
-        Counted here first and forgotten last, so a maintenance round running
-        meanwhile errs on the side of one stream too many, never too few.
         Run it on an autocommit cursor.
 
         :raises TooManyStreams: the user holds ``limit`` streams already.
         """
+        if not self._counted(user_id, lambda: take(cur, user_id, self.worker_id, limit, self._stale_s)):
+            raise self.refuse(limit)
+
+    def take_on_open(
+        self, cur: Cursor, kind: str, exec_id: str, cursor: int, reader: Reader, limit: int
+    ) -> tuple[Execution | None, bool]:
+        """Look the execution up and, where :func:`open_stream` may, hold the stream's slot in the same
+        round trip; the execution and whether the slot is held. Run it on an autocommit cursor."""
+        outcome: tuple[Execution | None, bool] = (None, False)
+
+        def lookup() -> bool:
+            nonlocal outcome
+            outcome = open_stream(cur, kind, exec_id, cursor, reader, self.worker_id, limit, self._stale_s)
+            return outcome[1]
+
+        self._counted(reader.user_id, lookup)
+        return outcome
+
+    @property
+    def _stale_s(self) -> float:
+        return stale_after(self.refresh_s)
+
+    def _counted(self, user_id: str, taken: Callable[[], bool]) -> bool:
+        """Run ``taken`` (a slot write that says whether it took one) with the slot counted here first
+        and forgotten last, so a maintenance round running meanwhile errs on the side of one stream
+        too many, never too few."""
         self._hold(user_id)
         try:
-            taken = take(cur, user_id, self.worker_id, limit, stale_after(self.refresh_s))
+            ok = taken()
         except BaseException:
             self._release({user_id: 1})
             raise
-        if not taken:
+        if ok:
+            self.open += 1
+        else:
             self._release({user_id: 1})
-            counters.stream_refused("user_limit")
-            # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
-            raise TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
-        self.open += 1
+        return ok
+
+    @staticmethod
+    def refuse(limit: int) -> TooManyStreams:
+        """The 429 for a user who holds ``limit`` streams already, counted as refused."""
+        counters.stream_refused("user_limit")
+        # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
+        return TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
 
     def give_back(self, user_id: str) -> None:
         """A stream of ``user_id`` ended: its slot is free at once, here and for every worker (SPEC §5).
@@ -187,7 +254,7 @@ class Slots:
         self._changed = False
         try:
             with self.db.autocommit() as cur:
-                sync(cur, self.worker_id, dict(self._held), stale_after(self.refresh_s))
+                sync(cur, self.worker_id, dict(self._held), self._stale_s)
         except BaseException:
             self._changed = True  # write them at the next round
             raise

@@ -88,8 +88,13 @@ RETURNING {_EXECUTION_COLUMNS}
 """
 
 
+def execution_from_row(row: tuple[t.Any, ...]) -> Execution:
+    """An execution from its columns in the order every query here selects them."""
+    return t.cast(Execution, dict(zip(_COLUMN_NAMES, row, strict=True)))
+
+
 def _row(row: tuple[t.Any, ...] | None) -> Execution | None:
-    return None if row is None else t.cast(Execution, dict(zip(_COLUMN_NAMES, row, strict=True)))
+    return None if row is None else execution_from_row(row)
 
 
 def insert_execution(

@@ -22,12 +22,14 @@ from marshmallow import ValidationError
 
 from . import counters
 from .auth import refuse_token_in_url
+from .auth import stream_reader
 from .auth import stream_user
-from .auth import visible_execution
 from .direct_writes import client_socket
 from .errors import BadRequest
 from .errors import DatabaseUnavailable
+from .errors import NotFound
 from .errors import Unavailable
+from .exec_ids import EXEC_ID_PATTERN
 from .generator import Plan
 from .generator import open_stream
 from .inputs import bad_query
@@ -39,6 +41,8 @@ from .state import current_state
 
 if t.TYPE_CHECKING:
     from .config import Settings
+    from .state import State
+    from .storage import Execution
 
 bp = Blueprint("streamapp_stream", __name__)
 # Before anything else, authentication included: a token in the URL is 400 (SPEC §7).
@@ -88,6 +92,39 @@ def _retry_after(settings: Settings) -> int:
     return max(1, round(settings.retry_ms / 1000 * random.uniform(1, 3)))
 
 
+def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any) -> Execution | None:
+    """The execution to stream, with the user's slot held; ``None`` when it ended at ``cursor`` (204).
+
+    One round trip under the default authorization rule, two under a host's
+    ``authorize`` hook, which must see the execution before a slot is taken.
+
+    :raises NotFound: unknown or not visible (SPEC §5.4: 404 before 204 before 429).
+    :raises TooManyStreams: the user holds their limit of streams (429, SPEC §7).
+    """
+    if not EXEC_ID_PATTERN.fullmatch(exec_id):
+        raise NotFound()  # no stored id breaks the pattern; one with U+0000 would even fail the query
+    slots, limit, reader = state.hub.slots, state.settings.max_streams_per_user, stream_reader(user)
+    state.hub.start()  # the slot is recorded under this worker's id, which start() makes
+    with state.db.autocommit() as cur:
+        execution, held = slots.take_on_open(cur, kind, exec_id, cursor, reader, limit)
+        # Under the default rule the database took a slot only for whom it lets in, as it says here.
+        if execution is None or not state.authorize(user, execution):
+            raise NotFound()
+        if ended_at(execution, cursor):
+            return None  # and no slot was taken
+        if not held:
+            if reader.default_rule:
+                raise slots.refuse(limit)  # the database refused it
+            slots.take(cur, reader.user_id, limit)  # a host's hook let the user in
+    return execution
+
+
+def ended_at(execution: Execution, cursor: int) -> bool:
+    """Whether a stream from ``cursor`` has nothing left to send: the execution ended at or before it."""
+    terminal_id = execution["terminal_event_id"]
+    return terminal_id is not None and cursor >= terminal_id
+
+
 @bp.get("/executions/<kind>/<exec_id>/stream")
 @_counts_outages
 def stream(kind: str, exec_id: str) -> Response:
@@ -106,14 +143,11 @@ def stream(kind: str, exec_id: str) -> Response:
     if slots.open >= settings.max_streams_per_worker:
         counters.stream_refused("worker_limit")
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
-    with state.db.autocommit() as cur:
-        execution = visible_execution(cur, kind_name, exec_id, user)
-        terminal_id = execution["terminal_event_id"]
-        if terminal_id is not None and cursor >= terminal_id:
-            # SPEC §5.4: generic SSE clients end cleanly only on an event-stream 204.
-            return Response(status=204, content_type="text/event-stream")
-        state.hub.start()  # the slot is recorded under this worker's id, which start() makes
-        slots.take(cur, user_id, settings.max_streams_per_user)  # 429 past the per-user limit (SPEC §7)
+    execution = _admit(state, kind_name, exec_id, cursor, user)
+    if execution is None:
+        # SPEC §5.4: generic SSE clients end cleanly only on an event-stream 204.
+        return Response(status=204, content_type="text/event-stream")
+    terminal_id = execution["terminal_event_id"]
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,

@@ -1,0 +1,103 @@
+"""The stream view's admission (SPEC §5.4, §7): 404 before 204 before 429, and a slot held only by
+a stream that runs — whether the database decided it with the lookup (the default rule) or a host's
+``authorize`` hook did after it."""
+
+from __future__ import annotations
+
+import flask
+import flask_login
+import pytest
+
+from streamapp import StreamApp
+
+COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
+
+
+def _url(exec_id: str, prefix: str = "/api/v0") -> str:
+    return f"{prefix}/executions/workflows/{exec_id}/stream"
+
+
+def _counted(db, user_id: str) -> int:
+    """The user's streams as every worker sees them: the rows of ``stream_counts``."""
+    with db.autocommit() as cur:
+        cur.execute("SELECT coalesce(sum(streams), 0) FROM stream_counts WHERE user_id = %s", (user_id,))
+        return int(cur.fetchone()[0])
+
+
+def _slots(app):
+    return app.extensions["streamapp"].hub.slots
+
+
+def test_another_users_execution_is_404_and_takes_no_slot(app, db, auth, producer):
+    owner, other = auth.user(), auth.user()
+    exec_id = producer.create_execution("workflow", "private", owner.user.get_id())["exec_id"]
+    response = app.test_client().get(_url(exec_id), headers=other.headers)
+    assert response.status_code == 404
+    assert _counted(db, other.user.get_id()) == 0 and _slots(app).held == {}
+
+
+def test_an_admin_streams_anyones_execution_on_one_slot_given_back_at_close(app, db, auth, producer):
+    owner, admin = auth.user(), auth.user(admin=True)
+    exec_id = producer.create_execution("workflow", "watched", owner.user.get_id())["exec_id"]
+    response = app.test_client().get(_url(exec_id), headers=admin.headers)
+    assert response.status_code == 200
+    assert _counted(db, admin.user.get_id()) == 1 and _slots(app).held == {admin.user.get_id(): 1}
+    response.close()  # the body never ran: closing gives the slot back
+    assert _counted(db, admin.user.get_id()) == 0 and _slots(app).held == {}
+
+
+def test_an_execution_ended_at_the_cursor_is_204_and_takes_no_slot(app, db, account, producer):
+    exec_id = producer.create_execution("workflow", "done", account.user.get_id())["exec_id"]
+    producer.append_events(exec_id, [COMPLETE])
+    response = app.test_client().get(_url(exec_id), headers={**account.headers, "Last-Event-ID": "1"})
+    assert response.status_code == 204
+    assert _counted(db, account.user.get_id()) == 0 and _slots(app).held == {}
+
+
+def test_past_the_limit_429_but_404_first(make_client, db, auth, producer):
+    user, stranger = auth.user(), auth.user()
+    client = make_client(max_streams_per_user=1)
+    mine = producer.create_execution("workflow", "mine", user.user.get_id())["exec_id"]
+    theirs = producer.create_execution("workflow", "theirs", stranger.user.get_id())["exec_id"]
+    first = client.get(_url(mine), headers=user.headers)
+    assert first.status_code == 200
+    refused = client.get(_url(mine), headers=user.headers)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "too_many_streams"
+    assert client.get(_url(theirs), headers=user.headers).status_code == 404
+    assert _counted(db, user.user.get_id()) == 1
+    first.close()
+    assert client.get(_url(mine), headers=user.headers).status_code == 200
+
+
+class _HostUser(flask_login.UserMixin):
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
+@pytest.fixture
+def host(settings):
+    """A host app whose hook lets anyone read executions named public-*: a rule the database cannot know."""
+    app = flask.Flask("host")
+    app.secret_key = "host-secret-" + "x" * 20
+    manager = flask_login.LoginManager(app)
+    manager.request_loader(lambda req: _HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
+
+    def authorize(user, execution) -> bool:
+        return execution["owner_id"] == user.get_id() or execution["name"].startswith("public-")
+
+    StreamApp(settings=settings.replace(max_streams_per_user=1), url_prefix="/p", authorize=authorize).init_app(app)
+    yield app
+    app.extensions["streamapp"].close()
+
+
+def test_a_hosts_hook_decides_before_the_slot_is_taken(host, db, producer):
+    public = producer.create_execution("workflow", "public-job", "alice")["exec_id"]
+    private = producer.create_execution("workflow", "private-job", "alice")["exec_id"]
+    client, bob = host.test_client(), {"X-User": "bob"}
+    assert client.get(_url(private, "/p"), headers=bob).status_code == 404
+    assert _counted(db, "bob") == 0
+    first = client.get(_url(public, "/p"), headers=bob)
+    assert first.status_code == 200 and _counted(db, "bob") == 1
+    assert client.get(_url(public, "/p"), headers=bob).status_code == 429
+    first.close()
+    assert _counted(db, "bob") == 0 and _slots(host).held == {}
