@@ -121,8 +121,9 @@ class Subscriber:
         if rendered.data:
             self.wrote(rendered.count)
         self.last, self.ended = rendered.last, rendered.ended
-        if sock.pending or self.ended:
+        if sock.pending:
             self.wakeup.set()
+        # Ended: the caller wakes it later (fanout.Endings), its terminal event already sent.
         return True
 
     def wrote(self, frames: int) -> None:
@@ -167,7 +168,13 @@ class Subscriber:
         self.wakeup.set()
 
     def close(self, reason: str) -> None:
-        """Ask the stream to end: ``shutdown``, ``revoked`` or ``client_gone``; the first reason stays."""
+        """Ask the stream to end: ``shutdown``, ``revoked`` or ``client_gone``; the first reason stays.
+
+        A stream whose terminal event the hub wrote is ending already, when the worker is idle
+        (``fanout.Endings``): a client that hangs up once it has that event does not hurry it.
+        """
+        if self.ended:
+            return
         if not self.closing:
             self.reason = reason
         self.closing = True
