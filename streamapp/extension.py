@@ -101,6 +101,18 @@ class StreamApp:
         secret_key = settings.secret_key or app.secret_key
         # Bearer tokens are remembered for a heartbeat; revocations reach it through the hub.
         tokens = TokenCache(settings.heartbeat_s) if own_users else None
+        hub = Hub(
+            db,
+            t.cast(str, settings.listen_url),
+            listen=settings.notify,
+            default_poll_ms=settings.poll_ms,
+            max_concurrent_replays=settings.max_concurrent_replays,
+            # Revoked credentials end their streams within one heartbeat (SPEC §7).
+            maintenance_s=settings.heartbeat_s,
+            revoked_check=accounts.revoked if own_users else None,
+            background=_background(db, settings),
+            auth_changes=(accounts.AUTH_CHANNEL, tokens.invalidate) if tokens is not None else None,
+        )
         state = State(
             settings=settings,
             db=db,
@@ -110,21 +122,11 @@ class StreamApp:
                 max_event_bytes=settings.max_event_bytes,
                 redact=redactor,
                 max_json_depth=settings.max_json_depth,
+                appended=hub.topics.appended,  # this worker's streams get its own appends from memory
             ),
             tickets=Tickets(secret_key, settings.ticket_ttl_s) if secret_key else None,
             redactor=redactor,
-            hub=Hub(
-                db,
-                t.cast(str, settings.listen_url),
-                listen=settings.notify,
-                default_poll_ms=settings.poll_ms,
-                max_concurrent_replays=settings.max_concurrent_replays,
-                # Revoked credentials end their streams within one heartbeat (SPEC §7).
-                maintenance_s=settings.heartbeat_s,
-                revoked_check=accounts.revoked if own_users else None,
-                background=_background(db, settings),
-                auth_changes=(accounts.AUTH_CHANNEL, tokens.invalidate) if tokens is not None else None,
-            ),
+            hub=hub,
             token_cache=tokens,
             authorize=self.authorize or owner_or_admin,
             own_users=own_users,

@@ -18,8 +18,10 @@ import collections
 import json
 import logging
 import typing as t
+from collections.abc import Sequence
 
 import gevent
+import gevent.hub
 import psycopg2
 
 from . import chunks
@@ -28,6 +30,7 @@ from . import framing
 from . import storage
 from .direct_writes import Batch
 from .errors import DatabaseUnavailable
+from .event_filter import Item
 from .subscriber import Subscriber
 
 if t.TYPE_CHECKING:
@@ -58,6 +61,7 @@ class Topics:
         self._topics: dict[str, _Topic] = {}
         self._reassembler = chunks.Reassembler()
         self.endings = Endings()
+        self._loop: gevent.hub.Hub | None = None  # the gevent hub the streams run on, once one subscribed
 
     def __bool__(self) -> bool:
         return bool(self._topics)
@@ -73,6 +77,7 @@ class Topics:
         topic = self._topics.get(exec_id)
         if topic is None:
             topic = self._topics[exec_id] = _Topic(exec_id)
+        self._loop = gevent.get_hub()
         sub = Subscriber(exec_id, self.queue_limit, poll_ms, **stream)
         topic.subscribers.add(sub)
         return sub
@@ -108,6 +113,33 @@ class Topics:
             topic.fetching = True
             gevent.spawn(self._fetch, topic)
 
+    def appended(self, exec_id: str, before: int, tails: Sequence[tuple[str, str]]) -> None:
+        """Events a producer of this worker just committed, ids ``before + 1 …``, as ``(type, envelope tail)``.
+
+        When they follow the topic's cursor, its streams get them from memory,
+        framed as PostgreSQL frames them: no wait for the wake-up, no read
+        (issue 10). Any other case, and every other worker, takes the wake-up.
+        """
+        topic = self._topics.get(exec_id)
+        if topic is None or topic.fetching or topic.cursor != before or not topic.subscribers:
+            return
+        if gevent.get_hub() is not self._loop:
+            return  # a producer on a thread of its own: its hub is not the streams'
+        items = []
+        for n, (type_name, tail) in enumerate(tails, 1):
+            envelope = f'{{"id":{before + n}{tail}'
+            items.append((before + n, type_name, framing.stored_event_frame(before + n, type_name, envelope)))
+        topic.known = max(topic.known, before + len(tails))
+        topic.fetching = True  # no read of the same rows meanwhile
+        gevent.spawn(self._deliver_appended, topic, items)
+
+    def _deliver_appended(self, topic: _Topic, items: list[Item]) -> None:
+        try:
+            self._deliver(topic, items)
+        finally:
+            topic.fetching = False
+        self._maybe_fetch(topic)  # a wake-up past these came meanwhile
+
     def _fetch(self, topic: _Topic) -> None:
         try:
             while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
@@ -116,24 +148,28 @@ class Topics:
                 counters.EVENT_READS.inc()
                 if not items:
                     break
-                size = sum(len(frame) for _, _, frame in items)
-                topic.cursor = items[-1][0]
-                batch, direct = Batch(items), 0
-                for sub in list(topic.subscribers):
-                    if sub.try_write(batch):
-                        direct += 1
-                        if sub.ended:
-                            self.endings.add(sub)
-                    else:
-                        sub.push(items, size)
-                counters.DELIVERED.inc(len(items) * len(topic.subscribers))
-                batch.count(direct)
+                self._deliver(topic, items)
         except DatabaseUnavailable:
             pass  # logged once per outage by the pool; the safety check retries once it is back
         except psycopg2.Error:
             log.warning("reading new events of one execution failed; will retry")
         finally:
             topic.fetching = False
+
+    def _deliver(self, topic: _Topic, items: Sequence[Item]) -> None:
+        """New events of ``topic``, past its cursor: written to each parked stream, queued to the others."""
+        size = sum(len(frame) for _, _, frame in items)
+        topic.cursor = items[-1][0]
+        batch, direct = Batch(items), 0
+        for sub in list(topic.subscribers):
+            if sub.try_write(batch):
+                direct += 1
+                if sub.ended:
+                    self.endings.add(sub)
+            else:
+                sub.push(items, size)
+        counters.DELIVERED.inc(len(items) * len(topic.subscribers))
+        batch.count(direct)
 
     def chunk(self, payload: str) -> None:
         """Take one chunk notification; queue a whole text chunk to every stream of its execution,

@@ -166,6 +166,10 @@ def _end_locked(cur: Cursor, execution: Execution, event: dict[str, t.Any], rule
     }
 
 
+#: ``appended(exec_id, before, tails)``: events ``before + 1 …`` were committed, as ``(type, envelope tail)``.
+Appended = Callable[[str, int, Sequence[tuple[str, str]]], None]
+
+
 class Producer:
     """Writes in transactions of its own, the wake-up after the commit: one round trip for an
     execution this producer has appended to before, two for the first append."""
@@ -178,9 +182,12 @@ class Producer:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         redact: Redactor | None = DEFAULT_REDACTOR,
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        appended: Appended | None = None,
     ) -> None:
         self.db = db
         self.notify = notify
+        #: Told of each batch stored by the one-round-trip path, after its commit: the worker's hub.
+        self.appended = appended
         self.rules = Rules(max_event_bytes, redact, max_json_depth)
         self._known = own_transaction.KnownExecutions()
 
@@ -218,10 +225,11 @@ class Producer:
                 yield Pending(held.execution, functools.partial(self._commit_locked, held, events))
 
     def _append_known(self, known: Execution, events: Sequence[t.Any]) -> AppendResult:
-        result = own_transaction.append_known(
-            self.db, known["exec_id"], render_tails(known, events, self.rules), notify=self.notify
-        )
+        batch = render_tails(known, events, self.rules)
+        result = own_transaction.append_known(self.db, known["exec_id"], batch, notify=self.notify)
         if result is not None:
+            if self.appended is not None:
+                self.appended(known["exec_id"], result.first_id - 1, batch.tails)
             return result
         # Nothing was written: the execution has ended, and the locking path says so (Conflict).
         # Executions are never deleted and their owner never changes, so the caller's decision
