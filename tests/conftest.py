@@ -19,6 +19,8 @@ import time
 import typing as t
 from pathlib import Path
 
+import flask
+import flask_login
 import gevent
 import hypothesis
 import psutil
@@ -347,3 +349,17 @@ def new_exec_id() -> str:
 def workflow(producer: Producer, account: Account) -> str:
     """A new workflow execution owned by ``account``; its id."""
     return t.cast(str, producer.create_execution("workflow", "wf", account.user.get_id())["exec_id"])
+
+
+class HostUser(flask_login.UserMixin):
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
+def host_app() -> flask.Flask:
+    """A host Flask app with its own ``LoginManager``: a request is whoever its ``X-User`` header names."""
+    app = flask.Flask("host")
+    app.secret_key = "host-secret-" + "x" * 20
+    manager = flask_login.LoginManager(app)
+    manager.request_loader(lambda req: HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
+    return app

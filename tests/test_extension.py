@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 
-import flask
-import flask_login
 import pytest
 
 from streamapp import StreamApp
 from streamapp import create_app
 from streamapp.hub import LISTENER_NAME
+from tests.conftest import host_app
 from tests.conftest import until
 from tests.sse import parse
-
-
-class HostUser(flask_login.UserMixin):
-    def __init__(self, user_id: str) -> None:
-        self.id = user_id
 
 
 def _authorize(user, execution) -> bool:
@@ -28,10 +22,7 @@ def _authorize(user, execution) -> bool:
 
 @pytest.fixture
 def host(settings):
-    app = flask.Flask("host")
-    app.secret_key = "host-secret-" + "x" * 20
-    manager = flask_login.LoginManager(app)
-    manager.request_loader(lambda req: HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
+    app = host_app()
 
     @app.get("/")
     def home():

@@ -12,12 +12,12 @@ import re
 import typing as t
 
 import flask
-import flask_login
 import jsonschema
 import pytest
 
 from streamapp import StreamApp
 from streamapp import openapi
+from tests.conftest import host_app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PATH_ITEM_KEYS = HTTP_METHODS | {"summary", "description", "servers", "parameters", "$ref"}
@@ -385,17 +385,9 @@ def test_auth_schemas_are_what_the_auth_views_accept(client, account):
 # -- extension mode ----------------------------------------------------------------------------------
 
 
-class _HostUser(flask_login.UserMixin):
-    def __init__(self, user_id: str) -> None:
-        self.id = user_id
-
-
 @pytest.fixture
 def host(settings):
-    app = flask.Flask("host")
-    app.secret_key = "host-secret-" + "x" * 20
-    manager = flask_login.LoginManager(app)
-    manager.request_loader(lambda req: _HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
+    app = host_app()
     StreamApp(settings=settings, url_prefix="/progress").init_app(app)
     yield app
     app.extensions["streamapp"].close()

@@ -4,11 +4,10 @@ a stream that runs — whether the database decided it with the lookup (the defa
 
 from __future__ import annotations
 
-import flask
-import flask_login
 import pytest
 
 from streamapp import StreamApp
+from tests.conftest import host_app
 
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
 
@@ -69,18 +68,10 @@ def test_past_the_limit_429_but_404_first(make_client, db, auth, producer):
     assert client.get(_url(mine), headers=user.headers).status_code == 200
 
 
-class _HostUser(flask_login.UserMixin):
-    def __init__(self, user_id: str) -> None:
-        self.id = user_id
-
-
 @pytest.fixture
 def host(settings):
     """A host app whose hook lets anyone read executions named public-*: a rule the database cannot know."""
-    app = flask.Flask("host")
-    app.secret_key = "host-secret-" + "x" * 20
-    manager = flask_login.LoginManager(app)
-    manager.request_loader(lambda req: _HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
+    app = host_app()
 
     def authorize(user, execution) -> bool:
         return execution["owner_id"] == user.get_id() or execution["name"].startswith("public-")
