@@ -125,10 +125,7 @@ class Topics:
             return
         if gevent.get_hub() is not self._loop:
             return  # a producer on a thread of its own: its hub is not the streams'
-        items = []
-        for n, (type_name, tail) in enumerate(tails, 1):
-            envelope = f'{{"id":{before + n}{tail}'
-            items.append((before + n, type_name, framing.stored_event_frame(before + n, type_name, envelope)))
+        items = appended_frames(before, tails)
         topic.known = max(topic.known, before + len(tails))
         topic.fetching = True  # no read of the same rows meanwhile
         gevent.spawn(self._deliver_appended, topic, items)
@@ -190,6 +187,15 @@ class Topics:
             if sub.text_mode not in frames:
                 frames[sub.text_mode] = _chunk_frame(exec_id, text, sub.text_mode)
             sub.push_chunk(frames[sub.text_mode])
+
+
+def appended_frames(before: int, tails: Sequence[tuple[str, str]]) -> list[Item]:
+    """The frames of events ``before + 1 …`` from their envelope tails: the bytes ``storage.frames_after`` reads."""
+    items = []
+    for event_id, (type_name, tail) in enumerate(tails, before + 1):
+        envelope = f'{{"id":{event_id}{tail}'
+        items.append((event_id, type_name, framing.stored_event_frame(event_id, type_name, envelope)))
+    return items
 
 
 class Endings:

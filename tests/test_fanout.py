@@ -1,5 +1,6 @@
-"""Streams whose terminal event the hub wrote end when the worker is idle (``fanout.Endings``, issue 10):
-all of them, in batches, and within a bound even on a worker that is never idle."""
+"""The hub's fan-out paths of issue 10: streams whose terminal event the hub wrote end when the worker
+is idle (``fanout.Endings``), all of them, in batches, and within a bound even on a worker that is never
+idle; a worker's own appends are framed in memory as the read path frames them (``Topics.appended``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import time
 
 import gevent
 
+from streamapp import fanout
+from streamapp import storage
 from streamapp.fanout import Endings
+from streamapp.producer import Producer
 from streamapp.subscriber import Subscriber
 
 
@@ -59,3 +63,26 @@ def test_a_hang_up_after_the_terminal_event_leaves_the_stream_to_its_ending():
     (sub,) = _ended(1)
     sub.close("client_gone")
     assert not sub.closing and not sub.wakeup.is_set() and sub.reason == ""
+
+
+def test_frames_made_from_a_producers_appends_are_the_bytes_postgresql_reads(db, workflow):
+    """``Topics.appended`` sends frames made in memory; a stream reading the table must get the same bytes."""
+    calls: list[tuple[str, int, list[tuple[str, str]]]] = []
+    producer = Producer(db, appended=lambda exec_id, before, tails: calls.append((exec_id, before, list(tails))))
+    producer.append_events(workflow, [{"type": "workflow_status", "data": {"status": "RUNNING"}}])  # learns it
+    text = 'quote " backslash \\ tab \t newline \n line sep \u2028 control \u0001 é 漢 🙂'
+    odd = {"text": text, "n": [1.5, None, True]}
+    producer.append_events(
+        workflow,
+        [
+            {"type": "tool_call", "data": {"tool_call_id": "c1", "tool_name": "sql", "status": "done", "output": odd}},
+            {"type": "warning", "data": {"code": "odd", "message": odd["text"]}},
+            {"type": "complete", "data": {"status": "SUCCESS"}},
+        ],
+    )
+    assert calls, "the producer reported no append"
+    exec_id, before, tails = calls[-1]
+    assert exec_id == workflow and len(tails) == 3
+    with db.autocommit() as cur:
+        read, _ = storage.frames_after(cur, workflow, before, 100)
+    assert fanout.appended_frames(before, tails) == read
