@@ -191,7 +191,7 @@ class Topics:
 
 def appended_frames(before: int, tails: Sequence[tuple[str, str]]) -> list[Item]:
     """The frames of events ``before + 1 …`` from their envelope tails: the bytes ``storage.frames_after`` reads."""
-    items = []
+    items: list[Item] = []
     for event_id, (type_name, tail) in enumerate(tails, before + 1):
         envelope = f'{{"id":{event_id}{tail}'
         items.append((event_id, type_name, framing.stored_event_frame(event_id, type_name, envelope)))
