@@ -8,7 +8,8 @@ One workflow with 40 stored catalog events; one gunicorn worker with its access 
   same kind of connection, and the worker's CPU per request of each kind;
 * the latency of each query a stream connect runs, timed from this process with psycopg2
   (no gevent), next to ``SELECT 1``;
-* with ``--profile``, py-spy's inclusive share of the stream path's steps.
+* with ``--profile``, py-spy's inclusive share of the stream path's steps and the functions
+  with the largest inclusive share (``--profile FILE`` keeps the raw samples).
 
     PYTHONPATH=. .venv/bin/python -m bench.connect
     PYTHONPATH=. .venv/bin/python -m bench.connect --profile --seconds 10
@@ -41,12 +42,13 @@ STEPS = (
     "GeventWorker.handle_request",
     "Flask.wsgi_app",
     "stream (",
-    "require (",
-    "authenticate_token (",
+    "stream_user (",
+    "TokenCache.get (",
     "_cursor_and_query (",
-    "visible_execution (",
-    "Slots.take (",
+    "_admit (",
+    "Slots.take_on_open (",
     "_body (",
+    "_end (",
     "_replay (",
     "RequestContext.push (",
     "Parser.__next__ (",
@@ -84,15 +86,18 @@ def _query_latencies(url: str, token: str, user_id: str, exec_id: str) -> dict[s
     conn.autocommit = True
     cur = conn.cursor()
 
-    def slot() -> None:
-        slots.take(cur, user_id, "bench", 10**6, 30.0)
+    reader = slots.Reader(user_id, any_owner=False, default_rule=True)
+
+    def open_and_end() -> None:
+        slots.open_stream(cur, "workflow", exec_id, HISTORY // 2, reader, "bench", 10**6, 30.0)
         slots.give_back(cur, "bench", {user_id: 1})
 
     steps: dict[str, Callable[[], t.Any]] = {
         "SELECT 1": lambda: cur.execute("SELECT 1"),
-        "token lookup (accounts.authenticate_token)": lambda: accounts.authenticate_token(cur, token),
-        "execution lookup (storage.get_execution)": lambda: storage.get_execution(cur, "workflow", exec_id),
-        "per-user count (slots.take + give_back)": slot,
+        "token lookup, once a heartbeat per worker (accounts.authenticate_token)": lambda: accounts.authenticate_token(
+            cur, token
+        ),
+        "lookup and slot (slots.open_stream), and the slot's give-back": open_and_end,
         "first replay page (storage.frames_after)": lambda: storage.frames_after(cur, exec_id, HISTORY // 2, 5000),
     }
     out = {}
@@ -128,7 +133,8 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
         ("GET /readyz (one round trip)", lambda: _plain(server.port, "/readyz")),
     ):
         rows.append((label, *_loop(request, server.worker, args.seconds)))
-    profiler = spy.record(server.worker.pid, args.seconds + 2, tmp / "spy.txt", rate=400) if args.profile else None
+    samples = Path(args.profile) if isinstance(args.profile, str) else tmp / "spy.txt"
+    profiler = spy.record(server.worker.pid, args.seconds + 2, samples, rate=400) if args.profile else None
     rows.append(("GET …/stream, resumed: first event", *_loop(stream, server.worker, args.seconds)))
     if profiler is not None:
         profiler.wait(harness.WAIT_S)
@@ -158,7 +164,13 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
         out.append(
             harness.table(
                 ["step of the stream loop (py-spy, inclusive, % of the worker's samples)", "share"],
-                [[step.rstrip(" ("), f"{share:.1f}%"] for step, share in spy.shares(tmp / "spy.txt", STEPS).items()],
+                [[step.rstrip(" ("), f"{share:.1f}%"] for step, share in spy.shares(samples, STEPS).items()],
+            )
+        )
+        out.append(
+            harness.table(
+                ["function (py-spy, inclusive, % of the worker's samples)", "share"],
+                [[name, f"{share:.1f}%"] for name, share in spy.top(samples, 40)],
             )
         )
     return "\n\n".join(out)
@@ -167,7 +179,14 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.connect", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=7.0, help="length of each timed loop (7)")
-    p.add_argument("--profile", action="store_true", help="py-spy the worker during the stream loop")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="FILE",
+        help="py-spy the worker during the stream loop; raw samples kept in FILE when given",
+    )
     return p
 
 
