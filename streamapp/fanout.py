@@ -42,14 +42,15 @@ FETCH_PAGE = 1000
 
 
 class _Topic:
-    __slots__ = ("exec_id", "subscribers", "cursor", "known", "fetching")
+    __slots__ = ("exec_id", "subscribers", "cursor", "known", "fetching", "reading")
 
     def __init__(self, exec_id: str) -> None:
         self.exec_id = exec_id
         self.subscribers: set[Subscriber] = set()
         self.cursor: int | None = None  # highest id fanned out, None until a replay reports
         self.known = 0  # highest id known to exist
-        self.fetching = False
+        self.fetching = False  # a greenlet is on its way to read new rows
+        self.reading = False  # … and its read is in flight: what it returns starts at the cursor it had
 
 
 class Topics:
@@ -117,31 +118,33 @@ class Topics:
         """Events a producer of this worker just committed, ids ``before + 1 …``, as ``(type, envelope tail)``.
 
         When they follow the topic's cursor, its streams get them from memory,
-        framed as PostgreSQL frames them: no wait for the wake-up, no read
-        (issue 10). Any other case, and every other worker, takes the wake-up.
+        framed as PostgreSQL frames them, before the producer's caller hears
+        back: no wait for the wake-up, no read (issue 10). A read in flight, or
+        any other case, and every other worker, take the read instead.
         """
         topic = self._topics.get(exec_id)
-        if topic is None or topic.fetching or topic.cursor != before or not topic.subscribers:
+        if topic is None or topic.cursor is None or not topic.subscribers:
             return
         if gevent.get_hub() is not self._loop:
             return  # a producer on a thread of its own: its hub is not the streams'
-        items = appended_frames(before, tails)
         topic.known = max(topic.known, before + len(tails))
-        topic.fetching = True  # no read of the same rows meanwhile
-        gevent.spawn(self._deliver_appended, topic, items)
-
-    def _deliver_appended(self, topic: _Topic, items: list[Item]) -> None:
-        try:
-            self._deliver(topic, items)
-        finally:
-            topic.fetching = False
-        self._maybe_fetch(topic)  # a wake-up past these came meanwhile
+        if topic.reading or topic.cursor != before:
+            self._maybe_fetch(topic)  # the read in flight, or the next one, covers them
+            return
+        # Nothing here yields, so no read starts before the cursor has moved past these:
+        # a fetch on its way finds nothing left to read.
+        self._deliver(topic, appended_frames(before, tails))
+        self._maybe_fetch(topic)  # another worker's events past these were announced meanwhile
 
     def _fetch(self, topic: _Topic) -> None:
         try:
             while topic.cursor is not None and topic.known > topic.cursor and topic.subscribers:
-                with self.db.autocommit() as cur:
-                    items, _ = storage.frames_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
+                topic.reading = True
+                try:
+                    with self.db.autocommit() as cur:
+                        items, _ = storage.frames_after(cur, topic.exec_id, topic.cursor, FETCH_PAGE)
+                finally:
+                    topic.reading = False
                 counters.EVENT_READS.inc()
                 if not items:
                     break

@@ -7,12 +7,17 @@ from __future__ import annotations
 import time
 
 import gevent
+import gevent.lock
+import pytest
+from prometheus_client import REGISTRY
 
 from streamapp import fanout
 from streamapp import storage
+from streamapp.db import Database
 from streamapp.fanout import Endings
 from streamapp.producer import Producer
 from streamapp.subscriber import Subscriber
+from tests.conftest import until
 
 
 def _ended(n: int) -> list[Subscriber]:
@@ -86,3 +91,53 @@ def test_frames_made_from_a_producers_appends_are_the_bytes_postgresql_reads(db,
     with db.autocommit() as cur:
         read, _ = storage.frames_after(cur, workflow, before, 100)
     assert fanout.appended_frames(before, tails) == read
+
+
+STATUS = {"type": "workflow_status", "data": {"status": "RUNNING"}}
+
+
+def _reads() -> float:
+    return REGISTRY.get_sample_value("streamapp_event_reads_total") or 0.0
+
+
+@pytest.fixture
+def followed(db, workflow):
+    """A topic of ``workflow`` with one caught-up stream (no socket: it queues), and a producer of
+    the same worker that knows the execution, so its appends take the known path."""
+    topics = fanout.Topics(db, queue_limit=100)
+    producer = Producer(db, appended=topics.appended)
+    last = producer.append_events(workflow, [STATUS]).last_id
+    sub = topics.subscribe(workflow, 250)
+    topics.caught_up(sub, last)
+    return topics, producer, sub, last
+
+
+def test_a_workers_own_append_reaches_its_streams_before_the_producer_returns_and_without_a_read(followed, workflow):
+    topics, producer, sub, last = followed
+    reads = _reads()
+    result = producer.append_events(workflow, [STATUS, STATUS])
+    assert [item[0] for item in sub.take()[0]] == [last + 1, last + 2] == [result.first_id, result.last_id]
+    topics.wake(workflow, result.last_id)  # the wake-up, when it comes, finds nothing left
+    gevent.sleep(0.05)
+    assert _reads() == reads and not sub.take()[0]
+
+
+def test_a_read_in_flight_takes_them_instead_and_nothing_is_sent_twice(database, db, workflow):
+    reader_db = Database(database, 1)
+    reader_db._slots = gevent.lock.BoundedSemaphore(1)  # cooperative, as gevent's patching makes it in a worker
+    topics = fanout.Topics(reader_db, queue_limit=100)
+    producer = Producer(db, appended=topics.appended)
+    last = producer.append_events(workflow, [STATUS]).last_id
+    sub = topics.subscribe(workflow, 250)
+    topics.caught_up(sub, last)
+    try:
+        with reader_db.connection():  # the hub's read waits for this connection: it is in flight
+            topics.wake(workflow, last + 1)  # as if a wake-up had come ahead of the producer's reply
+            gevent.sleep(0)
+            assert topics._topics[workflow].reading
+            result = producer.append_events(workflow, [STATUS])
+            assert not sub.take()[0]  # not from memory: the read covers them
+        until(lambda: not topics._topics[workflow].fetching, 5, "the hub's read to finish")
+        assert [item[0] for item in sub.take()[0]] == [result.first_id] == [last + 1]
+    finally:
+        reader_db.close()
