@@ -215,7 +215,7 @@ class Endings:
 
     #: The longest an ended stream waits for an idle moment of the worker.
     IDLE_WAIT_S = 0.1
-    BATCH = 32
+    BATCH = 8
 
     def __init__(self) -> None:
         self._waiting: collections.deque[Subscriber] = collections.deque()
