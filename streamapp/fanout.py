@@ -128,13 +128,13 @@ class Topics:
         if gevent.get_hub() is not self._loop:
             return  # a producer on a thread of its own: its hub is not the streams'
         topic.known = max(topic.known, before + len(tails))
-        if topic.reading or topic.cursor != before:
-            self._maybe_fetch(topic)  # the read in flight, or the next one, covers them
-            return
-        # Nothing here yields, so no read starts before the cursor has moved past these:
-        # a fetch on its way finds nothing left to read.
-        self._deliver(topic, appended_frames(before, tails))
-        self._maybe_fetch(topic)  # another worker's events past these were announced meanwhile
+        if not topic.reading and topic.cursor == before:
+            # Nothing here yields, so no read starts before the cursor has moved past these:
+            # a fetch on its way finds nothing left to read.
+            self._deliver(topic, appended_frames(before, tails))
+        # Otherwise the read in flight, or the next one, covers them; and events of other
+        # workers past these may have been announced meanwhile.
+        self._maybe_fetch(topic)
 
     def _fetch(self, topic: _Topic) -> None:
         try:

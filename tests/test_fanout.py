@@ -100,16 +100,20 @@ def _reads() -> float:
     return REGISTRY.get_sample_value("streamapp_event_reads_total") or 0.0
 
 
-@pytest.fixture
-def followed(db, workflow):
-    """A topic of ``workflow`` with one caught-up stream (no socket: it queues), and a producer of
-    the same worker that knows the execution, so its appends take the known path."""
-    topics = fanout.Topics(db, queue_limit=100)
+def _follow(hub_db: Database, db: Database, exec_id: str) -> tuple[fanout.Topics, Producer, Subscriber, int]:
+    """Topics reading through ``hub_db``, with one caught-up stream of ``exec_id`` (no socket: it queues),
+    and a producer of the same worker that knows the execution, so its appends take the known path."""
+    topics = fanout.Topics(hub_db, queue_limit=100)
     producer = Producer(db, appended=topics.appended)
-    last = producer.append_events(workflow, [STATUS]).last_id
-    sub = topics.subscribe(workflow, 250)
+    last = producer.append_events(exec_id, [STATUS]).last_id
+    sub = topics.subscribe(exec_id, 250)
     topics.caught_up(sub, last)
     return topics, producer, sub, last
+
+
+@pytest.fixture
+def followed(db, workflow):
+    return _follow(db, db, workflow)
 
 
 def test_a_workers_own_append_reaches_its_streams_before_the_producer_returns_and_without_a_read(followed, workflow):
@@ -125,11 +129,7 @@ def test_a_workers_own_append_reaches_its_streams_before_the_producer_returns_an
 def test_a_read_in_flight_takes_them_instead_and_nothing_is_sent_twice(database, db, workflow):
     reader_db = Database(database, 1)
     reader_db._slots = gevent.lock.BoundedSemaphore(1)  # cooperative, as gevent's patching makes it in a worker
-    topics = fanout.Topics(reader_db, queue_limit=100)
-    producer = Producer(db, appended=topics.appended)
-    last = producer.append_events(workflow, [STATUS]).last_id
-    sub = topics.subscribe(workflow, 250)
-    topics.caught_up(sub, last)
+    topics, producer, sub, last = _follow(reader_db, db, workflow)
     try:
         with reader_db.connection():  # the hub's read waits for this connection: it is in flight
             topics.wake(workflow, last + 1)  # as if a wake-up had come ahead of the producer's reply
