@@ -88,6 +88,9 @@ def create_app(config: Settings | Mapping[str, t.Any] | None = None) -> Flask:
     from .extension import StreamApp
 
     settings = config if isinstance(config, Settings) else load_settings(**dict(config or {}))
+    from .sessions import SignedCookieSessions
+
     app = Flask("streamapp")
+    app.session_interface = SignedCookieSessions()
     StreamApp(settings=settings).init_app(app, own_error_pages=True)
     return app

@@ -116,7 +116,9 @@ def require(scope: str) -> t.Any:
     :raises NotAuthenticated: nobody is logged in.
     :raises Forbidden: the credential lacks ``scope``.
     """
-    user = current_user
+    # The user itself, not Flask-Login's proxy: every attribute read through the proxy
+    # looks the user up in the request context again.
+    user = current_user._get_current_object()
     if user is None or not user.is_authenticated:
         raise NotAuthenticated()
     if scope not in getattr(user, "scopes", accounts.SCOPES):

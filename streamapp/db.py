@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import random
+import sys
 import threading
 import time
 import typing as t
@@ -47,6 +48,24 @@ RETRY_AFTER_S = (2, 5)
 # 08 (connection exception) and errors without a SQLSTATE (libpq's own: no
 # route, refused, "server closed the connection unexpectedly") are outages too.
 _OUTAGE_CODES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+class _Semaphore(t.Protocol):
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool: ...
+    def release(self) -> None: ...
+
+
+def _semaphore(size: int) -> _Semaphore:
+    """gevent's semaphore in a gevent worker, the standard one elsewhere (threads)."""
+    if "gevent" in sys.modules:
+        from gevent import monkey
+        from gevent.lock import BoundedSemaphore
+
+        if monkey.is_module_patched("threading"):
+            # Compiled, and waits on the hub directly: the standard one is Python code around
+            # a condition, taken and released on every checkout (issue 10).
+            return t.cast(_Semaphore, BoundedSemaphore(size))
+    return threading.BoundedSemaphore(size)
 
 
 class PoolTimeout(DatabaseUnavailable):
@@ -153,7 +172,8 @@ class Database:
         # A deque's append and pop are atomic: no lock or condition per checkout (issue 10).
         # The newest idle connection goes out first, so the others can time out server-side.
         self._idle: collections.deque[Connection] = collections.deque()
-        self._slots = threading.BoundedSemaphore(size)
+        self._slots_made = threading.Lock()
+        self._slots_kind: _Semaphore | None = None
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -210,6 +230,18 @@ class Database:
             finally:
                 if not conn.closed:
                     conn.autocommit = False
+
+    @property
+    def _slots(self) -> _Semaphore:
+        # Made at first use, in the process that uses it: an app built in gunicorn's
+        # master (`python app.py`) is forked into a worker that gevent patches after.
+        slots = self._slots_kind
+        if slots is None:
+            with self._slots_made:
+                if self._slots_kind is None:
+                    self._slots_kind = _semaphore(self.size)
+                slots = self._slots_kind
+        return slots
 
     def _take(self) -> Connection:
         while True:

@@ -51,6 +51,20 @@ def test_session_cookie_authenticates(client, account):
     assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
 
 
+def test_a_new_secret_key_ends_every_session_and_a_fallback_keeps_them(app, account):
+    # The standalone app keeps its cookie signer between requests (sessions.py): a rotated key must
+    # still be seen at once, as Flask sees it, with SECRET_KEY_FALLBACKS honoured.
+    exec_id = _create(app.test_client(), account)
+    client = app.test_client()
+    _login(client, account)
+    old_key = app.secret_key
+    assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
+    app.secret_key = old_key + "-rotated"
+    assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 401
+    app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+    assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
+
+
 def test_login_email_is_case_insensitive(client, account):
     r = client.post(LOGIN, json={"email": account.email.upper(), "password": account.password})
     assert r.status_code == 200

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import subprocess
+import sys
 import threading
 
 import psycopg2
@@ -134,6 +136,44 @@ def test_a_pool_out_of_connections_is_unavailable(database):
     finally:
         release.set()
         holder.join()
+    assert _run(db) is None
+    db.close()
+
+
+PATCHED_POOL = """
+from gevent import monkey
+monkey.patch_all()
+import gevent, gevent.lock
+from streamapp.db import Database
+db = Database({url!r}, 1, pool_timeout_s=5)
+assert isinstance(db._slots, gevent.lock.BoundedSemaphore), type(db._slots)
+order = []
+def hold():
+    with db.connection():
+        order.append("held")
+        gevent.sleep(0.2)
+    order.append("released")
+def wait():
+    with db.connection() as conn:
+        order.append("got")
+        conn.cursor().execute("SELECT 1")
+gevent.joinall([gevent.spawn(hold), gevent.spawn(wait)], raise_error=True)
+assert order == ["held", "released", "got"], order
+"""
+
+
+def test_in_a_gevent_worker_the_pool_waits_on_gevents_semaphore(database):
+    # A gevent worker's greenlets wait for a connection on the hub; one waiting greenlet never blocks
+    # the one that holds the connection. Run in a process of its own: patching is process-wide.
+    done = subprocess.run(
+        [sys.executable, "-c", PATCHED_POOL.format(url=database)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_with_threads_the_pool_waits_on_the_standard_semaphore(database):
+    db = Database(database, 1)
+    assert isinstance(db._slots, type(threading.BoundedSemaphore(1)))
     assert _run(db) is None
     db.close()
 
