@@ -30,7 +30,6 @@ from collections.abc import Sequence
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.select
 import psycopg2
 import psycopg2.extensions
 
@@ -203,24 +202,41 @@ class Hub:
             backoff = min(backoff * 2, 5.0)
 
     def _drain(self, conn: psycopg2.extensions.connection) -> None:
-        while not self._stopping:
-            readable, _, _ = gevent.select.select([conn], [], [], self.probe_s)
-            if not readable:
-                with conn.cursor() as cur:  # liveness probe while idle
-                    cur.execute("SELECT 1")
-            conn.poll()
-            while conn.notifies:
-                note = conn.notifies.pop(0)
-                if note.channel == chunks.CHANNEL:
-                    self._on_chunk(note.payload)
-                    continue
-                if self.auth_changes is not None and note.channel == self.auth_changes[0]:
-                    self.auth_changes[1](note.payload)
-                    continue
-                counters.NOTIFICATIONS.inc()
-                woken = storage.parse_wake(note.payload)
-                if woken is not None:
-                    self.wake(*woken)
+        # One watcher and one timer for the connection's life, not a select() per wake-up:
+        # the listener wakes once per append (issue 10).
+        hub = gevent.get_hub()
+        readable = hub.loop.io(conn.fileno(), 1)
+        idle = gevent.Timeout(self.probe_s)
+        try:
+            while not self._stopping:
+                idle.start()
+                try:
+                    hub.wait(readable)
+                except gevent.Timeout as exc:
+                    if exc is not idle:
+                        raise
+                    with conn.cursor() as cur:  # liveness probe while idle
+                        cur.execute("SELECT 1")
+                finally:
+                    idle.cancel()
+                self._take_notifications(conn)
+        finally:
+            readable.close()
+
+    def _take_notifications(self, conn: psycopg2.extensions.connection) -> None:
+        conn.poll()
+        while conn.notifies:
+            note = conn.notifies.pop(0)
+            if note.channel == chunks.CHANNEL:
+                self._on_chunk(note.payload)
+                continue
+            if self.auth_changes is not None and note.channel == self.auth_changes[0]:
+                self.auth_changes[1](note.payload)
+                continue
+            counters.NOTIFICATIONS.inc()
+            woken = storage.parse_wake(note.payload)
+            if woken is not None:
+                self.wake(*woken)
 
     def _on_chunk(self, payload: str) -> None:
         self.topics.chunk(payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 import typing as t
 
 import gevent
@@ -16,8 +17,10 @@ import psycopg2.extensions
 import pytest
 
 from streamapp import slots
+from streamapp import storage
 from streamapp.db import Database
 from streamapp.errors import TooManyStreams
+from streamapp.hub import LISTENER_NAME
 from streamapp.hub import Hub
 
 STALE_S = 30.0  # slots.stale_after() of the default maintenance interval
@@ -210,3 +213,38 @@ def test_maintain_without_slots_or_streams_sends_no_query(empty_database, make_h
     with caplog.at_level(logging.WARNING, logger="streamapp.hub"):
         hub.maintain()  # a query would fail there: no stream_counts table
     assert caplog.records == []
+
+
+def _listener_backend(db: Database) -> tuple[int, str] | None:
+    """The listener's backend pid and its last statement, as PostgreSQL shows them."""
+    with db.autocommit() as cur:
+        cur.execute("SELECT pid, query FROM pg_stat_activity WHERE application_name = %s", (LISTENER_NAME,))
+        return cur.fetchone()
+
+
+def test_an_idle_listener_probes_its_connection_and_still_hears_wake_ups(empty_database, green_psycopg2):
+    # The listener sleeps on one watcher and one timer for its connection's life: the timer's probe
+    # must run again and again, and a wake-up after the probes must still arrive on that connection.
+    db = Database(empty_database, 2)
+    hub = Hub(db, empty_database, listen=True, probe_s=0.05)
+    woken: list[tuple[str, int]] = []
+    hub.wake = lambda exec_id, last_id: woken.append((exec_id, last_id))  # type: ignore[method-assign]
+    hub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not hub.listener_healthy and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        first = _listener_backend(db)
+        assert first is not None
+        gevent.sleep(0.5)  # about ten probes
+        probed = _listener_backend(db)
+        assert probed is not None and probed[0] == first[0] and probed[1] == "SELECT 1"
+        with db.autocommit() as cur:
+            cur.execute("SELECT pg_notify(%s, %s)", (storage.CHANNEL, storage.wake_payload("wf_probe", 7)))
+        while not woken and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        assert woken == [("wf_probe", 7)]
+        assert hub.listener_healthy and _listener_backend(db) == (first[0], "SELECT 1")
+    finally:
+        hub.stop()
+        db.close()
