@@ -134,6 +134,8 @@ def refuse_token_in_url() -> None:
 
     :raises BadRequest: saying how to get a stream ticket instead.
     """
+    if not request.query_string:
+        return  # most requests: nothing to parse
     name = next((name for name in URL_TOKEN_PARAMS if name in request.args), None)
     if name is None and any(accounts.token_prefix(value) is not None for value in request.args.getlist("ticket")):
         name = "ticket"

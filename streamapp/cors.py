@@ -122,6 +122,8 @@ def init_cors(app: Flask, origins: Iterable[str], url_prefix: str) -> None:
     allowed = allowed_origins(origins)
 
     def answer_preflight() -> Response | None:
+        if request.method != "OPTIONS":
+            return None  # before any header is read: this runs on every request
         origin = request.headers.get("Origin")
         requested_method = request.headers.get("Access-Control-Request-Method")
         if not under_prefix(request.path, url_prefix) or not is_preflight(request.method, origin, requested_method):
@@ -134,10 +136,9 @@ def init_cors(app: Flask, origins: Iterable[str], url_prefix: str) -> None:
         return current_app.response_class(status=204, headers=preflight_headers())
 
     def add_headers(response: Response) -> Response:
-        if not under_prefix(request.path, url_prefix):
-            return response
-        if allowed:
-            response.vary.add("Origin")
+        if not allowed or not under_prefix(request.path, url_prefix):
+            return response  # no origin is allowed (the default): nothing to add
+        response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if origin is not None and is_allowed(origin, allowed):
             response.headers.update(response_headers(origin))
