@@ -202,13 +202,14 @@ class Hub:
             backoff = min(backoff * 2, 5.0)
 
     def _drain(self, conn: psycopg2.extensions.connection) -> None:
-        # One watcher and one timer for the connection's life, not a select() per wake-up:
-        # the listener wakes once per append (issue 10).
+        # One watcher for the connection's life, not a select() (a watcher set) per wake-up:
+        # the listener wakes once per append (issue 10). The timer is new per wait: a gevent
+        # timer restarted after it fired once fires at once from then on.
         hub = gevent.get_hub()
         readable = hub.loop.io(conn.fileno(), 1)
-        idle = gevent.Timeout(self.probe_s)
         try:
             while not self._stopping:
+                idle = gevent.Timeout(self.probe_s)
                 idle.start()
                 try:
                     hub.wait(readable)
@@ -218,7 +219,7 @@ class Hub:
                     with conn.cursor() as cur:  # liveness probe while idle
                         cur.execute("SELECT 1")
                 finally:
-                    idle.cancel()
+                    idle.close()
                 self._take_notifications(conn)
         finally:
             readable.close()
