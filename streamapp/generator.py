@@ -92,7 +92,8 @@ def open_stream(state: State, plan: Plan) -> tuple[Iterator[bytes], Callable[[],
 def _end(state: State, plan: Plan, ending: _Ending) -> None:
     """Give the stream's slot back, then log its end: once per stream, whichever way it ended."""
     counters.stream_closed(plan.kind, time.monotonic() - plan.connected_at)
-    state.hub.slots.give_back(plan.user_id)
+    # The server ended it: the client may open another as soon as it reads the end.
+    state.hub.slots.give_back(plan.user_id, at_once=ending.reason != "client_gone")
     logs.structured(
         log,
         logging.INFO,

@@ -17,6 +17,7 @@ import logging
 import threading
 import typing as t
 
+import gevent
 import psycopg2
 
 from . import counters
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 _TAKE = async_commit("SELECT streamapp_take_slot(%(user_id)s, %(worker)s, %(limit)s, %(stale_s)s)")
 _OPEN = async_commit("""
 SELECT * FROM streamapp_open_stream(
-    %(exec_id)s, %(kind)s, %(cursor)s, %(take)s, %(user_id)s, %(any_owner)s, %(worker)s, %(limit)s, %(stale_s)s
+    %(exec_id)s, %(kind)s, %(cursor)s, %(take)s, %(user_id)s, %(any_owner)s, %(worker)s, %(limit)s, %(stale_s)s,
+    %(returned)s
 )
 """)
 _GIVE_BACK = async_commit("""
@@ -57,6 +59,8 @@ ON CONFLICT (user_id, worker) DO UPDATE SET streams = excluded.streams, seen_at 
 DELETE FROM stream_counts WHERE worker = %(worker)s AND NOT user_id = ANY(%(users)s::text[]);
 DELETE FROM stream_counts WHERE seen_at < now() - make_interval(secs => %(forget_s)s)
 """)
+#: The longest a hung-up client's slot waits to go back with others (well under a Retry-After's 1 s).
+GIVE_BACK_DELAY_S = 0.05
 #: Rows of workers that died are deleted once they are this much older than stale: by then they
 #: have long stopped counting, and the table must not grow with every worker ever started.
 FORGET_AFTER_STALE = 10
@@ -88,12 +92,21 @@ class Reader:
 
 
 def open_stream(
-    cur: Cursor, kind: str, exec_id: str, cursor: int, reader: Reader, worker: str, limit: int, stale_s: float
+    cur: Cursor,
+    kind: str,
+    exec_id: str,
+    cursor: int,
+    reader: Reader,
+    worker: str,
+    limit: int,
+    stale_s: float,
+    returned: int = 0,
 ) -> tuple[Execution | None, bool]:
     """The execution, and whether a slot of ``reader`` was taken for its stream, in one round trip.
 
     A slot is taken only under the default rule, for a reader it lets in, when the
-    execution has not ended at ``cursor``. Run it on an autocommit cursor.
+    execution has not ended at ``cursor``. First, in any case, ``returned`` slots of
+    the reader's ended streams on ``worker`` are given back. Run it on an autocommit cursor.
     """
     params = {
         "exec_id": exec_id,
@@ -105,6 +118,7 @@ def open_stream(
         "worker": worker,
         "limit": limit,
         "stale_s": stale_s,
+        "returned": returned,
     }
     cur.execute(_OPEN, params)
     row = cur.fetchone()
@@ -149,6 +163,7 @@ class Slots:
         #: Streams that ended while a give-back was on its way to the database: the next one's.
         self._ended: collections.Counter[str] = collections.Counter()
         self._giving_back = False
+        self._flush_due = False  # a later give-back is scheduled
         self._lock = threading.Lock()
 
     @property
@@ -172,13 +187,19 @@ class Slots:
         """Look the execution up and, where :func:`open_stream` may, hold the stream's slot in the same
         round trip; the execution and whether the slot is held. Run it on an autocommit cursor."""
         outcome: tuple[Execution | None, bool] = (None, False)
+        with self._lock:  # the user's streams here that ended and wait to be given back go back with it
+            returned = self._ended.pop(reader.user_id, 0)
 
         def lookup() -> bool:
             nonlocal outcome
-            outcome = open_stream(cur, kind, exec_id, cursor, reader, self.worker_id, limit, self._stale_s)
+            outcome = open_stream(cur, kind, exec_id, cursor, reader, self.worker_id, limit, self._stale_s, returned)
             return outcome[1]
 
-        self._counted(reader.user_id, lookup)
+        try:
+            self._counted(reader.user_id, lookup)
+        finally:
+            # Given back, unless the statement failed; then the next round writes the true count.
+            self._release({reader.user_id: returned} if returned else {})
         return outcome
 
     @property
@@ -208,20 +229,42 @@ class Slots:
         # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
         return TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
 
-    def give_back(self, user_id: str) -> None:
-        """A stream of ``user_id`` ended: its slot is free at once, here and for every worker (SPEC §5).
+    def give_back(self, user_id: str, *, at_once: bool = True) -> None:
+        """A stream of ``user_id`` ended: its slot is free here now, and for every worker at once, or
+        within :data:`GIVE_BACK_DELAY_S` when the client hung up (SPEC §5).
 
         Streams that end while a give-back is on its way go to the database together in the
         next one: a thousand streams ending at once (their executions completed) are a few
         statements, not a thousand updates of one row waiting on each other's locks and holding
-        the pool from the appends meanwhile (issue 10).
+        the pool from the appends meanwhile (issue 10). A stream the server ends must be free
+        for a new one before the client reads the end (``at_once``). A client that hung up
+        learns nothing from the server and honours ``Retry-After`` (≥ 1 s) when refused, so its
+        slot goes back with the others of the next moment, not in a round trip of its own that
+        the client's next connect would wait behind (issue 10).
         """
         self.open -= 1
         with self._lock:
             self._ended[user_id] += 1
+            if not at_once:
+                if not self._flush_due:
+                    self._flush_due = True
+                    gevent.spawn_later(GIVE_BACK_DELAY_S, self._flush_later)
+                return
             if self._giving_back:
                 return  # the give-back under way takes this one next
             self._giving_back = True
+        self._write_ended()
+
+    def _flush_later(self) -> None:
+        with self._lock:
+            self._flush_due = False
+            if self._giving_back or not self._ended:
+                return  # one under way takes them, or one took them already
+            self._giving_back = True
+        self._write_ended()
+
+    def _write_ended(self) -> None:
+        """Write what has ended until nothing is left; the caller set ``_giving_back``."""
         try:
             while True:
                 with self._lock:

@@ -215,6 +215,64 @@ def test_maintain_without_slots_or_streams_sends_no_query(empty_database, make_h
     assert caplog.records == []
 
 
+def test_slots_of_clients_that_hung_up_go_back_together_a_moment_later(
+    database, make_hub, new_user_id, green_psycopg2, monkeypatch
+):
+    # A client that hung up gets its slot back within GIVE_BACK_DELAY_S, with every other one of
+    # that moment in one statement: not a round trip each, that the next connect waits behind.
+    hub = make_hub(database)
+    for _ in range(20):
+        assert _take(hub, new_user_id, 100)
+    written: list[dict[str, int]] = []
+
+    def spy(cur: t.Any, worker: str, ended: t.Mapping[str, int]) -> None:
+        written.append(dict(ended))
+        real_give_back(cur, worker, ended)
+
+    real_give_back = slots.give_back
+    monkeypatch.setattr(slots, "give_back", spy)
+    for _ in range(20):
+        hub.slots.give_back(new_user_id, at_once=False)
+    assert hub.slots.open == 0  # this worker's own limit sees it at once
+    assert (written, _counted(hub, new_user_id)) == ([], 20)
+    gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)
+    assert written == [{new_user_id: 20}]
+    assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
+
+
+def test_a_slot_the_server_frees_goes_back_at_once_with_those_waiting(database, make_hub, new_user_id, green_psycopg2):
+    hub = make_hub(database)
+    for _ in range(3):
+        assert _take(hub, new_user_id, 100)
+    hub.slots.give_back(new_user_id, at_once=False)
+    hub.slots.give_back(new_user_id, at_once=False)
+    hub.slots.give_back(new_user_id)  # a stream the server ended: written before it returns, the others too
+    assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
+    gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)  # the later flush finds nothing left to write
+    assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
+
+
+def test_a_new_stream_of_the_user_on_this_worker_gives_back_its_hung_up_slots_first(
+    database, make_hub, account, workflow
+):
+    # At the limit, a client that hangs up and opens another stream at once is not refused for the
+    # slot still waiting to go back: the connect's own round trip gives it back before it takes one.
+    hub = make_hub(database)
+    user_id = account.user.get_id()
+    reader = slots.Reader(user_id, any_owner=False, default_rule=True)
+    with hub.db.autocommit() as cur:
+        assert hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]
+    hub.slots.give_back(user_id, at_once=False)
+    assert _counted(hub, user_id) == 1  # not written yet
+    with hub.db.autocommit() as cur:
+        assert hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]
+    assert (_counted(hub, user_id), hub.slots.held) == (1, {user_id: 1})
+    gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)
+    assert (_counted(hub, user_id), hub.slots.held) == (1, {user_id: 1})  # nothing was left to write
+    with hub.db.autocommit() as cur:  # and the limit still holds
+        assert not hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]
+
+
 def _listener_backend(db: Database) -> tuple[int, str] | None:
     """The listener's backend pid and its last statement, as PostgreSQL shows them."""
     with db.autocommit() as cur:
