@@ -14,6 +14,7 @@ import random
 import time
 import typing as t
 from collections.abc import Callable
+from types import MappingProxyType
 
 from flask import Blueprint
 from flask import Response
@@ -50,19 +51,21 @@ bp.before_request(refuse_token_in_url)
 
 # Built once: a marshmallow Schema costs more to make than to use, on every connect.
 _stream_query = StreamQuery()
+_NO_QUERY: t.Mapping[str, t.Any] = MappingProxyType(_stream_query.load({}))
 HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
 
 
-def _cursor_and_query() -> tuple[int, dict[str, t.Any]]:
-    args = single_valued_args()
+def _cursor_and_query() -> tuple[int, t.Mapping[str, t.Any]]:
+    args = single_valued_args() if request.query_string else {}
     header = request.headers.get("Last-Event-ID")
     if header is not None:
         args.pop("last_event_id", None)  # the header wins (SPEC §5): a browser's own reconnect
     try:
-        query = _stream_query.load(args)
+        # Most connects (a browser's reconnect, Last-Event-ID in a header) have no query string.
+        query = _stream_query.load(args) if args else _NO_QUERY
     except ValidationError as exc:
         raise bad_query(exc) from None
     if header is not None:
