@@ -15,13 +15,16 @@ from flask import Blueprint
 from flask import Flask
 from flask import Response
 from flask import current_app
+from flask import g
 from flask import jsonify
 from flask import request
+from flask import session
 from flask import url_for
 from flask_login import LoginManager
 from flask_login import current_user
 from flask_login import login_user
 from flask_login import logout_user
+from flask_login.config import COOKIE_NAME
 
 from . import accounts
 from . import login_limits
@@ -80,6 +83,24 @@ def init_login(app: Flask, own_users: bool) -> None:
     manager.request_loader(_load_token_user)
     manager.unauthorized_handler(_unauthorized)
     manager.session_protection = "basic"
+    app.before_request(_bearer_user)
+
+
+def _bearer_user() -> None:
+    """Sign a bearer-token request in before Flask-Login looks, when Flask-Login would only ask the token.
+
+    With no session user and no remember-me cookie, Flask-Login's loading ends in
+    :func:`_load_token_user` anyway, after a session-protection hash and two signals
+    nobody here listens to: on every API call and stream connect (issue 10). A
+    request with a session keeps Flask-Login's order (the session user first).
+    """
+    if "Authorization" not in request.headers or "_user_id" in session:
+        return
+    if current_app.config.get("REMEMBER_COOKIE_NAME", COOKIE_NAME) in request.cookies:
+        return
+    user = _load_token_user(request)
+    if user is not None:
+        g._login_user = user  # where Flask-Login keeps the request's user
 
 
 def _unauthorized() -> t.NoReturn:

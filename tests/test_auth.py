@@ -65,6 +65,17 @@ def test_a_new_secret_key_ends_every_session_and_a_fallback_keeps_them(app, acco
     assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
 
 
+def test_a_session_user_comes_before_a_bearer_token_as_flask_login_orders_them(app, auth, account):
+    # Bearer requests are signed in ahead of Flask-Login (auth._bearer_user) only without a session:
+    # with both, the session's user is the request's user, as before.
+    other = auth.user()
+    exec_id = _create(app.test_client(), account)
+    client = app.test_client()
+    _login(client, account)
+    assert client.get(f"{WORKFLOWS}/{exec_id}", headers=other.headers).status_code == 200
+    assert app.test_client().get(f"{WORKFLOWS}/{exec_id}", headers=other.headers).status_code == 404
+
+
 def test_login_email_is_case_insensitive(client, account):
     r = client.post(LOGIN, json={"email": account.email.upper(), "password": account.password})
     assert r.status_code == 200
