@@ -41,7 +41,7 @@ log = logging.getLogger("streamapp.stream")
 REPLAY_PAGE = 5000
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
     """Everything a stream's body needs, as plain values."""
 
@@ -62,7 +62,7 @@ class Plan:
     terminal_id: int | None = None  # an ended execution's terminal id: the replay ends there, pruned or not
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Ending:
     """How a stream ended, for its one log record (SPEC §9); its body fills it in."""
 
@@ -71,8 +71,32 @@ class _Ending:
     last: int = 0
 
 
-def open_stream(state: State, plan: Plan) -> tuple[Iterator[bytes], Callable[[], None]]:
-    """Count the stream open; its body, and the call that ends it should the body never run.
+class StreamBody:
+    """A stream's WSGI iterable: the WSGI server iterates the body's generator itself, and
+    :meth:`close` ends the stream once, whether or not the body ever ran.
+
+    Returned with ``direct_passthrough``: no wrapping iterator per frame, and nothing
+    of the response kept for the stream's life but this (issue 10: memory per stream).
+    """
+
+    __slots__ = ("_body", "_end")
+
+    def __init__(self, body: Iterator[bytes], end: Callable[[], None]) -> None:
+        self._body = body
+        self._end = end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            t.cast(Generator[bytes, None, None], self._body).close()
+        finally:
+            self._end()  # the body gives the slot back; this, if it never ran
+
+
+def open_stream(state: State, plan: Plan) -> StreamBody:
+    """Count the stream open; its body, which ends it when closed.
 
     The caller holds the stream's slot (``slots``); ending gives it back, once.
     """
@@ -86,7 +110,7 @@ def open_stream(state: State, plan: Plan) -> tuple[Iterator[bytes], Callable[[],
             done = True
             _end(state, plan, ending)
 
-    return _body(state, plan, ending, end), end
+    return StreamBody(_body(state, plan, ending, end), end)
 
 
 def _end(state: State, plan: Plan, ending: _Ending) -> None:

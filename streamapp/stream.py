@@ -171,7 +171,7 @@ def stream(kind: str, exec_id: str) -> Response:
         client=client_socket(request.environ, settings),
         terminal_id=terminal_id,
     )
-    body, end = open_stream(state, plan)
-    response = Response(body, status=200, mimetype="text/event-stream", headers=HEADERS)
-    response.call_on_close(end)  # the body gives the slot back; this, if it never ran
-    return response
+    # The body is bytes already: gunicorn iterates it as it is (StreamBody).
+    return Response(
+        open_stream(state, plan), status=200, mimetype="text/event-stream", headers=HEADERS, direct_passthrough=True
+    )
