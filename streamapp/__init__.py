@@ -86,10 +86,9 @@ def create_app(config: Settings | Mapping[str, t.Any] | None = None) -> Flask:
     from .config import Settings
     from .config import load_settings
     from .extension import StreamApp
-
-    settings = config if isinstance(config, Settings) else load_settings(**dict(config or {}))
     from .sessions import SignedCookieSessions
 
+    settings = config if isinstance(config, Settings) else load_settings(**dict(config or {}))
     app = Flask("streamapp")
     app.session_interface = SignedCookieSessions()
     StreamApp(settings=settings).init_app(app, own_error_pages=True)

@@ -98,9 +98,9 @@ def _bearer_user() -> None:
         return
     if current_app.config.get("REMEMBER_COOKIE_NAME", COOKIE_NAME) in request.cookies:
         return
-    user = _load_token_user(request)
-    if user is not None:
-        g._login_user = user  # where Flask-Login keeps the request's user
+    # Where Flask-Login keeps the request's user; a bad token's is its anonymous user, as Flask-Login
+    # would make it (and not after a second lookup of the same token).
+    g._login_user = _load_token_user(request) or current_app.login_manager.anonymous_user()  # type: ignore[attr-defined]
 
 
 def _unauthorized() -> t.NoReturn:

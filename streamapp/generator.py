@@ -116,7 +116,8 @@ def open_stream(state: State, plan: Plan) -> StreamBody:
 def _end(state: State, plan: Plan, ending: _Ending) -> None:
     """Give the stream's slot back, then log its end: once per stream, whichever way it ended."""
     counters.stream_closed(plan.kind, time.monotonic() - plan.connected_at)
-    # The server ended it: the client may open another as soon as it reads the end.
+    # One the server ended is free before the client reads the end, so it may open another at once;
+    # a hung-up client's goes back with the next batch (slots.GIVE_BACK_DELAY_S).
     state.hub.slots.give_back(plan.user_id, at_once=ending.reason != "client_gone")
     logs.structured(
         log,

@@ -76,6 +76,20 @@ def test_a_session_user_comes_before_a_bearer_token_as_flask_login_orders_them(a
     assert app.test_client().get(f"{WORKFLOWS}/{exec_id}", headers=other.headers).status_code == 404
 
 
+def test_a_bad_bearer_token_is_looked_up_once_and_refused(client, monkeypatch):
+    looked_up: list[str] = []
+    real = accounts.authenticate_token
+
+    def counting(cur, token):
+        looked_up.append(token)
+        return real(cur, token)
+
+    monkeypatch.setattr(accounts, "authenticate_token", counting)
+    r = client.get(WORKFLOWS, headers={"Authorization": "Bearer sa_000000000000_not-a-real-token"})
+    _error(r, 401, "not_authenticated")
+    assert len(looked_up) == 1
+
+
 def test_login_email_is_case_insensitive(client, account):
     r = client.post(LOGIN, json={"email": account.email.upper(), "password": account.password})
     assert r.status_code == 200
