@@ -135,12 +135,16 @@ class AppendOut(Schema):
     status = fields.String()
 
 
+#: Made once: a marshmallow field costs more to make than to use, and every resumed connect uses it.
+_CURSOR = CursorField()
+
+
 def parse_cursor(value: str) -> int:
     """Parse a ``Last-Event-ID`` header value.
 
     :raises ValidationError: unless it is a non-negative integer below 2^63.
     """
-    return CursorField().deserialize(value)
+    return _CURSOR.deserialize(value)
 
 
 class CancelBody(_Strict):
