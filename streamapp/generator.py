@@ -81,7 +81,7 @@ class StreamBody:
 
     __slots__ = ("_body", "_end")
 
-    def __init__(self, body: Iterator[bytes], end: Callable[[], None]) -> None:
+    def __init__(self, body: Generator[bytes, None, None], end: Callable[[], None]) -> None:
         self._body = body
         self._end = end
 
@@ -90,7 +90,7 @@ class StreamBody:
 
     def close(self) -> None:
         try:
-            t.cast(Generator[bytes, None, None], self._body).close()
+            self._body.close()
         finally:
             self._end()  # the body gives the slot back; this, if it never ran
 
@@ -180,7 +180,7 @@ def _replay(
             return last, selected.ended
 
 
-def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) -> Iterator[bytes]:
+def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) -> Generator[bytes, None, None]:
     yield framing.prelude(plan.retry_ms)
     ending.reason = "error"  # unless one of the ways out below says otherwise
     hub = state.hub
