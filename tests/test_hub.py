@@ -22,6 +22,7 @@ from streamapp.db import Database
 from streamapp.errors import TooManyStreams
 from streamapp.hub import LISTENER_NAME
 from streamapp.hub import Hub
+from tests.conftest import until
 
 STALE_S = 30.0  # slots.stale_after() of the default maintenance interval
 
@@ -116,21 +117,27 @@ def green_psycopg2() -> t.Iterator[None]:
     psycopg2.extensions.set_wait_callback(None)
 
 
-def test_streams_ending_together_are_given_back_together(database, make_hub, new_user_id, green_psycopg2, monkeypatch):
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
+    """Each give-back statement's per-user counts, in order; the statements still run."""
+    statements: list[dict[str, int]] = []
+    real_give_back = slots.give_back
+
+    def spy(cur: t.Any, worker: str, ended: t.Mapping[str, int]) -> None:
+        statements.append(dict(ended))
+        real_give_back(cur, worker, ended)
+
+    monkeypatch.setattr(slots, "give_back", spy)
+    return statements
+
+
+def test_streams_ending_together_are_given_back_together(database, make_hub, new_user_id, green_psycopg2, written):
     # 50 streams of one user end at once, as when their execution completes: one row update
     # each queued on that row's lock and held the pool from appends (issue 10).
     hub = make_hub(database)
     others = new_user_id + "-other"
     for user_id in [new_user_id] * 40 + [others] * 10:
         assert _take(hub, user_id, 100)
-    written: list[dict[str, int]] = []
-
-    def spy(cur: t.Any, worker: str, ended: t.Mapping[str, int]) -> None:
-        written.append(dict(ended))
-        real_give_back(cur, worker, ended)
-
-    real_give_back = slots.give_back
-    monkeypatch.setattr(slots, "give_back", spy)
     gevent.joinall([gevent.spawn(hub.slots.give_back, u) for u in [new_user_id] * 40 + [others] * 10], raise_error=True)
     assert len(written) == 2, written  # the first alone, then all that ended meanwhile
     assert written[1] == {new_user_id: 39, others: 10}
@@ -216,21 +223,13 @@ def test_maintain_without_slots_or_streams_sends_no_query(empty_database, make_h
 
 
 def test_slots_of_clients_that_hung_up_go_back_together_a_moment_later(
-    database, make_hub, new_user_id, green_psycopg2, monkeypatch
+    database, make_hub, new_user_id, green_psycopg2, written
 ):
     # A client that hung up gets its slot back within GIVE_BACK_DELAY_S, with every other one of
     # that moment in one statement: not a round trip each, that the next connect waits behind.
     hub = make_hub(database)
     for _ in range(20):
         assert _take(hub, new_user_id, 100)
-    written: list[dict[str, int]] = []
-
-    def spy(cur: t.Any, worker: str, ended: t.Mapping[str, int]) -> None:
-        written.append(dict(ended))
-        real_give_back(cur, worker, ended)
-
-    real_give_back = slots.give_back
-    monkeypatch.setattr(slots, "give_back", spy)
     for _ in range(20):
         hub.slots.give_back(new_user_id, at_once=False)
     assert hub.slots.open == 0  # this worker's own limit sees it at once
@@ -276,7 +275,10 @@ def test_a_new_stream_of_the_user_on_this_worker_gives_back_its_hung_up_slots_fi
 def _listener_backend(db: Database) -> tuple[int, str] | None:
     """The listener's backend pid and its last statement, as PostgreSQL shows them."""
     with db.autocommit() as cur:
-        cur.execute("SELECT pid, query FROM pg_stat_activity WHERE application_name = %s", (LISTENER_NAME,))
+        cur.execute(
+            "SELECT pid, query FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (LISTENER_NAME,),
+        )
         return cur.fetchone()
 
 
@@ -289,9 +291,7 @@ def test_an_idle_listener_probes_its_connection_and_still_hears_wake_ups(empty_d
     hub.wake = lambda exec_id, last_id: woken.append((exec_id, last_id))  # type: ignore[method-assign]
     hub.start()
     try:
-        deadline = time.monotonic() + 10
-        while not hub.listener_healthy and time.monotonic() < deadline:
-            gevent.sleep(0.02)
+        until(lambda: hub.listener_healthy, 10, "a listening listener")
         first = _listener_backend(db)
         assert first is not None
         cpu = time.process_time()
@@ -301,8 +301,7 @@ def test_an_idle_listener_probes_its_connection_and_still_hears_wake_ups(empty_d
         assert probed is not None and probed[0] == first[0] and probed[1] == "SELECT 1"
         with db.autocommit() as cur:
             cur.execute("SELECT pg_notify(%s, %s)", (storage.CHANNEL, storage.wake_payload("wf_probe", 7)))
-        while not woken and time.monotonic() < deadline:
-            gevent.sleep(0.02)
+        until(lambda: bool(woken), 10, "the wake-up")
         assert woken == [("wf_probe", 7)]
         assert hub.listener_healthy and _listener_backend(db) == (first[0], "SELECT 1")
     finally:
