@@ -94,9 +94,11 @@ def _bearer_user() -> None:
     nobody here listens to: on every API call and stream connect (issue 10). A
     request with a session keeps Flask-Login's order (the session user first).
     """
-    if "Authorization" not in request.headers or "_user_id" in session:
+    environ = request.environ
+    if "HTTP_AUTHORIZATION" not in environ or "_user_id" in session:
         return
-    if current_app.config.get("REMEMBER_COOKIE_NAME", COOKIE_NAME) in request.cookies:
+    # Most bearer requests carry no cookie at all: nothing to parse for a remember-me one.
+    if "HTTP_COOKIE" in environ and current_app.config.get("REMEMBER_COOKIE_NAME", COOKIE_NAME) in request.cookies:
         return
     # Where Flask-Login keeps the request's user; a bad token's is its anonymous user, as Flask-Login
     # would make it (and not after a second lookup of the same token).

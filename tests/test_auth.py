@@ -65,6 +65,40 @@ def test_a_new_secret_key_ends_every_session_and_a_fallback_keeps_them(app, acco
     assert client.get(f"{WORKFLOWS}/{exec_id}").status_code == 200
 
 
+def _session_headers(client, account, exec_id: str) -> list[tuple[str, str | None, str | None]]:
+    """What each step of a session's life answers in ``Vary`` and ``Set-Cookie``."""
+    steps = [
+        lambda: client.get(f"{WORKFLOWS}/{exec_id}", headers=account.headers),  # bearer, no cookie
+        lambda: client.get("/healthz"),
+        lambda: _login(client, account),
+        lambda: client.get(f"{WORKFLOWS}/{exec_id}"),  # the session cookie
+        lambda: client.post(LOGOUT, json={}),
+        lambda: client.get(f"{WORKFLOWS}/{exec_id}"),
+    ]
+    seen = []
+    for step in steps:
+        r = step()
+        cookie = r.headers.get("Set-Cookie")
+        # The signed value differs by its timestamp; whether a cookie is set, and its attributes, must not.
+        seen.append((f"{r.status_code}", r.headers.get("Vary"), cookie and cookie.split(";", 1)[1]))
+    return seen
+
+
+def test_the_standalone_sessions_answer_as_flasks_own(settings, account):
+    # sessions.py takes a shorter way for requests without a cookie: same headers, same cookies.
+    from flask.sessions import SecureCookieSessionInterface
+
+    from streamapp import create_app
+
+    ours = create_app(settings)
+    flasks = create_app(settings)
+    flasks.session_interface = SecureCookieSessionInterface()
+    exec_id = _create(ours.test_client(), account)
+    expected = _session_headers(flasks.test_client(), account, exec_id)
+    assert [status for status, _, _ in expected] == ["200", "200", "200", "200", "204", "401"]
+    assert _session_headers(ours.test_client(), account, exec_id) == expected
+
+
 def test_a_session_user_comes_before_a_bearer_token_as_flask_login_orders_them(app, auth, account):
     # Bearer requests are signed in ahead of Flask-Login (auth._bearer_user) only without a session:
     # with both, the session's user is the request's user, as before.
