@@ -116,9 +116,9 @@ def open_stream(state: State, plan: Plan) -> StreamBody:
 def _end(state: State, plan: Plan, ending: _Ending) -> None:
     """Give the stream's slot back, then log its end: once per stream, whichever way it ended."""
     counters.stream_closed(plan.kind, time.monotonic() - plan.connected_at)
-    # One the server ended is free before the client reads the end, so it may open another at once;
-    # a hung-up client's goes back with the next batch (slots.GIVE_BACK_DELAY_S).
-    state.hub.slots.give_back(plan.user_id, at_once=ending.reason != "client_gone")
+    # With the others ending within slots.GIVE_BACK_DELAY_S, in one statement; at once on shutdown,
+    # when the worker may be gone before the batch is written.
+    state.hub.slots.give_back(plan.user_id, at_once=ending.reason == "shutdown")
     logs.structured(
         log,
         logging.INFO,
@@ -228,7 +228,7 @@ def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) ->
     finally:
         hub.unsubscribe(sub)
         ending.sent, ending.last = sub.sent, max(ending.last, sub.last)
-        # Before the response's last byte: a client that sees the end may open another at once.
+        # Before the response's last byte: the end record is written, the slot on its way back.
         end()
 
 

@@ -229,18 +229,18 @@ class Slots:
         # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
         return TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
 
-    def give_back(self, user_id: str, *, at_once: bool = True) -> None:
-        """A stream of ``user_id`` ended: its slot is free here now, and for every worker at once, or
-        within :data:`GIVE_BACK_DELAY_S` when the client hung up (SPEC §5).
+    def give_back(self, user_id: str, *, at_once: bool = False) -> None:
+        """A stream of ``user_id`` ended: its slot is free here now, and for every worker within
+        :data:`GIVE_BACK_DELAY_S`, or before this returns when ``at_once`` (SPEC §5).
 
-        Streams that end while a give-back is on its way go to the database together in the
-        next one: a thousand streams ending at once (their executions completed) are a few
-        statements, not a thousand updates of one row waiting on each other's locks and holding
-        the pool from the appends meanwhile (issue 10). A stream the server ends must be free
-        for a new one before the client reads the end (``at_once``). A client that hung up
-        learns nothing from the server and honours ``Retry-After`` (≥ 1 s) when refused, so its
-        slot goes back with the others of the next moment, not in a round trip of its own that
-        the client's next connect would wait behind (issue 10).
+        The streams that end within that moment go to the database together, in one
+        statement: a thousand streams ending at once (their executions completed) are a few
+        statements, not a thousand round trips, each a write of the same row that the next
+        connect of that user waits behind (issue 10). A refused client honours ``Retry-After``
+        (≥ 1 s), by which time the slot is back everywhere; a new stream of the user on this
+        worker gives it back first, in its own round trip (:meth:`take_on_open`). Streams that
+        end while a give-back is on its way go in the next one. ``at_once`` is for a worker
+        that is shutting down and may be gone before the moment is over.
         """
         self.open -= 1
         with self._lock:

@@ -103,7 +103,7 @@ def test_a_slot_counts_on_the_worker_until_given_back(database, make_hub, new_us
     hub = make_hub(database)
     assert _take(hub, new_user_id, 1)
     assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (1, {new_user_id: 1}, 1)
-    hub.slots.give_back(new_user_id)
+    hub.slots.give_back(new_user_id, at_once=True)
     assert (hub.slots.open, hub.slots.held, _counted(hub, new_user_id)) == (0, {}, 0)
 
 
@@ -132,13 +132,14 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
 
 
 def test_streams_ending_together_are_given_back_together(database, make_hub, new_user_id, green_psycopg2, written):
-    # 50 streams of one user end at once, as when their execution completes: one row update
-    # each queued on that row's lock and held the pool from appends (issue 10).
+    # 50 streams end at once, as on a worker's shutdown, each giving its slot back at once: a row
+    # update each queued on that row's lock and held the pool from appends (issue 10).
     hub = make_hub(database)
     others = new_user_id + "-other"
     for user_id in [new_user_id] * 40 + [others] * 10:
         assert _take(hub, user_id, 100)
-    gevent.joinall([gevent.spawn(hub.slots.give_back, u) for u in [new_user_id] * 40 + [others] * 10], raise_error=True)
+    ending = [gevent.spawn(hub.slots.give_back, u, at_once=True) for u in [new_user_id] * 40 + [others] * 10]
+    gevent.joinall(ending, raise_error=True)
     assert len(written) == 2, written  # the first alone, then all that ended meanwhile
     assert written[1] == {new_user_id: 39, others: 10}
     assert (hub.slots.open, hub.slots.held) == (0, {})
@@ -157,7 +158,7 @@ def test_maintain_writes_back_what_the_hub_holds(database, empty_database, make_
     for _ in range(3):
         assert _take(hub, new_user_id, 10)
     with _counts_fail(hub, empty_database):  # one stream ended and its give-back failed: only the hub knows
-        hub.slots.give_back(new_user_id)
+        hub.slots.give_back(new_user_id, at_once=True)
     assert _counted(hub, new_user_id) == 3
     hub.maintain()
     assert _counted(hub, new_user_id) == 2
@@ -168,7 +169,7 @@ def test_a_failed_give_back_stops_counting_at_the_next_round(database, empty_dat
     assert _take(hub, new_user_id, 1)
     assert not _take(hub, new_user_id, 1)  # the limit holds while the stream is open
     with _counts_fail(hub, empty_database):
-        hub.slots.give_back(new_user_id)
+        hub.slots.give_back(new_user_id, at_once=True)
     assert not _take(hub, new_user_id, 1)  # the row still counts...
     hub.maintain()
     assert _take(hub, new_user_id, 1)  # ...until the next round
@@ -187,7 +188,7 @@ def test_a_failed_round_is_made_good_at_the_next(database, empty_database, make_
     assert _take(hub, new_user_id, 10)
     hub.maintain()
     with _counts_fail(hub, empty_database):
-        hub.slots.give_back(new_user_id)
+        hub.slots.give_back(new_user_id, at_once=True)
         hub.maintain()  # a round in which every count query fails
     assert _counted(hub, new_user_id) == 1
     hub.maintain()
@@ -231,7 +232,7 @@ def test_slots_of_clients_that_hung_up_go_back_together_a_moment_later(
     for _ in range(20):
         assert _take(hub, new_user_id, 100)
     for _ in range(20):
-        hub.slots.give_back(new_user_id, at_once=False)
+        hub.slots.give_back(new_user_id)
     assert hub.slots.open == 0  # this worker's own limit sees it at once
     assert (written, _counted(hub, new_user_id)) == ([], 20)
     gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)
@@ -239,13 +240,13 @@ def test_slots_of_clients_that_hung_up_go_back_together_a_moment_later(
     assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
 
 
-def test_a_slot_the_server_frees_goes_back_at_once_with_those_waiting(database, make_hub, new_user_id, green_psycopg2):
+def test_a_slot_freed_on_shutdown_goes_back_at_once_with_those_waiting(database, make_hub, new_user_id, green_psycopg2):
     hub = make_hub(database)
     for _ in range(3):
         assert _take(hub, new_user_id, 100)
-    hub.slots.give_back(new_user_id, at_once=False)
-    hub.slots.give_back(new_user_id, at_once=False)
-    hub.slots.give_back(new_user_id)  # a stream the server ended: written before it returns, the others too
+    hub.slots.give_back(new_user_id)
+    hub.slots.give_back(new_user_id)
+    hub.slots.give_back(new_user_id, at_once=True)  # a worker shutting down: written before it returns, the others too
     assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
     gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)  # the later flush finds nothing left to write
     assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
@@ -261,7 +262,7 @@ def test_a_new_stream_of_the_user_on_this_worker_gives_back_its_hung_up_slots_fi
     reader = slots.Reader(user_id, any_owner=False, default_rule=True)
     with hub.db.autocommit() as cur:
         assert hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]
-    hub.slots.give_back(user_id, at_once=False)
+    hub.slots.give_back(user_id)
     assert _counted(hub, user_id) == 1  # not written yet
     with hub.db.autocommit() as cur:
         assert hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]

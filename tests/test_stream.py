@@ -61,6 +61,32 @@ def test_an_execution_ended_at_the_cursor_is_204_and_takes_no_slot(app, db, acco
     assert _counted(db, account.user.get_id()) == 0 and _slots(app).held == {}
 
 
+def test_a_stream_that_ends_gives_its_slot_back_with_the_others_of_that_moment(app, db, account, producer):
+    # Its terminal event sent, the stream is free on this worker at once and on every worker within
+    # GIVE_BACK_DELAY_S, in one statement with the others ending then (slots.py).
+    exec_id = producer.create_execution("workflow", "done", account.user.get_id())["exec_id"]
+    producer.append_events(exec_id, [COMPLETE])
+    response = app.test_client().get(_url(exec_id), headers=account.headers)
+    assert response.status_code == 200 and b"event: complete" in response.get_data()
+    assert _slots(app).open == 0  # this worker's own limit sees it at once
+    _given_back_by_now()
+    assert _counted(db, account.user.get_id()) == 0 and _slots(app).held == {}
+
+
+def test_a_stream_ended_by_shutdown_gives_its_slot_back_before_its_last_byte(make_client, db, account, producer):
+    # The worker may be gone before a batch is written: its streams' slots go back at once.
+    client = make_client()
+    exec_id = producer.create_execution("workflow", "running", account.user.get_id())["exec_id"]
+    response = client.get(_url(exec_id), headers=account.headers)
+    body = iter(response.response)
+    assert next(body).startswith(b"retry:")  # the prelude; the stream is live from here
+    assert _counted(db, account.user.get_id()) == 1
+    client.application.extensions["streamapp"].hub.stop()
+    rest = b"".join(body)
+    assert rest.startswith(b"retry:")  # the jittered retry of a shutdown (SPEC §5.4)
+    assert _counted(db, account.user.get_id()) == 0
+
+
 def test_past_the_limit_429_but_404_first(make_client, db, auth, producer):
     user, stranger = auth.user(), auth.user()
     client = make_client(max_streams_per_user=1)
