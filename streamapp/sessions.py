@@ -10,8 +10,8 @@ new signer.
 Most requests are API calls and stream connects with a bearer token and no
 cookie at all. Their session is empty from start to end, and Flask still
 parsed the missing cookie, read seven cookie settings and re-parsed the
-``Vary`` header to learn that: a sixth of the worker's Flask overhead under
-the append load (issue 10). Those requests take a shorter way to the same
+``Vary`` header to learn that: a fifth of the worker's Flask overhead in a
+profile under the append load (issue 10). Those requests take a shorter way to the same
 result.
 """
 

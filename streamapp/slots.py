@@ -59,7 +59,7 @@ ON CONFLICT (user_id, worker) DO UPDATE SET streams = excluded.streams, seen_at 
 DELETE FROM stream_counts WHERE worker = %(worker)s AND NOT user_id = ANY(%(users)s::text[]);
 DELETE FROM stream_counts WHERE seen_at < now() - make_interval(secs => %(forget_s)s)
 """)
-#: The longest a hung-up client's slot waits to go back with others (well under a Retry-After's 1 s).
+#: The longest an ended stream's slot waits to go back with others (well under a Retry-After's 1 s).
 GIVE_BACK_DELAY_S = 0.05
 #: Rows of workers that died are deleted once they are this much older than stale: by then they
 #: have long stopped counting, and the table must not grow with every worker ever started.
@@ -226,7 +226,7 @@ class Slots:
     def refuse(limit: int) -> TooManyStreams:
         """The 429 for a user who holds ``limit`` streams already, counted as refused."""
         counters.stream_refused("user_limit")
-        # Retry-After 1: a stream the user closes gives its slot back at once (SPEC §5).
+        # Retry-After 1: a stream the user closes gives its slot back within GIVE_BACK_DELAY_S (SPEC §5).
         return TooManyStreams(f"you have {limit} streams open; close one or retry later", retry_after=1)
 
     def give_back(self, user_id: str, *, at_once: bool = False) -> None:
