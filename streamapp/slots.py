@@ -240,9 +240,12 @@ class Slots:
         (≥ 1 s), by which time the slot is back everywhere; a new stream of the user on this
         worker gives it back first, in its own round trip (:meth:`take_on_open`). Streams that
         end while a give-back is on its way go in the next one. ``at_once`` is for a worker
-        that is shutting down and may be gone before the moment is over.
+        that is shutting down and may be gone before the moment is over; a caller outside the
+        gevent loop's greenlets (a sync or threaded worker) gives back at once too, since
+        nothing may run the loop, and the batch with it, until its next stream.
         """
         self.open -= 1
+        at_once = at_once or gevent.getcurrent().parent is None
         with self._lock:
             self._ended[user_id] += 1
             if not at_once:

@@ -131,6 +131,11 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
     return statements
 
 
+def _ended(hub: Hub, user_id: str) -> None:
+    """A stream of ``user_id`` ends on a greenlet of the gevent loop, as in a gevent worker."""
+    gevent.spawn(hub.slots.give_back, user_id).get()
+
+
 def test_streams_ending_together_are_given_back_together(database, make_hub, new_user_id, green_psycopg2, written):
     # 50 streams end at once, as on a worker's shutdown, each giving its slot back at once: a row
     # update each queued on that row's lock and held the pool from appends (issue 10).
@@ -232,7 +237,7 @@ def test_slots_of_clients_that_hung_up_go_back_together_a_moment_later(
     for _ in range(20):
         assert _take(hub, new_user_id, 100)
     for _ in range(20):
-        hub.slots.give_back(new_user_id)
+        _ended(hub, new_user_id)
     assert hub.slots.open == 0  # this worker's own limit sees it at once
     assert (written, _counted(hub, new_user_id)) == ([], 20)
     gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)
@@ -244,12 +249,21 @@ def test_a_slot_freed_on_shutdown_goes_back_at_once_with_those_waiting(database,
     hub = make_hub(database)
     for _ in range(3):
         assert _take(hub, new_user_id, 100)
-    hub.slots.give_back(new_user_id)
-    hub.slots.give_back(new_user_id)
+    _ended(hub, new_user_id)
+    _ended(hub, new_user_id)
     hub.slots.give_back(new_user_id, at_once=True)  # a worker shutting down: written before it returns, the others too
     assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
     gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)  # the later flush finds nothing left to write
     assert (hub.slots.held, _counted(hub, new_user_id)) == ({}, 0)
+
+
+def test_a_stream_that_ends_outside_the_loops_greenlets_gives_back_at_once(database, make_hub, new_user_id, written):
+    # A sync or threaded worker runs requests on a thread's main greenlet: nothing may run the
+    # gevent loop, and a later batch with it, until that worker's next stream.
+    hub = make_hub(database)
+    assert _take(hub, new_user_id, 100)
+    hub.slots.give_back(new_user_id)
+    assert (written, hub.slots.held, _counted(hub, new_user_id)) == ([{new_user_id: 1}], {}, 0)
 
 
 def test_a_new_stream_of_the_user_on_this_worker_gives_back_its_hung_up_slots_first(
@@ -262,7 +276,7 @@ def test_a_new_stream_of_the_user_on_this_worker_gives_back_its_hung_up_slots_fi
     reader = slots.Reader(user_id, any_owner=False, default_rule=True)
     with hub.db.autocommit() as cur:
         assert hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]
-    hub.slots.give_back(user_id)
+    _ended(hub, user_id)
     assert _counted(hub, user_id) == 1  # not written yet
     with hub.db.autocommit() as cur:
         assert hub.slots.take_on_open(cur, "workflow", workflow, 0, reader, 1)[1]
