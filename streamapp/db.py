@@ -172,8 +172,8 @@ class Database:
         # A deque's append and pop are atomic: no lock or condition per checkout (issue 10).
         # The newest idle connection goes out first, so the others can time out server-side.
         self._idle: collections.deque[Connection] = collections.deque()
-        self._slots_made = threading.Lock()
-        self._slots_kind: _Semaphore | None = None
+        self._slots_lock = threading.Lock()
+        self._slots_semaphore: _Semaphore | None = None
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -235,12 +235,12 @@ class Database:
     def _slots(self) -> _Semaphore:
         # Made at first use, in the process that uses it: an app built in gunicorn's
         # master (`python app.py`) is forked into a worker that gevent patches after.
-        slots = self._slots_kind
+        slots = self._slots_semaphore
         if slots is None:
-            with self._slots_made:
-                if self._slots_kind is None:
-                    self._slots_kind = _semaphore(self.size)
-                slots = self._slots_kind
+            with self._slots_lock:
+                if self._slots_semaphore is None:
+                    self._slots_semaphore = _semaphore(self.size)
+                slots = self._slots_semaphore
         return slots
 
     def _take(self) -> Connection:

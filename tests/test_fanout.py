@@ -128,7 +128,7 @@ def test_a_workers_own_append_reaches_its_streams_before_the_producer_returns_an
 
 def test_a_read_in_flight_takes_them_instead_and_nothing_is_sent_twice(database, db, workflow):
     reader_db = Database(database, 1)
-    reader_db._slots_kind = gevent.lock.BoundedSemaphore(1)  # cooperative, as it is in a gevent worker
+    reader_db._slots_semaphore = gevent.lock.BoundedSemaphore(1)  # cooperative, as it is in a gevent worker
     topics, producer, sub, last = _follow(reader_db, db, workflow)
     try:
         with reader_db.connection():  # the hub's read waits for this connection: it is in flight

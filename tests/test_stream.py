@@ -26,7 +26,7 @@ def _counted(db, user_id: str) -> int:
 
 
 def _given_back_by_now() -> None:
-    """Wait out the moment a hung-up client's slot waits to go back with others (slots.py)."""
+    """Wait out the moment an ended stream's slot may wait to go back with others (slots.py)."""
     gevent.sleep(slots.GIVE_BACK_DELAY_S * 2)
 
 
@@ -48,7 +48,8 @@ def test_an_admin_streams_anyones_execution_on_one_slot_given_back_at_close(app,
     response = app.test_client().get(_url(exec_id), headers=admin.headers)
     assert response.status_code == 200
     assert _counted(db, admin.user.get_id()) == 1 and _slots(app).held == {admin.user.get_id(): 1}
-    response.close()  # the body never ran: the client left, and its slot goes back a moment later
+    response.close()  # the body never ran: the client left, and its slot goes back (at once on this
+    # main greenlet, as under a sync worker; with its moment's others under a gevent worker)
     _given_back_by_now()
     assert _counted(db, admin.user.get_id()) == 0 and _slots(app).held == {}
 
