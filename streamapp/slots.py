@@ -90,6 +90,13 @@ class Reader:
     any_owner: bool  # an admin reads every execution
     default_rule: bool  # False: a host's ``authorize`` hook decides, after the lookup
 
+    def runs(self, execution: Execution, cursor: int) -> bool:
+        """Whether a stream of ``execution`` from ``cursor`` runs for this reader under the default
+        rule: what :func:`open_stream`'s statement decides before it takes a slot."""
+        terminal_id = execution["terminal_event_id"]
+        visible = self.any_owner or execution["owner_id"] == self.user_id
+        return visible and (terminal_id is None or cursor < terminal_id)
+
 
 def open_stream(
     cur: Cursor,
@@ -185,7 +192,13 @@ class Slots:
         self, cur: Cursor, kind: str, exec_id: str, cursor: int, reader: Reader, limit: int
     ) -> tuple[Execution | None, bool]:
         """Look the execution up and, where :func:`open_stream` may, hold the stream's slot in the same
-        round trip; the execution and whether the slot is held. Run it on an autocommit cursor."""
+        round trip; the execution and whether the slot is held. Run it on an autocommit cursor.
+
+        A slot of the user's that ended here and still waits to go back is this stream's,
+        under the default rule: the database counts it still, so the lookup writes nothing.
+        """
+        if reader.default_rule and self._reuse_ended(reader.user_id):
+            return self._open_on_reused(cur, kind, exec_id, cursor, reader)
         outcome: tuple[Execution | None, bool] = (None, False)
         with self._lock:  # the user's streams here that ended and wait to be given back go back with it
             returned = self._ended.pop(reader.user_id, 0)
@@ -201,6 +214,43 @@ class Slots:
             # Given back, unless the statement failed; then the next round writes the true count.
             self._release({reader.user_id: returned} if returned else {})
         return outcome
+
+    def _reuse_ended(self, user_id: str) -> bool:
+        """Take one of ``user_id``'s ended slots that wait to go back, if there is one."""
+        with self._lock:
+            waiting = self._ended.get(user_id, 0)
+            if waiting == 0:
+                return False
+            if waiting == 1:
+                del self._ended[user_id]
+            else:
+                self._ended[user_id] = waiting - 1
+            return True
+
+    def _open_on_reused(
+        self, cur: Cursor, kind: str, exec_id: str, cursor: int, reader: Reader
+    ) -> tuple[Execution | None, bool]:
+        """:meth:`take_on_open` on a reused slot: a read only; the slot waits to go back again unless
+        the stream runs."""
+        runs = False
+        try:
+            execution, _ = open_stream(
+                cur,
+                kind,
+                exec_id,
+                cursor,
+                dataclasses.replace(reader, default_rule=False),
+                self.worker_id,
+                0,
+                self._stale_s,
+            )
+            runs = execution is not None and reader.runs(execution, cursor)
+        finally:
+            if runs:
+                self.open += 1
+            else:
+                self._ended_slot(reader.user_id)
+        return execution, runs
 
     @property
     def _stale_s(self) -> float:
@@ -238,13 +288,17 @@ class Slots:
         statements, not a thousand round trips, each a write of the same row that the next
         connect of that user waits behind (issue 10). A refused client honours ``Retry-After``
         (≥ 1 s), by which time the slot is back everywhere; a new stream of the user on this
-        worker gives it back first, in its own round trip (:meth:`take_on_open`). Streams that
+        worker takes it over, or gives it back first in its own round trip (:meth:`take_on_open`). Streams that
         end while a give-back is on its way go in the next one. ``at_once`` is for a worker
         that is shutting down and may be gone before the moment is over; a caller outside the
         gevent loop's greenlets (a sync or threaded worker) gives back at once too, since
         nothing may run the loop, and the batch with it, until its next stream.
         """
         self.open -= 1
+        self._ended_slot(user_id, at_once=at_once)
+
+    def _ended_slot(self, user_id: str, *, at_once: bool = False) -> None:
+        """A slot of ``user_id`` that no stream holds now goes back, later or at once (:meth:`give_back`)."""
         at_once = at_once or gevent.getcurrent().parent is None
         with self._lock:
             self._ended[user_id] += 1
