@@ -108,10 +108,12 @@ def open_stream(
     limit: int,
     stale_s: float,
     returned: int = 0,
+    *,
+    take: bool = True,
 ) -> tuple[Execution | None, bool]:
     """The execution, and whether a slot of ``reader`` was taken for its stream, in one round trip.
 
-    A slot is taken only under the default rule, for a reader it lets in, when the
+    A slot is taken only when ``take``, under the default rule, for a reader it lets in, when the
     execution has not ended at ``cursor``. First, in any case, ``returned`` slots of
     the reader's ended streams on ``worker`` are given back. Run it on an autocommit cursor.
     """
@@ -119,7 +121,7 @@ def open_stream(
         "exec_id": exec_id,
         "kind": kind,
         "cursor": cursor,
-        "take": reader.default_rule,
+        "take": take and reader.default_rule,
         "user_id": reader.user_id,
         "any_owner": reader.any_owner,
         "worker": worker,
@@ -234,16 +236,7 @@ class Slots:
         the stream runs."""
         runs = False
         try:
-            execution, _ = open_stream(
-                cur,
-                kind,
-                exec_id,
-                cursor,
-                dataclasses.replace(reader, default_rule=False),
-                self.worker_id,
-                0,
-                self._stale_s,
-            )
+            execution, _ = open_stream(cur, kind, exec_id, cursor, reader, self.worker_id, 0, self._stale_s, take=False)
             runs = execution is not None and reader.runs(execution, cursor)
         finally:
             if runs:
@@ -288,8 +281,8 @@ class Slots:
         statements, not a thousand round trips, each a write of the same row that the next
         connect of that user waits behind (issue 10). A refused client honours ``Retry-After``
         (≥ 1 s), by which time the slot is back everywhere; a new stream of the user on this
-        worker takes it over, or gives it back first in its own round trip (:meth:`take_on_open`). Streams that
-        end while a give-back is on its way go in the next one. ``at_once`` is for a worker
+        worker takes it over, or gives it back first in its own round trip (:meth:`take_on_open`).
+        Streams that end while a give-back is on its way go in the next one. ``at_once`` is for a worker
         that is shutting down and may be gone before the moment is over; a caller outside the
         gevent loop's greenlets (a sync or threaded worker) gives back at once too, since
         nothing may run the loop, and the batch with it, until its next stream.
