@@ -93,9 +93,8 @@ class Reader:
     def runs(self, execution: Execution, cursor: int) -> bool:
         """Whether a stream of ``execution`` from ``cursor`` runs for this reader under the default
         rule: what :func:`open_stream`'s statement decides before it takes a slot."""
-        terminal_id = execution["terminal_event_id"]
         visible = self.any_owner or execution["owner_id"] == self.user_id
-        return visible and (terminal_id is None or cursor < terminal_id)
+        return visible and not storage.ended_at(execution, cursor)
 
 
 def open_stream(

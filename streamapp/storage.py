@@ -93,6 +93,12 @@ def execution_from_row(row: tuple[t.Any, ...]) -> Execution:
     return t.cast(Execution, dict(zip(_COLUMN_NAMES, row, strict=True)))
 
 
+def ended_at(execution: Execution, cursor: int) -> bool:
+    """Whether a stream from ``cursor`` has nothing left to send: the execution ended at or before it."""
+    terminal_id = execution["terminal_event_id"]
+    return terminal_id is not None and cursor >= terminal_id
+
+
 def _row(row: tuple[t.Any, ...] | None) -> Execution | None:
     return None if row is None else execution_from_row(row)
 

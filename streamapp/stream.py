@@ -39,6 +39,7 @@ from .inputs import single_valued_args
 from .schemas import StreamQuery
 from .schemas import parse_cursor
 from .state import current_state
+from .storage import ended_at
 
 if t.TYPE_CHECKING:
     from .config import Settings
@@ -120,12 +121,6 @@ def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any) -> E
                 raise slots.refuse(limit)  # the database refused it
             slots.take(cur, reader.user_id, limit)  # a host's hook let the user in
     return execution
-
-
-def ended_at(execution: Execution, cursor: int) -> bool:
-    """Whether a stream from ``cursor`` has nothing left to send: the execution ended at or before it."""
-    terminal_id = execution["terminal_event_id"]
-    return terminal_id is not None and cursor >= terminal_id
 
 
 @bp.get("/executions/<kind>/<exec_id>/stream")
