@@ -60,6 +60,8 @@ class Settings:
     direct_writes: bool = True
     send_timeout_s: float = 30.0
     max_concurrent_replays: int = 32
+    #: Bytes of each followed execution's newest frames a worker keeps, for replays without a read.
+    recent_frames_bytes: int = 16 * 1024
     var_dir: str = "var"
     metrics_dir: str | None = None
     #: End executions with no durable event for this long with TIMED_OUT (SPEC §2); None: never.
@@ -193,6 +195,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_DIRECT_WRITES": ("direct_writes", _boolean),
     "STREAMAPP_SEND_TIMEOUT_S": ("send_timeout_s", _seconds),
     "STREAMAPP_MAX_CONCURRENT_REPLAYS": ("max_concurrent_replays", _int_range(1, 10_000)),
+    "STREAMAPP_RECENT_FRAMES_BYTES": ("recent_frames_bytes", _int_range(0, 16 * 1024 * 1024)),
     "STREAMAPP_VAR_DIR": ("var_dir", str),
     "STREAMAPP_EXECUTION_TIMEOUT_S": ("execution_timeout_s", _seconds),
     "STREAMAPP_RETENTION_S": ("retention_s", _seconds),

@@ -83,6 +83,11 @@ EVENT_READS = Counter("streamapp_event_reads_total", "Reads of new events by hub
 SAFETY_CHECKS = Counter("streamapp_safety_checks_total", "Batched safety-check queries.")
 DELIVERED = Counter("streamapp_events_fanned_out_total", "Event deliveries handed to streams by hubs.")
 DIRECT_WRITES = Counter("streamapp_direct_writes_total", "Batches written straight to parked streams' sockets.")
+REPLAYS = Counter(
+    "streamapp_replays_total",
+    "Stream replays, by where they read: the hub's recent frames ('memory') or the table ('table').",
+    ["source"],
+)
 OVERFLOWS = Counter("streamapp_stream_overflows_total", "Streams that fell behind and re-read the table.")
 CHUNKS_INCOMPLETE = Counter(
     "streamapp_chunks_incomplete_total", "Split text chunks forgotten because a part never arrived."
@@ -95,6 +100,7 @@ _OPEN = {kind: OPEN_STREAMS.labels(kind) for kind in KINDS}
 _OPENED = {kind: STREAMS_OPENED.labels(kind) for kind in KINDS}
 _REFUSED = {reason: STREAMS_REFUSED.labels(reason) for reason in REFUSAL_REASONS}
 _SENT = {name: EVENTS_SENT.labels(name) for name in SENT_TYPES}
+_REPLAYS = {source: REPLAYS.labels(source) for source in ("memory", "table")}
 
 _TS = b'"ts":"'
 
@@ -120,6 +126,11 @@ def events_sent(types: Mapping[str, int]) -> None:
     """Count one written batch's frames: one increment per type, not per event."""
     for name, count in types.items():
         (_SENT.get(name) or _SENT[OTHER_TYPE]).inc(count)
+
+
+def replayed(source: str) -> None:
+    """A stream's replay read from ``source``: ``memory`` (the hub's recent frames) or ``table``."""
+    _REPLAYS[source].inc()
 
 
 def first_event(connected_at: float) -> None:

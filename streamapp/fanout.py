@@ -7,14 +7,17 @@
 
 A stream subscribes first, then replays from the table and reports where its
 replay ended (:meth:`Topics.caught_up`), so nothing falls between replay and
-live; it de-duplicates by id. Text chunks are framed once per mode and queued
-to every stream of their execution. The hub owns the one :class:`Topics` of a
+live; it de-duplicates by id. Each execution keeps its newest frames, up to a
+byte budget, as read from the table: a stream whose cursor they cover replays
+from them, without a read (:meth:`Topics.recent`). Text chunks are framed once
+per mode and queued to every stream of their execution. The hub owns the one :class:`Topics` of a
 worker; only the hub holds process-wide mutable state (STYLE §4).
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import typing as t
@@ -42,7 +45,7 @@ FETCH_PAGE = 1000
 
 
 class _Topic:
-    __slots__ = ("exec_id", "subscribers", "cursor", "known", "fetching", "reading")
+    __slots__ = ("exec_id", "subscribers", "cursor", "known", "fetching", "reading", "recent", "recent_bytes")
 
     def __init__(self, exec_id: str) -> None:
         self.exec_id = exec_id
@@ -51,14 +54,60 @@ class _Topic:
         self.known = 0  # highest id known to exist
         self.fetching = False  # a greenlet is on its way to read new rows
         self.reading = False  # … and its read is in flight: what it returns starts at the cursor it had
+        #: The newest frames, gap-free and ending at ``cursor``: rows of the table, never anything else.
+        self.recent: collections.deque[Item] = collections.deque()
+        self.recent_bytes = 0
+
+    def remember(self, items: Sequence[Item], limit: int) -> None:
+        """Keep ``items``, the frames right after :attr:`recent`, and drop the oldest beyond ``limit`` bytes."""
+        if self.recent and self.recent[-1][0] != t.cast(int, items[0][0]) - 1:
+            self.forget()  # not the next ones: a gap would be served as if nothing were missing
+        self.recent.extend(items)
+        self.recent_bytes += _size(items)
+        self._trim(limit)
+
+    def remember_before(self, items: Sequence[Item], limit: int) -> None:
+        """Keep ``items``, a stream's last replay page, where they reach back before :attr:`recent`."""
+        first = t.cast(int, self.recent[0][0]) if self.recent else t.cast(int, self.cursor) + 1
+        last = t.cast(int, items[-1][0])
+        if last < first - 1 or last > t.cast(int, self.cursor):
+            return  # they would leave a gap before the recent frames, or run past the cursor
+        for item in reversed(items):  # the newest of them first, as many as the budget takes
+            if t.cast(int, item[0]) >= first:
+                continue
+            if self.recent_bytes + len(item[2]) > limit:
+                return
+            self.recent.appendleft(item)
+            self.recent_bytes += len(item[2])
+
+    def after(self, cursor: int) -> list[Item] | None:
+        """The frames after ``cursor`` up to the topic's cursor, when the recent frames hold all of them."""
+        if self.cursor is None or cursor > self.cursor:
+            return None
+        if cursor == self.cursor:
+            return []
+        if not self.recent or t.cast(int, self.recent[0][0]) > cursor + 1:
+            return None
+        skip = cursor + 1 - t.cast(int, self.recent[0][0])
+        return list(itertools.islice(self.recent, skip, None))
+
+    def forget(self) -> None:
+        self.recent.clear()
+        self.recent_bytes = 0
+
+    def _trim(self, limit: int) -> None:
+        while self.recent and self.recent_bytes > limit:
+            self.recent_bytes -= len(self.recent.popleft()[2])
 
 
 class Topics:
     """The executions streamed by one worker, each with its streams and its read cursor."""
 
-    def __init__(self, db: Database, queue_limit: int) -> None:
+    def __init__(self, db: Database, queue_limit: int, recent_bytes: int = 0) -> None:
         self.db = db
         self.queue_limit = queue_limit
+        #: The byte budget of each execution's recent frames; 0 keeps none, and every replay reads.
+        self.recent_bytes = recent_bytes
         self._topics: dict[str, _Topic] = {}
         self._reassembler = chunks.Reassembler()
         self.endings = Endings()
@@ -91,14 +140,24 @@ class Topics:
         if not topic.subscribers:
             del self._topics[sub.exec_id]
 
-    def caught_up(self, sub: Subscriber, last_id: int) -> None:
-        """A stream's replay read the table up to ``last_id``."""
+    def caught_up(self, sub: Subscriber, last_id: int, page: Sequence[Item] = ()) -> None:
+        """A stream's replay read the table up to ``last_id``; ``page``, its last page read, may
+        extend the execution's recent frames back."""
         topic = self._topics.get(sub.exec_id)
         if topic is None:
             return
         if topic.cursor is None:
             topic.cursor = last_id
+        if page and self.recent_bytes:
+            topic.remember_before(page, self.recent_bytes)
         self._maybe_fetch(topic)
+
+    def recent(self, sub: Subscriber, cursor: int) -> list[Item] | None:
+        """The frames of ``sub``'s execution after ``cursor``, when its recent frames hold all of them
+        up to the hub's cursor; ``None`` when the stream must read the table. Call it once subscribed:
+        whatever comes after those frames reaches the stream as live events."""
+        topic = self._topics.get(sub.exec_id)
+        return None if topic is None or not self.recent_bytes else topic.after(cursor)
 
     def wake(self, exec_id: str, last_id: int) -> None:
         """Record that ``exec_id`` has events up to ``last_id``; read them if no stream has."""
@@ -158,8 +217,10 @@ class Topics:
 
     def _deliver(self, topic: _Topic, items: Sequence[Item]) -> None:
         """New events of ``topic``, past its cursor: written to each parked stream, queued to the others."""
-        size = sum(len(frame) for _, _, frame in items)
+        size = _size(items)
         topic.cursor = items[-1][0]
+        if self.recent_bytes:
+            topic.remember(items, self.recent_bytes)
         batch, direct = Batch(items), 0
         for sub in list(topic.subscribers):
             if sub.try_write(batch):
@@ -190,6 +251,10 @@ class Topics:
             if sub.text_mode not in frames:
                 frames[sub.text_mode] = _chunk_frame(exec_id, text, sub.text_mode)
             sub.push_chunk(frames[sub.text_mode])
+
+
+def _size(items: Sequence[Item]) -> int:
+    return sum(len(frame) for _, _, frame in items)
 
 
 def appended_frames(before: int, tails: Sequence[tuple[str, str]]) -> list[Item]:

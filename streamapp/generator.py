@@ -21,12 +21,14 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Generator
 from collections.abc import Iterator
+from collections.abc import Sequence
 
 from . import counters
 from . import framing
 from . import logs
 from . import storage
 from .errors import DatabaseUnavailable
+from .event_filter import Item
 from .event_filter import Selected
 from .event_filter import select
 
@@ -152,10 +154,20 @@ def _written(sub: Subscriber, selected: Selected) -> None:
     sub.wrote(selected.count)
 
 
+def _send(sub: Subscriber, selected: Selected, head: bytes = b"") -> Generator[bytes, None, None]:
+    """Write ``head`` and a selected batch, count it, and move the stream's cursor past it."""
+    if head or selected.frames:
+        yield head + selected.data
+    if selected.frames:
+        _written(sub, selected)
+    sub.advance(selected.last)  # for the end record, should the client leave now
+
+
 def _replay(
     state: State, plan: Plan, sub: Subscriber, last: int, newest: int | None = None
-) -> Generator[bytes, None, tuple[int, bool]]:
-    """Send the table from ``last`` on, page by page; return the new cursor and whether it ended.
+) -> Generator[bytes, None, tuple[int, bool, Sequence[Item]]]:
+    """Send the table from ``last`` on, page by page; return the new cursor, whether it ended, and
+    the last page read.
 
     With ``newest`` (a cursor behind the head), the first page also tells
     whether retention removed events after the cursor: the oldest held one
@@ -172,16 +184,36 @@ def _replay(
             newest = None
         selected = select(items, last, plan.types)
         last = selected.last
-        if selected.frames:
-            yield selected.data
-            _written(sub, selected)
-        sub.advance(last)  # for the end record, should the client leave now
+        yield from _send(sub, selected)
         if selected.ended or not more or sub.closing:
-            return last, selected.ended
+            return last, selected.ended, items
+
+
+def _from_memory(
+    state: State, plan: Plan, sub: Subscriber, prelude: bytes
+) -> Generator[bytes, None, tuple[int, bool] | None]:
+    """The replay from the hub's recent frames, in one write with the prelude (no database work comes
+    first); ``None``, with nothing sent, when they do not hold everything after the cursor.
+
+    Only for an execution that has not ended: retention prunes none of those (SPEC §9), so no
+    ``stream_reset`` can be due; a cursor ahead of the table reads it for one.
+    """
+    if plan.terminal_id is not None or (plan.newest is not None and plan.cursor > plan.newest):
+        return None
+    items = state.hub.recent(sub, plan.cursor)
+    if items is None:
+        return None
+    selected = select(items, plan.cursor, plan.types)
+    yield from _send(sub, selected, prelude)
+    counters.replayed("memory")
+    head = plan.cursor if plan.newest is None else plan.newest
+    if head > selected.last:
+        state.hub.wake(plan.exec_id, head)  # committed when the view looked: the hub reads them now
+    return selected.last, selected.ended
 
 
 def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) -> Generator[bytes, None, None]:
-    yield framing.prelude(plan.retry_ms)
+    prelude = framing.prelude(plan.retry_ms)
     ending.reason = "error"  # unless one of the ways out below says otherwise
     hub = state.hub
     sub = hub.subscribe(
@@ -195,20 +227,19 @@ def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) ->
         socket=plan.client,
     )
     try:
-        cursor, newest = plan.cursor, plan.newest
-        if newest is not None and cursor > newest:  # ahead of the table: rare, costs one query
-            with state.db.autocommit() as cur:
-                oldest = storage.oldest_event_id(cur, plan.exec_id)
-            reset, cursor = reset_frame(cursor, newest, oldest)
-            yield t.cast(bytes, reset)
-            newest = None
-            ending.last = cursor  # the client's cursor is the reset's id now
-        last, ended = yield from _replay(state, plan, sub, cursor, newest)
+        page: Sequence[Item] = ()
+        replayed = yield from _from_memory(state, plan, sub, prelude)
+        if replayed is None:
+            yield prelude
+            last, ended, page = yield from _replay_table(state, plan, sub, ending)
+            counters.replayed("table")
+        else:
+            last, ended = replayed
         if ended or (plan.terminal_id is not None and last >= plan.terminal_id):
             # Pruned to the end: the stream_reset's id was the terminal id; a reconnect gets 204 (SPEC §9).
             ending.reason = "terminal"
             return
-        hub.caught_up(sub, last)
+        hub.caught_up(sub, last, page)
         watch = plan.client.watch_hangup(lambda: sub.close("client_gone")) if plan.client else None
         with watch or contextlib.nullcontext():
             ending.reason = yield from _live(state, plan, sub, last)
@@ -230,6 +261,21 @@ def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) ->
         ending.sent, ending.last = sub.sent, max(ending.last, sub.last)
         # Before the response's last byte: the end record is written, the slot on its way back.
         end()
+
+
+def _replay_table(
+    state: State, plan: Plan, sub: Subscriber, ending: _Ending
+) -> Generator[bytes, None, tuple[int, bool, Sequence[Item]]]:
+    """The replay from the table, after a ``stream_reset`` when the cursor is ahead of it (SPEC §5)."""
+    cursor, newest = plan.cursor, plan.newest
+    if newest is not None and cursor > newest:  # ahead of the table: rare, costs one query
+        with state.db.autocommit() as cur:
+            oldest = storage.oldest_event_id(cur, plan.exec_id)
+        reset, cursor = reset_frame(cursor, newest, oldest)
+        yield t.cast(bytes, reset)
+        newest = None
+        ending.last = cursor  # the client's cursor is the reset's id now
+    return (yield from _replay(state, plan, sub, cursor, newest))
 
 
 def _shutdown_end(plan: Plan) -> bytes:
@@ -273,18 +319,15 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Generator[byt
             # Comments are ignored by clients; operators reading raw streams see the gap.
             yield framing.comment(f"dropped {dropped} text chunks")
         if overflowed:
-            last, ended = yield from _replay(state, plan, sub, last)
+            last, ended, _ = yield from _replay(state, plan, sub, last)
             if ended:
                 return "terminal"
             continue
         selected = select(items, last, plan.types)
         last = selected.last
-        if selected.frames:
-            yield selected.data
-            _written(sub, selected)
-            oldest = next((frame for frame in selected.frames if frame.startswith(b"id:")), None)
-            if oldest is not None:  # text chunks have no commit
-                counters.commit_to_send(oldest)
-        sub.advance(last)
+        yield from _send(sub, selected)
+        oldest = next((frame for frame in selected.frames if frame.startswith(b"id:")), None)
+        if oldest is not None:  # text chunks have no commit
+            counters.commit_to_send(oldest)
         if selected.ended:
             return "terminal"

@@ -39,6 +39,7 @@ from . import storage
 from .db import connect
 from .db import describe
 from .errors import DatabaseUnavailable
+from .event_filter import Item
 from .fanout import Topics
 from .slots import Slots
 from .subscriber import Subscriber
@@ -70,6 +71,7 @@ class Hub:
         default_poll_ms: int = 500,
         queue_limit: int = 10_000,
         max_concurrent_replays: int = 32,
+        recent_bytes: int = 0,
         probe_s: float = 5.0,
         maintenance_s: float = MAINTENANCE_S,
         revoked_check: RevokedCheck | None = None,
@@ -83,7 +85,7 @@ class Hub:
         self.probe_s = probe_s
         self.replays = gevent.lock.BoundedSemaphore(max_concurrent_replays)
         self.listener_healthy = False
-        self.topics = Topics(db, queue_limit)
+        self.topics = Topics(db, queue_limit, recent_bytes)
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._recheck = gevent.event.Event()
@@ -152,9 +154,13 @@ class Hub:
     def unsubscribe(self, sub: Subscriber) -> None:
         self.topics.unsubscribe(sub)
 
-    def caught_up(self, sub: Subscriber, last_id: int) -> None:
-        """A stream's replay read the table up to ``last_id``."""
-        self.topics.caught_up(sub, last_id)
+    def caught_up(self, sub: Subscriber, last_id: int, page: Sequence[Item] = ()) -> None:
+        """A stream's replay read the table up to ``last_id``, ``page`` last."""
+        self.topics.caught_up(sub, last_id, page)
+
+    def recent(self, sub: Subscriber, cursor: int) -> list[Item] | None:
+        """The frames after ``cursor`` from the hub's memory, or ``None``: the stream reads the table."""
+        return self.topics.recent(sub, cursor)
 
     def wake(self, exec_id: str, last_id: int) -> None:
         """Record that ``exec_id`` has events up to ``last_id`` (from NOTIFY or the safety check)."""

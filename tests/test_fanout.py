@@ -141,3 +141,67 @@ def test_a_read_in_flight_takes_them_instead_and_nothing_is_sent_twice(database,
         assert [item[0] for item in sub.take()[0]] == [result.first_id] == [last + 1]
     finally:
         reader_db.close()
+
+
+def _items(first: int, last: int, size: int = 10) -> list[tuple[int, str, bytes]]:
+    return [(n, "progress", b"x" * size) for n in range(first, last + 1)]
+
+
+def _ids(items) -> list[int]:
+    return [item[0] for item in items]
+
+
+def test_recent_frames_keep_the_newest_within_the_budget_and_end_at_the_cursor():
+    topic = fanout._Topic("e")
+    topic.cursor = 5
+    topic.remember(_items(6, 9), limit=30)
+    topic.cursor = 9
+    assert _ids(topic.recent) == [7, 8, 9] and topic.recent_bytes == 30
+    assert _ids(topic.after(6)) == [7, 8, 9] and _ids(topic.after(8)) == [9]
+    assert topic.after(9) == []  # at the cursor: nothing to replay, the hub sends what comes
+    assert topic.after(5) is None  # frame 6 was dropped: the table has it
+    assert topic.after(10) is None  # ahead of what the hub has read
+
+
+def test_frames_that_do_not_follow_on_replace_the_recent_ones():
+    topic = fanout._Topic("e")
+    topic.remember(_items(1, 3), limit=1000)
+    topic.remember(_items(5, 6), limit=1000)  # 4 is missing: never served as if it were not
+    topic.cursor = 6
+    assert _ids(topic.recent) == [5, 6]
+    assert topic.after(3) is None and _ids(topic.after(4)) == [5, 6]
+
+
+def test_a_replay_page_extends_the_recent_frames_back_only_without_a_gap_and_within_the_budget():
+    topic = fanout._Topic("e")
+    topic.cursor = 4
+    topic.remember_before(_items(1, 4), limit=1000)  # the first stream's replay: nothing kept yet
+    assert _ids(topic.recent) == [1, 2, 3, 4]
+    topic.remember(_items(5, 6), limit=1000)
+    topic.cursor = 6
+    topic.remember_before(_items(1, 7), limit=1000)  # runs past the hub's cursor: not taken
+    topic.remember_before(_items(1, 2), limit=1000)  # nothing older than what is kept
+    assert _ids(topic.recent) == [1, 2, 3, 4, 5, 6]
+
+    late = fanout._Topic("e")
+    late.cursor = 10
+    late.remember(_items(8, 10), limit=50)
+    late.remember_before(_items(1, 6), limit=50)  # would leave 7 out
+    assert _ids(late.recent) == [8, 9, 10]
+    late.remember_before(_items(1, 7), limit=50)  # the newest of them that fit: 6 and 7
+    assert _ids(late.recent) == [6, 7, 8, 9, 10] and late.recent_bytes == 50
+
+
+@pytest.mark.parametrize("budget", [0, 4096])
+def test_streams_replay_from_the_hubs_frames_only_with_a_budget(db, workflow, budget):
+    topics = fanout.Topics(db, queue_limit=100, recent_bytes=budget)
+    producer = Producer(db, appended=topics.appended)
+    last = producer.append_events(workflow, [STATUS]).last_id
+    first = topics.subscribe(workflow, 250)
+    topics.caught_up(first, last)
+    result = producer.append_events(workflow, [STATUS, STATUS])  # framed in memory and delivered
+    found = topics.recent(topics.subscribe(workflow, 250), last)
+    if budget:
+        assert _ids(found) == [result.first_id, result.last_id]
+    else:
+        assert found is None  # a budget of 0: every replay reads the table

@@ -9,9 +9,6 @@ is yielded by the stream's generator. The bodies must be byte for byte equal.
 from __future__ import annotations
 
 import re
-import socket
-import time
-import typing as t
 
 import pytest
 import requests
@@ -19,6 +16,7 @@ import requests
 from tests.conftest import SHARED_SERVER_ENV
 from tests.conftest import live_server
 from tests.sse import parse
+from tests.wire import Wire
 
 pytestmark = pytest.mark.live
 
@@ -42,39 +40,6 @@ def _direct_writes(live) -> float:
     return float(re.search(r"^streamapp_direct_writes_total (\S+)$", text, re.M).group(1))
 
 
-class _Wire:
-    """One stream over a bare HTTP/1.1 connection, its bytes exactly as the server sent them."""
-
-    def __init__(self, live, token: str, exec_id: str, query: str) -> None:
-        host, port = live.url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        path = f"/api/v0/executions/workflows/{exec_id}/stream{query}"
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        self.sock.sendall(request.encode())
-        self.raw = b""
-
-    def read_until(self, done: t.Callable[[bytes], bool], deadline_s: float = 20.0) -> None:
-        end = time.monotonic() + deadline_s
-        while not done(self.raw):
-            assert time.monotonic() < end, f"not reached before the deadline: {self.raw[-300:]!r}"
-            data = self.sock.recv(65536)
-            if not data:
-                return
-            self.raw += data
-
-    def body(self) -> bytes:
-        """The response body, de-chunked; the response must be a chunked 200."""
-        head, _, rest = self.raw.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
-        body = b""
-        while True:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                return body
-            body, rest = body + rest[:size], rest[size + 2 :]
-
-
 def _append(producer, exec_id: str, *types: str) -> None:
     data = {
         "workflow_start": {"workflow_id": "w"},
@@ -88,7 +53,7 @@ def _append(producer, exec_id: str, *types: str) -> None:
 def test_both_paths_send_the_same_frames(servers, producer, account, workflow, query):
     _append(producer, workflow, "workflow_start", "warning")
     before = {name: _direct_writes(live) for name, live in servers.items()}
-    wires = {name: _Wire(live, account.token, workflow, query) for name, live in servers.items()}
+    wires = {name: Wire(live, account.token, workflow, query) for name, live in servers.items()}
     for wire in wires.values():
         # A ping comes only from a stream past its replay, waiting for live events (parked).
         wire.read_until(lambda raw: PING in raw)
