@@ -31,9 +31,11 @@ from . import chunks
 from . import counters
 from . import framing
 from . import storage
+from .catalog import TERMINAL_TYPES
 from .direct_writes import Batch
 from .errors import DatabaseUnavailable
 from .event_filter import Item
+from .storage import Facts
 from .subscriber import Subscriber
 
 if t.TYPE_CHECKING:
@@ -45,7 +47,18 @@ FETCH_PAGE = 1000
 
 
 class _Topic:
-    __slots__ = ("exec_id", "subscribers", "cursor", "known", "fetching", "reading", "recent", "recent_bytes")
+    __slots__ = (
+        "exec_id",
+        "subscribers",
+        "cursor",
+        "known",
+        "fetching",
+        "reading",
+        "recent",
+        "recent_bytes",
+        "facts",
+        "ended",
+    )
 
     def __init__(self, exec_id: str) -> None:
         self.exec_id = exec_id
@@ -57,6 +70,8 @@ class _Topic:
         #: The newest frames, gap-free and ending at ``cursor``: rows of the table, never anything else.
         self.recent: collections.deque[Item] = collections.deque()
         self.recent_bytes = 0
+        self.facts: Facts | None = None  # from the admission of its first stream
+        self.ended = False  # its terminal event was fanned out
 
     def remember(self, items: Sequence[Item], limit: int) -> None:
         """Keep ``items``, the frames right after :attr:`recent`, and drop the oldest beyond ``limit`` bytes."""
@@ -122,11 +137,12 @@ class Topics:
     def subscribers(self) -> list[Subscriber]:
         return [sub for topic in self._topics.values() for sub in topic.subscribers]
 
-    def subscribe(self, exec_id: str, poll_ms: int, **stream: t.Any) -> Subscriber:
+    def subscribe(self, exec_id: str, poll_ms: int, facts: Facts | None = None, **stream: t.Any) -> Subscriber:
         """Register a stream of ``exec_id``; ``stream`` holds the :class:`Subscriber`'s keyword arguments."""
         topic = self._topics.get(exec_id)
         if topic is None:
             topic = self._topics[exec_id] = _Topic(exec_id)
+            topic.facts = facts
         self._loop = gevent.get_hub()
         sub = Subscriber(exec_id, self.queue_limit, poll_ms, **stream)
         topic.subscribers.add(sub)
@@ -151,6 +167,14 @@ class Topics:
         if page and self.recent_bytes:
             topic.remember_before(page, self.recent_bytes)
         self._maybe_fetch(topic)
+
+    def followed(self, exec_id: str) -> tuple[Facts, int] | None:
+        """What the hub knows of ``exec_id`` and how far it has read it, while it streams it and
+        has not fanned out its end; ``None`` otherwise."""
+        topic = self._topics.get(exec_id)
+        if topic is None or topic.facts is None or topic.cursor is None or topic.ended:
+            return None
+        return topic.facts, topic.cursor
 
     def recent(self, sub: Subscriber, cursor: int) -> list[Item] | None:
         """The frames of ``sub``'s execution after ``cursor``, when its recent frames hold all of them
@@ -219,6 +243,7 @@ class Topics:
         """New events of ``topic``, past its cursor: written to each parked stream, queued to the others."""
         size = _size(items)
         topic.cursor = items[-1][0]
+        topic.ended = topic.ended or items[-1][1] in TERMINAL_TYPES  # nothing follows a terminal event
         if self.recent_bytes:
             topic.remember(items, self.recent_bytes)
         batch, direct = Batch(items), 0

@@ -31,6 +31,7 @@ from .errors import DatabaseUnavailable
 from .event_filter import Item
 from .event_filter import Selected
 from .event_filter import select
+from .storage import Facts
 
 if t.TYPE_CHECKING:
     from .direct_writes import ClientSocket
@@ -58,6 +59,7 @@ class Plan:
     user_id: str
     token_prefix: str | None
     text_mode: bool
+    owner_id: str  # the execution's, for the hub to know (storage.Facts)
     kind: str
     connected_at: float  # time.monotonic() when the request reached the view
     client: ClientSocket | None = None  # the raw socket, when the WSGI server exposes it
@@ -222,6 +224,7 @@ def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) ->
         user_id=plan.user_id,
         token_prefix=plan.token_prefix,
         text_mode=plan.text_mode,
+        facts=Facts(plan.kind, plan.owner_id, plan.text_mode),
         types=plan.types,
         connected_at=plan.connected_at,
         socket=plan.client,

@@ -42,6 +42,7 @@ from .errors import DatabaseUnavailable
 from .event_filter import Item
 from .fanout import Topics
 from .slots import Slots
+from .storage import Facts
 from .subscriber import Subscriber
 
 if t.TYPE_CHECKING:
@@ -143,8 +144,9 @@ class Hub:
     # -- streams ----------------------------------------------------------
 
     def subscribe(self, exec_id: str, poll_ms: int | None = None, **stream: t.Any) -> Subscriber:
-        """Register a stream; ``stream`` holds the :class:`Subscriber`'s keyword arguments
-        (``user_id``, ``token_prefix``, ``text_mode``, ``types``, ``connected_at``, ``socket``)."""
+        """Register a stream; ``stream`` holds ``facts`` (the execution's :class:`~storage.Facts`) and
+        the :class:`Subscriber`'s keyword arguments (``user_id``, ``token_prefix``, ``text_mode``,
+        ``types``, ``connected_at``, ``socket``)."""
         self.start()
         sub = self.topics.subscribe(exec_id, poll_ms or self.default_poll_ms, **stream)
         if self._stopping:
@@ -157,6 +159,10 @@ class Hub:
     def caught_up(self, sub: Subscriber, last_id: int, page: Sequence[Item] = ()) -> None:
         """A stream's replay read the table up to ``last_id``, ``page`` last."""
         self.topics.caught_up(sub, last_id, page)
+
+    def followed(self, exec_id: str) -> tuple[Facts, int] | None:
+        """The facts of ``exec_id`` and the hub's cursor, while it streams it and has not seen it end."""
+        return self.topics.followed(exec_id)
 
     def recent(self, sub: Subscriber, cursor: int) -> list[Item] | None:
         """The frames after ``cursor`` from the hub's memory, or ``None``: the stream reads the table."""

@@ -90,11 +90,14 @@ class Reader:
     any_owner: bool  # an admin reads every execution
     default_rule: bool  # False: a host's ``authorize`` hook decides, after the lookup
 
+    def sees(self, owner_id: str) -> bool:
+        """Whether the default rule lets this reader read an execution of ``owner_id``."""
+        return self.any_owner or owner_id == self.user_id
+
     def runs(self, execution: Execution, cursor: int) -> bool:
         """Whether a stream of ``execution`` from ``cursor`` runs for this reader under the default
         rule: what :func:`open_stream`'s statement decides before it takes a slot."""
-        visible = self.any_owner or execution["owner_id"] == self.user_id
-        return visible and not storage.ended_at(execution, cursor)
+        return self.sees(execution["owner_id"]) and not storage.ended_at(execution, cursor)
 
 
 def open_stream(
@@ -215,6 +218,14 @@ class Slots:
             # Given back, unless the statement failed; then the next round writes the true count.
             self._release({reader.user_id: returned} if returned else {})
         return outcome
+
+    def take_over(self, user_id: str) -> bool:
+        """Hold, for a new stream, a slot of ``user_id`` that ended here and waits to go back; whether
+        there was one. The database counts it still: no statement at all."""
+        if not self._reuse_ended(user_id):
+            return False
+        self.open += 1
+        return True
 
     def _reuse_ended(self, user_id: str) -> bool:
         """Take one of ``user_id``'s ended slots that wait to go back, if there is one."""

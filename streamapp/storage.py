@@ -8,6 +8,7 @@ The wake-up payload is written (:func:`wake_payload`) and read
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import typing as t
 
@@ -91,6 +92,21 @@ RETURNING {_EXECUTION_COLUMNS}
 def execution_from_row(row: tuple[t.Any, ...]) -> Execution:
     """An execution from its columns in the order every query here selects them."""
     return t.cast(Execution, dict(zip(_COLUMN_NAMES, row, strict=True)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Facts:
+    """What never changes of an execution once it exists: its kind, its owner, how its text streams."""
+
+    kind: str
+    owner_id: str
+    text_mode: bool
+
+
+def facts_of(execution: Execution) -> Facts:
+    """The facts of an execution's row; text streams as text without an output schema (SPEC §5.2)."""
+    kind = execution["kind"]
+    return Facts(kind, execution["owner_id"], kind != "workflow" and execution["output_schema"] is None)
 
 
 def ended_at(execution: Execution, cursor: int) -> bool:

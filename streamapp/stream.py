@@ -39,12 +39,14 @@ from .inputs import single_valued_args
 from .schemas import StreamQuery
 from .schemas import parse_cursor
 from .state import current_state
+from .storage import Facts
 from .storage import ended_at
+from .storage import facts_of
 
 if t.TYPE_CHECKING:
     from .config import Settings
+    from .slots import Reader
     from .state import State
-    from .storage import Execution
 
 bp = Blueprint("streamapp_stream", __name__)
 # Before anything else, authentication included: a token in the URL is 400 (SPEC §7).
@@ -96,7 +98,34 @@ def _retry_after(settings: Settings) -> int:
     return max(1, round(settings.retry_ms / 1000 * random.uniform(1, 3)))
 
 
-def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any) -> Execution | None:
+class Admitted(t.NamedTuple):
+    """An admitted stream's execution: its facts, its newest id as known, its terminal id if it ended."""
+
+    facts: Facts
+    head: int
+    terminal_id: int | None
+
+
+def _admit_followed(state: State, kind: str, exec_id: str, cursor: int, reader: Reader) -> Admitted | None:
+    """The execution as this worker's hub knows it, with no round trip at all; ``None``: ask the database.
+
+    Only when the hub streams it and has not seen it end, the default rule lets the reader in, the
+    cursor is not past what the hub has read (so not at or past a terminal event: no 204 is due),
+    and one of the reader's streams that ended here left a slot to take over (a reconnect, a
+    dashboard moving to the next execution).
+    """
+    followed = state.hub.followed(exec_id) if reader.default_rule else None
+    if followed is None:
+        return None
+    facts, head = followed
+    if facts.kind != kind or cursor > head or not reader.sees(facts.owner_id):
+        return None  # the database decides: a 404, or a cursor ahead of what the hub has read
+    if not state.hub.slots.take_over(reader.user_id):
+        return None
+    return Admitted(facts, head, None)
+
+
+def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any, reader: Reader) -> Admitted | None:
     """The execution to stream, with the user's slot held; ``None`` when it ended at ``cursor`` (204).
 
     One round trip under the default authorization rule, two under a host's
@@ -107,7 +136,7 @@ def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any) -> E
     """
     if not EXEC_ID_PATTERN.fullmatch(exec_id):
         raise NotFound()  # no stored id breaks the pattern; one with U+0000 would even fail the query
-    slots, limit, reader = state.hub.slots, state.settings.max_streams_per_user, stream_reader(user)
+    slots, limit = state.hub.slots, state.settings.max_streams_per_user
     state.hub.start()  # the slot is recorded under this worker's id, which start() makes
     with state.db.autocommit() as cur:
         execution, held = slots.take_on_open(cur, kind, exec_id, cursor, reader, limit)
@@ -120,7 +149,7 @@ def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any) -> E
             if reader.default_rule:
                 raise slots.refuse(limit)  # the database refused it
             slots.take(cur, reader.user_id, limit)  # a host's hook let the user in
-    return execution
+    return Admitted(facts_of(execution), execution["last_event_id"], execution["terminal_event_id"])
 
 
 @bp.get("/executions/<kind>/<exec_id>/stream")
@@ -141,17 +170,19 @@ def stream(kind: str, exec_id: str) -> Response:
     if slots.open >= settings.max_streams_per_worker:
         counters.stream_refused("worker_limit")
         raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
-    execution = _admit(state, kind_name, exec_id, cursor, user)
-    if execution is None:
+    reader = stream_reader(user)
+    admitted = _admit_followed(state, kind_name, exec_id, cursor, reader) or _admit(
+        state, kind_name, exec_id, cursor, user, reader
+    )
+    if admitted is None:
         # SPEC §5.4: generic SSE clients end cleanly only on an event-stream 204.
         return Response(status=204, content_type="text/event-stream")
-    terminal_id = execution["terminal_event_id"]
     plan = Plan(
         exec_id=exec_id,
         cursor=cursor,
         # A cursor at the head is never stale; any other is checked after the prelude.
         # An ended one's cursor too: retention may have removed its events (SPEC §9).
-        newest=execution["last_event_id"] if cursor != execution["last_event_id"] else None,
+        newest=admitted.head if cursor != admitted.head else None,
         types=query["events"],
         poll_ms=query["poll_ms"] or settings.poll_ms,
         heartbeat_s=settings.heartbeat_s,
@@ -160,11 +191,12 @@ def stream(kind: str, exec_id: str) -> Response:
         retry_ms=settings.retry_ms,
         user_id=user_id,
         token_prefix=getattr(user, "token_prefix", None),
-        text_mode=kind_name != "workflow" and execution["output_schema"] is None,
+        text_mode=admitted.facts.text_mode,
+        owner_id=admitted.facts.owner_id,
         kind=kind_name,
         connected_at=connected_at,
         client=client_socket(request.environ, settings),
-        terminal_id=terminal_id,
+        terminal_id=admitted.terminal_id,
     )
     # The body is bytes already: gunicorn iterates it as it is (StreamBody).
     return Response(

@@ -4,12 +4,16 @@ a stream that runs — whether the database decided it with the lookup (the defa
 
 from __future__ import annotations
 
+import typing as t
+
 import gevent
+import gevent.lock
 import pytest
 
 from streamapp import StreamApp
 from streamapp import slots
 from tests.conftest import host_app
+from tests.conftest import until
 
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
 
@@ -129,3 +133,65 @@ def test_a_hosts_hook_decides_before_the_slot_is_taken(host, db, producer):
     first.close()
     _given_back_by_now()
     assert _counted(db, "bob") == 0 and _slots(host).held == {}
+
+
+STATUS = {"type": "workflow_status", "data": {"status": "RUNNING"}}
+
+
+def _follow(client, exec_id: str, headers: dict[str, str]) -> tuple[t.Any, list[bytes]]:
+    """A stream read on a greenlet of the loop, as a gevent worker runs it; its response and chunks."""
+    response = gevent.spawn(client.get, _url(exec_id), headers=headers).get()
+    chunks: list[bytes] = []
+    gevent.spawn(chunks.extend, response.response)
+    return response, chunks
+
+
+def test_a_reconnect_to_an_execution_the_worker_streams_needs_no_database_connection(
+    make_client, account, producer, monkeypatch
+):
+    # The hub streams the execution (a follower), one of the user's streams just ended here (its
+    # slot waits to go back), and every pooled connection is busy: the connect is admitted from
+    # what the hub knows, takes over that slot and replays from the hub's recent frames (issue 10).
+    monkeypatch.setattr(slots, "GIVE_BACK_DELAY_S", 5.0)  # the ended slot waits for the connect below
+    client = make_client(pool_size=1)
+    db = client.application.extensions["streamapp"].db
+    db._slots_semaphore = gevent.lock.BoundedSemaphore(1)  # cooperative, as in a gevent worker
+    db.pool_timeout_s = 2.0  # a connect that waits for the pool answers 503
+    user_id = account.user.get_id()
+    followed = producer.create_execution("workflow", "followed", user_id)["exec_id"]
+    producer.append_events(followed, [STATUS, STATUS])
+    done = producer.create_execution("workflow", "done", user_id)["exec_id"]
+    producer.append_events(done, [COMPLETE])
+    follower, seen = _follow(client, followed, account.headers)
+    until(lambda: b"id: 2\n" in b"".join(seen), 5, "the follower's replay")
+    gevent.sleep(0.05)  # past its replay: the hub has read the execution up to 2
+    ended, _ = _follow(client, done, account.headers)
+    until(lambda: _slots(client.application).open == 1, 5, "the finished stream to end")
+    with db.connection():
+        response = gevent.spawn(client.get, _url(followed), headers={**account.headers, "Last-Event-ID": "1"}).get()
+        assert response.status_code == 200
+        first = gevent.spawn(next, iter(response.response)).get()
+    assert first.startswith(b"retry:") and b"id: 2\n" in first and b"id: 1\n" not in first
+    assert _slots(client.application).open == 2
+    for stream in (response, follower, ended):
+        gevent.spawn(stream.close).join()
+    # Give back now what waits: the delayed give-back, scheduled above, then finds nothing to write
+    # when it fires, in whichever test runs by then.
+    gevent.spawn(_slots(client.application)._flush_later).join()
+
+
+def test_a_connect_the_hub_cannot_admit_asks_the_database(make_client, auth, producer):
+    # Not the owner, or no slot of theirs waiting here: the database decides, as for any connect.
+    owner, other = auth.user(), auth.user()
+    client = make_client()
+    followed = producer.create_execution("workflow", "followed", owner.user.get_id())["exec_id"]
+    producer.append_events(followed, [STATUS])
+    follower, seen = _follow(client, followed, owner.headers)
+    until(lambda: b"id: 1\n" in b"".join(seen), 5, "the follower's replay")
+    gevent.sleep(0.05)
+    assert gevent.spawn(client.get, _url(followed), headers=other.headers).get().status_code == 404
+    second = gevent.spawn(client.get, _url(followed), headers=owner.headers).get()
+    assert second.status_code == 200 and _slots(client.application).held == {owner.user.get_id(): 2}
+    for stream in (second, follower):
+        gevent.spawn(stream.close).join()
+    _given_back_by_now()
