@@ -60,7 +60,8 @@ class Settings:
     direct_writes: bool = True
     send_timeout_s: float = 30.0
     max_concurrent_replays: int = 32
-    #: Bytes of each followed execution's newest frames a worker keeps, for replays without a read.
+    #: Bytes of each followed execution's newest frames a worker keeps, for replays without a read
+    #: (a quarter of it per stream that follows the execution, up to all of it).
     recent_frames_bytes: int = 16 * 1024
     var_dir: str = "var"
     metrics_dir: str | None = None

@@ -165,7 +165,7 @@ class Topics:
         if topic.cursor is None:
             topic.cursor = last_id
         if page and self.recent_bytes:
-            topic.remember_before(page, self.recent_bytes)
+            topic.remember_before(page, self._budget(topic))
         self._maybe_fetch(topic)
 
     def followed(self, exec_id: str) -> tuple[Facts, int] | None:
@@ -175,6 +175,11 @@ class Topics:
         if topic is None or topic.facts is None or topic.cursor is None or topic.ended:
             return None
         return topic.facts, topic.cursor
+
+    def _budget(self, topic: _Topic) -> int:
+        """The bytes ``topic`` may keep: a quarter of the budget per stream that follows it, up to
+        the budget, so that a stream alone on its execution adds at most a quarter to its memory."""
+        return min(self.recent_bytes, self.recent_bytes * len(topic.subscribers) // 4)
 
     def recent(self, sub: Subscriber, cursor: int) -> list[Item] | None:
         """The frames of ``sub``'s execution after ``cursor``, when its recent frames hold all of them
@@ -245,7 +250,7 @@ class Topics:
         topic.cursor = items[-1][0]
         topic.ended = topic.ended or items[-1][1] in TERMINAL_TYPES  # nothing follows a terminal event
         if self.recent_bytes:
-            topic.remember(items, self.recent_bytes)
+            topic.remember(items, self._budget(topic))
         batch, direct = Batch(items), 0
         for sub in list(topic.subscribers):
             if sub.try_write(batch):

@@ -205,3 +205,16 @@ def test_streams_replay_from_the_hubs_frames_only_with_a_budget(db, workflow, bu
         assert _ids(found) == [result.first_id, result.last_id]
     else:
         assert found is None  # a budget of 0: every replay reads the table
+
+
+def test_an_execution_keeps_a_quarter_of_the_budget_per_stream_that_follows_it(db, workflow):
+    topics = fanout.Topics(db, queue_limit=100, recent_bytes=400)
+    alone = topics.subscribe(workflow, 250)
+    topics.caught_up(alone, 0)
+    topic = topics._topics[workflow]
+    topics._deliver(topic, _items(1, 30))
+    assert topic.recent_bytes == 100 and _ids(topic.recent) == list(range(21, 31))
+    for _ in range(5):
+        topics.subscribe(workflow, 250)
+    topics._deliver(topic, _items(31, 80))
+    assert topic.recent_bytes == 400 and _ids(topic.recent) == list(range(41, 81))  # the budget caps it

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.live
 
 PING = b": ping\n\n"
 END = b"\r\n0\r\n\r\n"
-SMALL_BUDGET = 700  # two or three workflow frames
+SMALL_BUDGET = 1400  # a quarter of it per stream: one workflow frame for one stream, two or three for two
 
 
 @pytest.fixture(scope="module")
