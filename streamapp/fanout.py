@@ -10,8 +10,9 @@ replay ended (:meth:`Topics.caught_up`), so nothing falls between replay and
 live; it de-duplicates by id. Each execution keeps its newest frames, up to a
 byte budget, as read from the table: a stream whose cursor they cover replays
 from them, without a read (:meth:`Topics.recent`). Text chunks are framed once
-per mode and queued to every stream of their execution. The hub owns the one :class:`Topics` of a
-worker; only the hub holds process-wide mutable state (STYLE §4).
+per mode and queued to every stream of their execution. The hub owns the one
+:class:`Topics` of a worker; only the hub holds process-wide mutable state
+(STYLE §4).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Topic:
     def remember(self, items: Sequence[Item], limit: int) -> None:
         """Keep ``items``, the frames right after :attr:`recent`, and drop the oldest beyond ``limit`` bytes."""
         if self.recent and self.recent[-1][0] != t.cast(int, items[0][0]) - 1:
-            self.forget()  # not the next ones: a gap would be served as if nothing were missing
+            self._forget()  # not the next ones: a gap would be served as if nothing were missing
         self.recent.extend(items)
         self.recent_bytes += _size(items)
         self._trim(limit)
@@ -106,7 +107,7 @@ class _Topic:
         skip = cursor + 1 - t.cast(int, self.recent[0][0])
         return list(itertools.islice(self.recent, skip, None))
 
-    def forget(self) -> None:
+    def _forget(self) -> None:
         self.recent.clear()
         self.recent_bytes = 0
 

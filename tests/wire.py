@@ -1,4 +1,5 @@
-"""A stream read over a bare HTTP/1.1 connection: its bytes exactly as the server sent them."""
+"""A stream read over a bare HTTP/1.1 connection, its bytes exactly as the server sent them, and the
+events the wire tests append."""
 
 from __future__ import annotations
 
@@ -38,3 +39,13 @@ class Wire:
             if size == 0:
                 return body
             body, rest = body + rest[:size], rest[size + 2 :]
+
+
+def append(producer, exec_id: str, *types: str) -> None:
+    """Append one catalog event of each of ``types`` to ``exec_id``, in one batch."""
+    data = {
+        "workflow_start": {"workflow_id": "w"},
+        "warning": {"code": "slow", "message": "slow"},
+        "complete": {"status": "SUCCESS"},
+    }
+    producer.append_events(exec_id, [{"type": name, "data": data.get(name, {"n": 1})} for name in types])

@@ -17,6 +17,7 @@ from tests.conftest import SHARED_SERVER_ENV
 from tests.conftest import live_server
 from tests.sse import parse
 from tests.wire import Wire
+from tests.wire import append
 
 pytestmark = pytest.mark.live
 
@@ -40,25 +41,16 @@ def _direct_writes(live) -> float:
     return float(re.search(r"^streamapp_direct_writes_total (\S+)$", text, re.M).group(1))
 
 
-def _append(producer, exec_id: str, *types: str) -> None:
-    data = {
-        "workflow_start": {"workflow_id": "w"},
-        "warning": {"code": "slow", "message": "slow"},
-        "complete": {"status": "SUCCESS"},
-    }
-    producer.append_events(exec_id, [{"type": name, "data": data.get(name, {"n": 1})} for name in types])
-
-
 @pytest.mark.parametrize("query", ["", "?events=warning"])
 def test_both_paths_send_the_same_frames(servers, producer, account, workflow, query):
-    _append(producer, workflow, "workflow_start", "warning")
+    append(producer, workflow, "workflow_start", "warning")
     before = {name: _direct_writes(live) for name, live in servers.items()}
     wires = {name: Wire(live, account.token, workflow, query) for name, live in servers.items()}
     for wire in wires.values():
         # A ping comes only from a stream past its replay, waiting for live events (parked).
         wire.read_until(lambda raw: PING in raw)
-    _append(producer, workflow, "warning", "progress")
-    _append(producer, workflow, "warning", "complete")
+    append(producer, workflow, "warning", "progress")
+    append(producer, workflow, "warning", "complete")
     for wire in wires.values():
         wire.read_until(lambda raw: raw.endswith(b"\r\n0\r\n\r\n"))
         wire.sock.close()

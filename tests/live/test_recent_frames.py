@@ -18,6 +18,7 @@ from tests.conftest import SHARED_SERVER_ENV
 from tests.conftest import live_server
 from tests.sse import parse
 from tests.wire import Wire
+from tests.wire import append
 
 pytestmark = pytest.mark.live
 
@@ -48,15 +49,6 @@ def _replays(live) -> dict[str, float]:
     return {source: float(value) for source, value in found}
 
 
-def _append(producer, exec_id: str, *types: str) -> None:
-    data = {
-        "workflow_start": {"workflow_id": "w"},
-        "warning": {"code": "slow", "message": "slow"},
-        "complete": {"status": "SUCCESS"},
-    }
-    producer.append_events(exec_id, [{"type": name, "data": data.get(name, {"n": 1})} for name in types])
-
-
 def _parked(live, token: str, exec_id: str, query: str = "") -> Wire:
     """A stream past its replay, waiting for live events: a ping comes only from there."""
     wire = Wire(live, token, exec_id, query)
@@ -81,7 +73,7 @@ def test_a_stream_beside_a_follower_replays_from_memory_the_bytes_the_table_give
     servers, producer, account, workflow, query, ids
 ):
     pair = {name: servers[name] for name in ("memory", "table")}
-    _append(producer, workflow, "workflow_start", "warning", "progress")
+    append(producer, workflow, "workflow_start", "warning", "progress")
     followers = {name: _parked(live, account.token, workflow) for name, live in pair.items()}
     before = {name: _replays(live) for name, live in pair.items()}
     second = {name: _parked(live, account.token, workflow, query) for name, live in pair.items()}
@@ -90,7 +82,7 @@ def test_a_stream_beside_a_follower_replays_from_memory_the_bytes_the_table_give
     assert after["memory"]["table"] == before["memory"]["table"]
     assert after["table"]["memory"] == before["table"]["memory"] == 0  # a budget of 0 never serves from memory
     assert after["table"]["table"] == before["table"]["table"] + 1
-    _append(producer, workflow, "warning", "complete")
+    append(producer, workflow, "warning", "complete")
     memory, table = _finish([second["memory"], second["table"]])
     assert memory == table
     assert [frame.id for frame in parse(memory)[0]] == ids
@@ -99,7 +91,7 @@ def test_a_stream_beside_a_follower_replays_from_memory_the_bytes_the_table_give
 
 def test_a_cursor_older_than_the_kept_frames_reads_the_table(servers, producer, account, workflow):
     live = servers["small"]
-    _append(producer, workflow, *["warning"] * 6)
+    append(producer, workflow, *["warning"] * 6)
     follower = _parked(live, account.token, workflow)
     counts = _replays(live)
     old = _parked(live, account.token, workflow)  # from 0: frames 1… were dropped for the budget
@@ -108,7 +100,7 @@ def test_a_cursor_older_than_the_kept_frames_reads_the_table(servers, producer, 
     counts_near = _replays(live)
     assert counts_old["table"] == counts["table"] + 1 and counts_old["memory"] == counts["memory"]
     assert counts_near["memory"] == counts["memory"] + 1
-    _append(producer, workflow, "complete")
+    append(producer, workflow, "complete")
     bodies = _finish([old, near, follower])
     assert [frame.id for frame in parse(bodies[0])[0]] == [str(n) for n in range(1, 8)]
     assert [frame.id for frame in parse(bodies[1])[0]] == ["6", "7"]
