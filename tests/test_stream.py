@@ -138,9 +138,9 @@ def test_a_hosts_hook_decides_before_the_slot_is_taken(host, db, producer):
 STATUS = {"type": "workflow_status", "data": {"status": "RUNNING"}}
 
 
-def _follow(client, exec_id: str, headers: dict[str, str]) -> tuple[t.Any, list[bytes]]:
+def _follow(client, exec_id: str, headers: dict[str, str], prefix: str = "/api/v0") -> tuple[t.Any, list[bytes]]:
     """A stream read on a greenlet of the loop, as a gevent worker runs it; its response and chunks."""
-    response = gevent.spawn(client.get, _url(exec_id), headers=headers).get()
+    response = gevent.spawn(client.get, _url(exec_id, prefix), headers=headers).get()
     chunks: list[bytes] = []
     gevent.spawn(chunks.extend, response.response)
     return response, chunks
@@ -195,3 +195,32 @@ def test_a_connect_the_hub_cannot_admit_asks_the_database(make_client, auth, pro
     for stream in (second, follower):
         gevent.spawn(stream.close).join()
     _given_back_by_now()
+
+
+def test_a_hosts_hook_is_asked_even_for_an_execution_the_worker_streams(settings, producer, monkeypatch):
+    # What the hub knows stands in for the database under the default rule only: a host's hook may
+    # decide on anything, at any time, so it sees every connect.
+    monkeypatch.setattr(slots, "GIVE_BACK_DELAY_S", 5.0)  # alice's ended slot waits for the connect below
+    closed: set[str] = set()
+    app = host_app()
+    StreamApp(
+        settings=settings, url_prefix="/p", authorize=lambda user, execution: execution["exec_id"] not in closed
+    ).init_app(app)
+    client, alice = app.test_client(), {"X-User": "alice"}
+    followed = producer.create_execution("workflow", "followed", "alice")["exec_id"]
+    producer.append_events(followed, [STATUS])
+    done = producer.create_execution("workflow", "done", "alice")["exec_id"]
+    producer.append_events(done, [COMPLETE])
+    try:
+        follower, seen = _follow(client, followed, alice, "/p")
+        until(lambda: b"id: 1\n" in b"".join(seen), 5, "the follower's replay")
+        gevent.sleep(0.05)
+        _follow(client, done, alice, "/p")
+        until(lambda: _slots(app).open == 1, 5, "the finished stream to end")
+        closed.add(followed)
+        refused = gevent.spawn(client.get, _url(followed, "/p"), headers=alice).get()
+        assert refused.status_code == 404
+        gevent.spawn(follower.close).join()
+        gevent.spawn(_slots(app)._flush_later).join()
+    finally:
+        app.extensions["streamapp"].close()
