@@ -1,6 +1,7 @@
 """The stream view's admission (SPEC §5.4, §7): 404 before 204 before 429, and a slot held only by
 a stream that runs — whether the database decided it with the lookup (the default rule) or a host's
-``authorize`` hook did after it."""
+``authorize`` hook did after it; and the admission from what the worker's hub knows, with no round
+trip, which stands in for the database under the default rule only."""
 
 from __future__ import annotations
 
