@@ -107,7 +107,7 @@ class StreamApp:
             listen=settings.notify,
             default_poll_ms=settings.poll_ms,
             max_concurrent_replays=settings.max_concurrent_replays,
-            recent_bytes=settings.recent_frames_bytes,
+            recent_budget=settings.recent_frames_bytes,
             # Revoked credentials end their streams within one heartbeat (SPEC §7).
             maintenance_s=settings.heartbeat_s,
             revoked_check=accounts.revoked if own_users else None,

@@ -74,12 +74,13 @@ class _Topic:
         self.facts: Facts | None = None  # from the admission of its first stream
         self.ended = False  # its terminal event was fanned out
 
-    def remember(self, items: Sequence[Item], limit: int) -> None:
-        """Keep ``items``, the frames right after :attr:`recent`, and drop the oldest beyond ``limit`` bytes."""
+    def remember(self, items: Sequence[Item], size: int, limit: int) -> None:
+        """Keep ``items`` (``size`` bytes), the frames right after :attr:`recent`, and drop the oldest
+        beyond ``limit`` bytes."""
         if self.recent and self.recent[-1][0] != t.cast(int, items[0][0]) - 1:
             self._forget()  # not the next ones: a gap would be served as if nothing were missing
         self.recent.extend(items)
-        self.recent_bytes += _size(items)
+        self.recent_bytes += size
         self._trim(limit)
 
     def remember_before(self, items: Sequence[Item], limit: int) -> None:
@@ -119,11 +120,11 @@ class _Topic:
 class Topics:
     """The executions streamed by one worker, each with its streams and its read cursor."""
 
-    def __init__(self, db: Database, queue_limit: int, recent_bytes: int = 0) -> None:
+    def __init__(self, db: Database, queue_limit: int, recent_budget: int = 0) -> None:
         self.db = db
         self.queue_limit = queue_limit
         #: The byte budget of each execution's recent frames; 0 keeps none, and every replay reads.
-        self.recent_bytes = recent_bytes
+        self.recent_budget = recent_budget
         self._topics: dict[str, _Topic] = {}
         self._reassembler = chunks.Reassembler()
         self.endings = Endings()
@@ -165,7 +166,7 @@ class Topics:
             return
         if topic.cursor is None:
             topic.cursor = last_id
-        if page and self.recent_bytes:
+        if page and self.recent_budget:
             topic.remember_before(page, self._budget(topic))
         self._maybe_fetch(topic)
 
@@ -180,14 +181,14 @@ class Topics:
     def _budget(self, topic: _Topic) -> int:
         """The bytes ``topic`` may keep: a quarter of the budget per stream that follows it, up to
         the budget, so that a stream alone on its execution adds at most a quarter to its memory."""
-        return min(self.recent_bytes, self.recent_bytes * len(topic.subscribers) // 4)
+        return min(self.recent_budget, self.recent_budget * len(topic.subscribers) // 4)
 
     def recent(self, sub: Subscriber, cursor: int) -> list[Item] | None:
         """The frames of ``sub``'s execution after ``cursor``, when its recent frames hold all of them
         up to the hub's cursor; ``None`` when the stream must read the table. Call it once subscribed:
         whatever comes after those frames reaches the stream as live events."""
         topic = self._topics.get(sub.exec_id)
-        return None if topic is None or not self.recent_bytes else topic.after(cursor)
+        return None if topic is None or not self.recent_budget else topic.after(cursor)
 
     def wake(self, exec_id: str, last_id: int) -> None:
         """Record that ``exec_id`` has events up to ``last_id``; read them if no stream has."""
@@ -250,8 +251,8 @@ class Topics:
         size = _size(items)
         topic.cursor = items[-1][0]
         topic.ended = topic.ended or items[-1][1] in TERMINAL_TYPES  # nothing follows a terminal event
-        if self.recent_bytes:
-            topic.remember(items, self._budget(topic))
+        if self.recent_budget:
+            topic.remember(items, size, self._budget(topic))
         batch, direct = Batch(items), 0
         for sub in list(topic.subscribers):
             if sub.try_write(batch):

@@ -72,7 +72,7 @@ class Hub:
         default_poll_ms: int = 500,
         queue_limit: int = 10_000,
         max_concurrent_replays: int = 32,
-        recent_bytes: int = 0,
+        recent_budget: int = 0,
         probe_s: float = 5.0,
         maintenance_s: float = MAINTENANCE_S,
         revoked_check: RevokedCheck | None = None,
@@ -86,7 +86,7 @@ class Hub:
         self.probe_s = probe_s
         self.replays = gevent.lock.BoundedSemaphore(max_concurrent_replays)
         self.listener_healthy = False
-        self.topics = Topics(db, queue_limit, recent_bytes)
+        self.topics = Topics(db, queue_limit, recent_budget)
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._recheck = gevent.event.Event()

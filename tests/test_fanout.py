@@ -147,6 +147,11 @@ def _items(first: int, last: int, size: int = 10) -> list[tuple[int, str, bytes]
     return [(n, "progress", b"x" * size) for n in range(first, last + 1)]
 
 
+def _keep(topic, items, limit: int) -> None:
+    """Deliver ``items`` to ``topic``'s recent frames, as ``Topics._deliver`` does."""
+    topic.remember(items, fanout._size(items), limit)
+
+
 def _ids(items) -> list[int]:
     return [item[0] for item in items]
 
@@ -154,7 +159,7 @@ def _ids(items) -> list[int]:
 def test_recent_frames_keep_the_newest_within_the_budget_and_end_at_the_cursor():
     topic = fanout._Topic("e")
     topic.cursor = 5
-    topic.remember(_items(6, 9), limit=30)
+    _keep(topic, _items(6, 9), 30)
     topic.cursor = 9
     assert _ids(topic.recent) == [7, 8, 9] and topic.recent_bytes == 30
     assert _ids(topic.after(6)) == [7, 8, 9] and _ids(topic.after(8)) == [9]
@@ -165,8 +170,8 @@ def test_recent_frames_keep_the_newest_within_the_budget_and_end_at_the_cursor()
 
 def test_frames_that_do_not_follow_on_replace_the_recent_ones():
     topic = fanout._Topic("e")
-    topic.remember(_items(1, 3), limit=1000)
-    topic.remember(_items(5, 6), limit=1000)  # 4 is missing: never served as if it were not
+    _keep(topic, _items(1, 3), 1000)
+    _keep(topic, _items(5, 6), 1000)  # 4 is missing: never served as if it were not
     topic.cursor = 6
     assert _ids(topic.recent) == [5, 6]
     assert topic.after(3) is None and _ids(topic.after(4)) == [5, 6]
@@ -177,7 +182,7 @@ def test_a_replay_page_extends_the_recent_frames_back_only_without_a_gap_and_wit
     topic.cursor = 4
     topic.remember_before(_items(1, 4), limit=1000)  # the first stream's replay: nothing kept yet
     assert _ids(topic.recent) == [1, 2, 3, 4]
-    topic.remember(_items(5, 6), limit=1000)
+    _keep(topic, _items(5, 6), 1000)
     topic.cursor = 6
     topic.remember_before(_items(1, 7), limit=1000)  # runs past the hub's cursor: not taken
     topic.remember_before(_items(1, 2), limit=1000)  # nothing older than what is kept
@@ -185,7 +190,7 @@ def test_a_replay_page_extends_the_recent_frames_back_only_without_a_gap_and_wit
 
     late = fanout._Topic("e")
     late.cursor = 10
-    late.remember(_items(8, 10), limit=50)
+    _keep(late, _items(8, 10), 50)
     late.remember_before(_items(1, 6), limit=50)  # would leave 7 out
     assert _ids(late.recent) == [8, 9, 10]
     late.remember_before(_items(1, 7), limit=50)  # the newest of them that fit: 6 and 7
@@ -194,7 +199,7 @@ def test_a_replay_page_extends_the_recent_frames_back_only_without_a_gap_and_wit
 
 @pytest.mark.parametrize("budget", [0, 4096])
 def test_streams_replay_from_the_hubs_frames_only_with_a_budget(db, workflow, budget):
-    topics = fanout.Topics(db, queue_limit=100, recent_bytes=budget)
+    topics = fanout.Topics(db, queue_limit=100, recent_budget=budget)
     producer = Producer(db, appended=topics.appended)
     last = producer.append_events(workflow, [STATUS]).last_id
     first = topics.subscribe(workflow, 250)
@@ -208,7 +213,7 @@ def test_streams_replay_from_the_hubs_frames_only_with_a_budget(db, workflow, bu
 
 
 def test_an_execution_keeps_a_quarter_of_the_budget_per_stream_that_follows_it(db, workflow):
-    topics = fanout.Topics(db, queue_limit=100, recent_bytes=400)
+    topics = fanout.Topics(db, queue_limit=100, recent_budget=400)
     alone = topics.subscribe(workflow, 250)
     topics.caught_up(alone, 0)
     topic = topics._topics[workflow]
