@@ -31,11 +31,11 @@ from .errors import DatabaseUnavailable
 from .event_filter import Item
 from .event_filter import Selected
 from .event_filter import select
-from .storage import Facts
 
 if t.TYPE_CHECKING:
     from .direct_writes import ClientSocket
     from .state import State
+    from .storage import Facts
     from .subscriber import Subscriber
 
 # Stream records keep the logger operators filter on, whichever module writes them.
@@ -58,12 +58,19 @@ class Plan:
     retry_ms: int
     user_id: str
     token_prefix: str | None
-    text_mode: bool
-    owner_id: str  # the execution's, for the hub to know (storage.Facts)
-    kind: str
+    facts: Facts  # the execution's kind, owner and text mode, for the stream and its hub
     connected_at: float  # time.monotonic() when the request reached the view
     client: ClientSocket | None = None  # the raw socket, when the WSGI server exposes it
     terminal_id: int | None = None  # an ended execution's terminal id: the replay ends there, pruned or not
+
+    @property
+    def kind(self) -> str:
+        return self.facts.kind
+
+    @property
+    def ahead(self) -> bool:
+        """Whether the cursor is past the execution's newest id: a ``stream_reset`` is due (SPEC §5)."""
+        return self.newest is not None and self.cursor > self.newest
 
 
 @dataclasses.dataclass(slots=True)
@@ -200,7 +207,7 @@ def _from_memory(
     Only for an execution that has not ended: retention prunes none of those (SPEC §9), so no
     ``stream_reset`` can be due; a cursor ahead of the table reads it for one.
     """
-    if plan.terminal_id is not None or (plan.newest is not None and plan.cursor > plan.newest):
+    if plan.terminal_id is not None or plan.ahead:
         return None
     items = state.hub.recent(sub, plan.cursor)
     if items is None:
@@ -223,8 +230,8 @@ def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) ->
         plan.poll_ms,
         user_id=plan.user_id,
         token_prefix=plan.token_prefix,
-        text_mode=plan.text_mode,
-        facts=Facts(plan.kind, plan.owner_id, plan.text_mode),
+        text_mode=plan.facts.text_mode,
+        facts=plan.facts,
         types=plan.types,
         connected_at=plan.connected_at,
         socket=plan.client,
@@ -271,10 +278,10 @@ def _replay_table(
 ) -> Generator[bytes, None, tuple[int, bool, Sequence[Item]]]:
     """The replay from the table, after a ``stream_reset`` when the cursor is ahead of it (SPEC §5)."""
     cursor, newest = plan.cursor, plan.newest
-    if newest is not None and cursor > newest:  # ahead of the table: rare, costs one query
+    if plan.ahead:  # rare, costs one query
         with state.db.autocommit() as cur:
             oldest = storage.oldest_event_id(cur, plan.exec_id)
-        reset, cursor = reset_frame(cursor, newest, oldest)
+        reset, cursor = reset_frame(cursor, t.cast(int, newest), oldest)
         yield t.cast(bytes, reset)
         newest = None
         ending.last = cursor  # the client's cursor is the reset's id now
