@@ -22,6 +22,9 @@ worker_connections = 13000
 graceful_timeout = 15
 timeout = 30
 keepalive = 5
+# gunicorn's longest request line short of none at all (its default is 4094): a multiplexed stream
+# may list 100 ids of 64 characters, about 7.5 KB of query string (SPEC §5.6).
+limit_request_line = 8190
 # Generation-1 collections between two full ones in a worker (Python's default: 10); see _quiet_gc.
 GC_FULL_EVERY = 100
 # The pool and the hub are made in each worker, never in the master.

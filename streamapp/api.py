@@ -18,10 +18,14 @@ from . import catalog
 from . import chunks
 from . import producer
 from . import storage
+from .auth import issue_list_ticket
 from .auth import issue_ticket
 from .auth import refuse_token_in_url
 from .auth import require
 from .auth import visible_execution
+from .auth import visible_executions
+from .cursor import canonical
+from .cursor import list_digest
 from .errors import BadRequest
 from .errors import Forbidden
 from .errors import Invalid
@@ -39,6 +43,7 @@ from .schemas import EventsAppend
 from .schemas import ExecutionCreate
 from .schemas import ExecutionOut
 from .schemas import ListQuery
+from .schemas import StreamTicketsIn
 from .state import current_state
 from .storage import Execution
 
@@ -52,6 +57,7 @@ _execution_create = ExecutionCreate()
 _list_query = ListQuery()
 _events_append = EventsAppend()
 _append_out = AppendOut()
+_stream_tickets_in = StreamTicketsIn()
 
 
 def _document(execution: Execution) -> dict[str, t.Any]:
@@ -207,6 +213,29 @@ def stream_ticket(segment: str, exec_id: str) -> tuple[Response, int]:
     with current_state().db.transaction() as cur:
         visible_execution(cur, kind, exec_id, user)
     ticket, expires_at = issue_ticket(kind, exec_id, user)
+    response = jsonify({"ticket": ticket, "expires_at": expires_at})
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
+
+
+@bp.post("/stream-tickets")
+def stream_tickets() -> tuple[Response, int]:
+    """A short-lived ticket for the multiplexed stream of exactly these executions (SPEC §5.6, §7).
+
+    As for one execution's ticket: any caller who may read every listed
+    execution may ask, one that is unknown or not visible answers 404, and a
+    session cookie's request must come from our own or an allow-listed origin.
+    """
+    user = require("read")
+    if authenticated_by_cookie():
+        refuse_cross_site()
+    entries = canonical(_stream_tickets_in.load(require_json_body())["ids"])
+    limit = current_state().settings.max_ids_per_stream
+    if len(entries) > limit:
+        raise Invalid(f"ids: lists {len(entries)} executions; a stream may list at most {limit}")
+    with current_state().db.transaction() as cur:
+        visible_executions(cur, entries, user)
+    ticket, expires_at = issue_list_ticket(list_digest(entries), user)
     response = jsonify({"ticket": ticket, "expires_at": expires_at})
     response.headers["Cache-Control"] = "no-store"
     return response, 201

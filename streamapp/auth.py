@@ -173,7 +173,7 @@ def refuse_token_in_url() -> None:
 bp.before_request(refuse_token_in_url)
 
 
-def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
+def stream_user(kind: str, exec_id: str, ticket: str | None, *, renew: str | None = None) -> t.Any:
     """Who opens this stream: the session or bearer user with ``read``, or a ticket's user.
 
     With a ticket the stream acts as the user the ticket names, with the
@@ -191,7 +191,9 @@ def stream_user(kind: str, exec_id: str, ticket: str | None) -> t.Any:
     """
     if ticket is None:
         return require("read")
-    fetch_new = f"POST {url_for('streamapp_api.stream_ticket', segment=kind + 's', exec_id=exec_id)} for a new one"
+    # ``renew``: where a new ticket comes from, when it is not the execution's own stream-ticket.
+    renew = renew or url_for("streamapp_api.stream_ticket", segment=kind + "s", exec_id=exec_id)
+    fetch_new = f"POST {renew} for a new one"
     issuer = current_state().tickets
     if issuer is None:
         raise NotAuthenticated("stream tickets need SECRET_KEY, and this server has none")
@@ -240,6 +242,33 @@ def issue_ticket(kind: str, exec_id: str, user: t.Any) -> tuple[str, str]:
         raise Unavailable("stream tickets need SECRET_KEY, and this server has none", retry_after=3600)
     ticket, expires_at = issuer.issue(kind, exec_id, str(user.get_id()), getattr(user, "token_prefix", None))
     return ticket, tickets.isoformat(expires_at)
+
+
+def visible_executions(cur: Cursor, entries: t.Sequence[str], user: t.Any) -> list[Execution]:
+    """Look up every ``segment/exec_id`` entry in one query and check the user may read each, in order.
+
+    :raises NotFound: any entry unknown, of another kind, or not visible (which one is not said).
+    """
+    wanted = [entry.partition("/")[::2] for entry in entries]
+    if not all(EXEC_ID_PATTERN.fullmatch(exec_id) for _, exec_id in wanted):
+        raise NotFound()
+    found = storage.get_executions(cur, [exec_id for _, exec_id in wanted])
+    authorize = current_state().authorize
+    executions = []
+    for segment, exec_id in wanted:
+        execution = found.get(exec_id)
+        if execution is None or execution["kind"] + "s" != segment or not authorize(user, execution):
+            raise NotFound()
+        executions.append(execution)
+    return executions
+
+
+def issue_list_ticket(digest: str, user: t.Any) -> tuple[str, str]:
+    """A stream ticket for ``user`` on the multiplexed stream of one list (``cursor.list_digest``).
+
+    :raises Unavailable: the server has no secret key to sign tickets with.
+    """
+    return issue_ticket(tickets.LIST_KIND, digest, user)
 
 
 def visible_execution(cur: Cursor, kind: str, exec_id: str, user: t.Any) -> Execution:

@@ -44,6 +44,8 @@ class Settings:
     max_streams_per_worker: int = 12000
     max_streams_per_user: int = 100
     ticket_ttl_s: int = 60
+    #: Executions one multiplexed stream may list (SPEC §5.6).
+    max_ids_per_stream: int = 100
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     max_event_bytes: int = 256 * 1024
@@ -179,6 +181,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], t.Any]]] = {
     "STREAMAPP_MAX_STREAMS_PER_WORKER": ("max_streams_per_worker", _int_range(1)),
     "STREAMAPP_MAX_STREAMS_PER_USER": ("max_streams_per_user", _int_range(1)),
     "STREAMAPP_TICKET_TTL_S": ("ticket_ttl_s", _int_range(1, 3600)),
+    # Above 100, a list of 64-character ids outgrows gunicorn's longest request line (8190 bytes)
+    # and its cursor token the 1,024 characters SPEC §5.6 allows.
+    "STREAMAPP_MAX_IDS_PER_STREAM": ("max_ids_per_stream", _int_range(1, 100)),
     "STREAMAPP_CORS_ORIGINS": ("cors_origins", _origins),
     "STREAMAPP_MAX_BODY_BYTES": ("max_body_bytes", _int_range(1024)),
     "STREAMAPP_MAX_EVENT_BYTES": ("max_event_bytes", _int_range(256)),

@@ -27,6 +27,9 @@ from prometheus_client import Histogram
 from .catalog import CATALOG
 from .catalog import KINDS
 
+#: The ``kind`` of open and opened streams: an execution's kind, or ``multiplex`` for a stream of
+#: many executions (SPEC §5.6), whatever kinds it lists.
+STREAM_KINDS = (*KINDS, "multiplex")
 #: Why a stream was refused (SPEC §9): 429 per user, 503 per worker, 503 shutting down, 503 database away.
 REFUSAL_REASONS = ("user_limit", "worker_limit", "shutdown", "unavailable")
 #: The ``type`` of events sent whose type is not in the catalog. Producers may add any number of
@@ -37,9 +40,16 @@ SENT_TYPES = (*CATALOG, OTHER_TYPE)
 # -- SPEC §9 ------------------------------------------------------------------
 
 OPEN_STREAMS = Gauge(
-    "streamapp_open_streams", "Streams open now, by execution kind.", ["kind"], multiprocess_mode="livesum"
+    "streamapp_open_streams",
+    "Streams open now, by execution kind; 'multiplex' for many executions.",
+    ["kind"],
+    multiprocess_mode="livesum",
 )
-STREAMS_OPENED = Counter("streamapp_streams_opened_total", "Streams opened (200 sent), by execution kind.", ["kind"])
+STREAMS_OPENED = Counter(
+    "streamapp_streams_opened_total",
+    "Streams opened (200 sent), by execution kind ('multiplex': many executions).",
+    ["kind"],
+)
 STREAMS_REFUSED = Counter("streamapp_streams_refused_total", "Stream requests refused, by reason.", ["reason"])
 STREAM_SECONDS = Histogram(
     "streamapp_stream_seconds",
@@ -96,8 +106,8 @@ CHUNKS_INCOMPLETE = Counter(
 # Every label value SPEC §9 names exists from start-up, at 0: a rate() over a
 # series that appears only at its first increment misses that increment, and an
 # alert on a series that does not exist yet never fires.
-_OPEN = {kind: OPEN_STREAMS.labels(kind) for kind in KINDS}
-_OPENED = {kind: STREAMS_OPENED.labels(kind) for kind in KINDS}
+_OPEN = {kind: OPEN_STREAMS.labels(kind) for kind in STREAM_KINDS}
+_OPENED = {kind: STREAMS_OPENED.labels(kind) for kind in STREAM_KINDS}
 _REFUSED = {reason: STREAMS_REFUSED.labels(reason) for reason in REFUSAL_REASONS}
 _SENT = {name: EVENTS_SENT.labels(name) for name in SENT_TYPES}
 _REPLAYS = {source: REPLAYS.labels(source) for source in ("memory", "table")}

@@ -82,7 +82,7 @@ def _example_frame(e: EventType) -> list[str]:
     exec_id = _EXAMPLE_EXEC_IDS[ex.kind]
     if not e.durable:
         # As the hub frames a JSON-mode chunk (SPEC §5 point 2): no id, default separators.
-        chunk = {"type": e.name, "exec_id": exec_id, "data": ex.data}
+        chunk = {"type": e.name, "exec_id": exec_id, "kind": ex.kind, "data": ex.data}
         return [f"event: {e.name}", f"data: {json.dumps(chunk, ensure_ascii=False)}"]
     envelope = {"id": ex.id, "type": e.name, "ts": _EXAMPLE_TS, "exec_id": exec_id, "kind": ex.kind, "data": ex.data}
     return [f"id: {ex.id}", f"event: {e.name}", f"data: {json.dumps(envelope, separators=(',', ':'))}"]

@@ -20,6 +20,7 @@ from . import cors
 from . import demo
 from . import health
 from . import metrics_view
+from . import multiplex
 from . import openapi
 from . import retention
 from . import serving
@@ -29,6 +30,7 @@ from .auth import owner_or_admin
 from .config import ConfigError
 from .config import Settings
 from .config import load_settings
+from .cursor import Cursors
 from .db import Database
 from .errors import problem
 from .hub import Hub
@@ -52,7 +54,7 @@ def _handle(exc: Exception) -> tuple[Response, int, dict[str, str]]:
 
 # Once, at import: Flask refuses setup calls on a blueprint already registered
 # on an app, and one process may build several apps (tests, several hosts).
-for _bp in (api.bp, stream.bp, health.bp, metrics_view.bp, auth.bp, openapi.bp, assets.bp, demo.bp):
+for _bp in (api.bp, stream.bp, multiplex.bp, health.bp, metrics_view.bp, auth.bp, openapi.bp, assets.bp, demo.bp):
     _bp.register_error_handler(Exception, _handle)
 
 
@@ -126,6 +128,7 @@ class StreamApp:
                 appended=hub.topics.appended,  # this worker's streams get its own appends from memory
             ),
             tickets=Tickets(secret_key, settings.ticket_ttl_s) if secret_key else None,
+            cursors=Cursors(secret_key) if secret_key else None,
             redactor=redactor,
             hub=hub,
             token_cache=tokens,
@@ -154,6 +157,7 @@ class StreamApp:
         blueprints: list[tuple[Blueprint, str | None]] = [
             (api.bp, self.url_prefix),
             (stream.bp, self.url_prefix),
+            (multiplex.bp, self.url_prefix),
             (openapi.bp, self.url_prefix),
             (health.bp, None),
             (metrics_view.bp, None),

@@ -279,9 +279,10 @@ class Topics:
         if topic is None:
             return
         frames: dict[bool, bytes] = {}
+        kind = topic.facts.kind if topic.facts is not None else None
         for sub in list(topic.subscribers):
             if sub.text_mode not in frames:
-                frames[sub.text_mode] = _chunk_frame(exec_id, text, sub.text_mode)
+                frames[sub.text_mode] = _chunk_frame(exec_id, kind, text, sub.text_mode)
             sub.push_chunk(frames[sub.text_mode])
 
 
@@ -339,9 +340,16 @@ class Endings:
             self._running = False
 
 
-def _chunk_frame(exec_id: str, text: str, text_mode: bool) -> bytes:
-    """A text chunk frame (SPEC §5.2): the text itself, or the JSON chunk envelope; never an id."""
+def _chunk_frame(exec_id: str, kind: str | None, text: str, text_mode: bool) -> bytes:
+    """A text chunk frame (SPEC §5.2): the text itself, or the JSON chunk envelope; never an id.
+
+    The envelope names the kind too, as every envelope does (SPEC §4): a multiplexed stream's
+    chunks need it (SPEC §5.6), and a single stream's may as well have it.
+    """
     if text_mode:
         return framing.event_frame(None, "llm_chunk", text)
-    envelope = {"type": "llm_chunk", "exec_id": exec_id, "data": {"content": text}}
+    envelope: dict[str, t.Any] = {"type": "llm_chunk", "exec_id": exec_id}
+    if kind is not None:
+        envelope["kind"] = kind
+    envelope["data"] = {"content": text}
     return framing.event_frame(None, "llm_chunk", json.dumps(envelope, ensure_ascii=False))

@@ -53,6 +53,16 @@ def stored_event_frame(event_id: int, event: str, envelope: str) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), envelope.encode())
 
 
+def with_token(frame: bytes, token: bytes) -> bytes:
+    """``frame`` with ``token`` as its ``id:`` in place of its own id (multiplexed streams, SPEC §5.6).
+
+    A token is URL-safe characters only (``cursor.py``): it cannot break the frame.
+    """
+    if frame.startswith(b"id: "):
+        frame = frame[frame.index(b"\n") + 1 :]
+    return b"id: " + token + b"\n" + frame
+
+
 def comment(text: str) -> bytes:
     """A comment line (``: text``), ignored by clients; used for pings.
 

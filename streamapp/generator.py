@@ -144,8 +144,9 @@ def _end(state: State, plan: Plan, ending: _Ending) -> None:
     )
 
 
-def reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | None, int]:
-    """The ``stream_reset`` frame and the cursor to replay from, when the cursor is unusable (SPEC §5.5)."""
+def reset_of(cursor: int, newest: int, oldest: int | None) -> tuple[dict[str, t.Any] | None, int]:
+    """The ``stream_reset`` data and the cursor to replay from, when the cursor is unusable (SPEC §5.5);
+    ``None`` and the cursor itself when it is not."""
     held_from = oldest if oldest is not None else newest + 1
     if cursor > newest:
         reason = "cursor_ahead"
@@ -153,8 +154,15 @@ def reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | N
         reason = "cursor_expired"
     else:
         return None, cursor
-    data = json.dumps({"reason": reason, "newest_id": newest, "oldest_id": oldest or 0})
-    return framing.event_frame(held_from - 1, "stream_reset", data), held_from - 1
+    return {"reason": reason, "newest_id": newest, "oldest_id": oldest or 0}, held_from - 1
+
+
+def reset_frame(cursor: int, newest: int, oldest: int | None) -> tuple[bytes | None, int]:
+    """The ``stream_reset`` frame and the cursor to replay from, when the cursor is unusable (SPEC §5.5)."""
+    data, cursor = reset_of(cursor, newest, oldest)
+    if data is None:
+        return None, cursor
+    return framing.event_frame(cursor, "stream_reset", json.dumps(data)), cursor
 
 
 def _written(sub: Subscriber, selected: Selected) -> None:
@@ -288,7 +296,7 @@ def _replay_table(
     return (yield from _replay(state, plan, sub, cursor, newest))
 
 
-def _shutdown_end(plan: Plan) -> bytes:
+def shutdown_end(client: ClientSocket | None, retry_ms: int) -> bytes:
     """The last bytes of a stream ended by shutdown: a jittered ``retry:`` (SPEC §5.4, §9).
 
     The streams of a worker all end at once; spread over half to one and a half
@@ -296,9 +304,9 @@ def _shutdown_end(plan: Plan) -> bytes:
     Reading is shut too, so gunicorn closes the connection after this response
     instead of keeping it for another request to a worker that is going away.
     """
-    if plan.client is not None:
-        plan.client.shut_reading()
-    return framing.retry(random.randint(plan.retry_ms // 2, plan.retry_ms * 3 // 2))
+    if client is not None:
+        client.shut_reading()
+    return framing.retry(random.randint(retry_ms // 2, retry_ms * 3 // 2))
 
 
 def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Generator[bytes, None, str]:
@@ -310,7 +318,7 @@ def _live(state: State, plan: Plan, sub: Subscriber, last: int) -> Generator[byt
         now = time.monotonic()
         if sub.closing:
             if sub.reason == "shutdown":
-                yield _shutdown_end(plan)
+                yield shutdown_end(plan.client, plan.retry_ms)
             return sub.reason
         if now >= end:
             return "lifetime"

@@ -77,6 +77,15 @@ OPERATIONS: dict[str, Operation] = {
         errors=(400, 401, 403, 404, 503),
         description="Pass it as `?ticket=` on the stream until `expires_at` (SPEC §7). No body.",
     ),
+    "streamapp_api.stream_tickets": Operation(
+        "A short-lived ticket for the multiplexed stream of these executions",
+        201,
+        schemas.TicketOut,
+        (schemas.StreamTicketsIn,),
+        errors=(400, 401, 403, 404, 413, 422, 503),
+        description="Pass it as `?ticket=` on `GET /streams` with the same `ids`, in any order, until "
+        "`expires_at` (SPEC §5.6, §7). Any entry unknown or not visible is 404.",
+    ),
     "streamapp_api.cancel_execution": Operation(
         "Cancel an execution",
         200,
@@ -96,6 +105,17 @@ OPERATIONS: dict[str, Operation] = {
         auth="stream",
         description="The `Last-Event-ID` header wins over `last_event_id`. Frames: `id`, `event`, `data` "
         "(the JSON envelope); `llm_chunk` frames have no `id`.",
+    ),
+    "streamapp_multiplex.streams": Operation(
+        "Follow many executions on one connection as Server-Sent Events (SPEC §5.6)",
+        200,
+        query=schemas.StreamsQuery,
+        errors=(400, 401, 404, 429, 503),
+        auth="stream",
+        description="Frames carry the JSON envelope, text chunks included; each durable frame's `id` is a "
+        "cursor token of every listed execution, for `Last-Event-ID` (which wins over `last_event_id`). "
+        "The stream ends once every listed execution's terminal event is sent; a token showing all of them "
+        "sent is 204.",
     ),
     "streamapp_auth.login": Operation(
         "Sign in; sets the session cookie",
@@ -139,7 +159,9 @@ PATH_PARAMETERS: dict[str, dict[str, t.Any]] = {
     "prefix": {"schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "description": "the token's prefix"},
 }
 QUERY_DOCS = {
-    "last_event_id": "resume after this id (a new EventSource cannot set Last-Event-ID)",
+    "last_event_id": "resume after this id, or this cursor token on /streams (a new EventSource cannot set "
+    "Last-Event-ID)",
+    "ids": "comma-separated segment/exec_id entries, e.g. workflows/a,agents/b",
     "events": "comma-separated event types to send; terminal events are always sent",
     "poll_ms": "the longest the stream may lag behind the table when notifications are lost",
     "ticket": "a stream ticket from POST …/stream-ticket",

@@ -91,6 +91,50 @@ class StreamQuery(_Strict):
     ticket = fields.String(load_default=None, validate=validate.Length(min=1, max=1000))
 
 
+#: The kind segments a multiplexed stream may list (SPEC §5.6), as in a stream's URL.
+STREAM_SEGMENTS = ("workflows", "agents", "tasks")
+
+
+def stream_entries(values: t.Sequence[t.Any]) -> tuple[str, ...]:
+    """``segment/exec_id`` entries as listed: 1 or more, distinct, each with a known segment.
+
+    An exec_id no execution can have is not refused here: it is unknown, 404 (SPEC §5.6).
+    """
+    if not values:
+        raise ValidationError("must list at least one execution as segment/exec_id")
+    seen: set[str] = set()
+    for value in values:
+        segment, slash, _ = value.partition("/") if isinstance(value, str) else ("", "", "")
+        if not slash or segment not in STREAM_SEGMENTS:
+            shown = value[:80] if isinstance(value, str) else type(value).__name__
+            raise ValidationError(f"{shown!r} is not segment/exec_id with a segment of {', '.join(STREAM_SEGMENTS)}")
+        if value in seen:
+            raise ValidationError(f"{value[:80]!r} is listed twice")
+        seen.add(value)
+    return tuple(values)
+
+
+class StreamIds(fields.Field[tuple[str, ...]]):
+    """``workflows/a,agents/b``: the executions of a multiplexed stream (SPEC §5.6)."""
+
+    def _deserialize(self, value: t.Any, attr: t.Any, data: t.Any, **kwargs: t.Any) -> tuple[str, ...]:
+        return stream_entries(str(value).split(",") if value else [])
+
+
+class StreamsQuery(_Strict):
+    ids = StreamIds(required=True)
+    last_event_id = fields.String(load_default=None, validate=validate.Length(min=1, max=1024))
+    events = TypeList(load_default=None)
+    poll_ms = PlainInteger(load_default=None, validate=validate.Range(min=250, max=2000))
+    ticket = fields.String(load_default=None, validate=validate.Length(min=1, max=1000))
+
+
+class StreamTicketsIn(_Strict):
+    """The body of ``POST /stream-tickets``: the executions the multiplexed stream lists (SPEC §5.6)."""
+
+    ids = fields.List(fields.Raw(), required=True, validate=stream_entries)
+
+
 class TokenCreate(_Strict):
     scopes = fields.List(
         fields.String(), required=True, validate=validate.Length(min=1, max=10, error="must list 1 to 10 scopes")
@@ -197,7 +241,7 @@ class ChunksOut(Schema):
 
 
 class TicketOut(Schema):
-    """A stream ticket (SPEC §7): pass it as ``?ticket=`` on that execution's stream until it expires."""
+    """A stream ticket (SPEC §7): pass it as ``?ticket=`` on the stream it names until it expires."""
 
     ticket = fields.String(required=True)
     expires_at = fields.DateTime(required=True, format="iso")

@@ -15,6 +15,7 @@ Authorize = Callable[[t.Any, "Execution"], bool]
 
 if t.TYPE_CHECKING:
     from .config import Settings
+    from .cursor import Cursors
     from .db import Database
     from .hub import Hub
     from .producer import Producer
@@ -35,6 +36,8 @@ class State:
     authorize: Authorize
     #: Tickets for ``?ticket=`` on streams (SPEC §7); ``None`` only without a secret key.
     tickets: Tickets | None = None
+    #: Cursor tokens of multiplexed streams (SPEC §5.6); ``None`` only without a secret key.
+    cursors: Cursors | None = None
     #: Applied to every appended event and text chunk before it is stored or sent (SPEC §7).
     redactor: Redactor = dataclasses.field(default_factory=Redactor)
     own_users: bool = True

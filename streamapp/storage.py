@@ -18,6 +18,8 @@ from .errors import Conflict
 from .replay import frames_after as frames_after  # the replay read lives in its own module
 
 if t.TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from psycopg2.extensions import cursor as Cursor
 
 #: The one channel every worker's listener LISTENs on; payload ``exec_id:last_id``.
@@ -160,6 +162,17 @@ def get_execution(cur: Cursor, kind: str | None, exec_id: str, *, lock: bool = F
     """One execution (of this kind, unless ``None``) or ``None``; ``lock`` takes its row lock."""
     cur.execute(_SELECT_EXECUTION + (" FOR UPDATE" if lock else ""), {"exec_id": exec_id, "kind": kind})
     return _row(cur.fetchone())
+
+
+_SELECT_EXECUTIONS = f"""
+SELECT {_EXECUTION_COLUMNS} FROM executions WHERE exec_id = ANY(%(exec_ids)s)
+"""
+
+
+def get_executions(cur: Cursor, exec_ids: Sequence[str]) -> dict[str, Execution]:
+    """The executions of ``exec_ids`` that exist, by id, in one query (multiplexed streams, SPEC §5.6)."""
+    cur.execute(_SELECT_EXECUTIONS, {"exec_ids": list(exec_ids)})
+    return {row["exec_id"]: row for row in map(execution_from_row, cur.fetchall())}
 
 
 _LIST_EXECUTIONS = f"""

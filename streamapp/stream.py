@@ -79,7 +79,7 @@ def _cursor_and_query() -> tuple[int, t.Mapping[str, t.Any]]:
     return query["last_event_id"] or 0, query
 
 
-def _counts_outages(view: Callable[..., Response]) -> Callable[..., Response]:
+def counts_outages(view: Callable[..., Response]) -> Callable[..., Response]:
     """Count a 503 for a database outage before the first byte as a refused stream (SPEC §2, §9)."""
 
     @functools.wraps(view)
@@ -96,6 +96,20 @@ def _counts_outages(view: Callable[..., Response]) -> Callable[..., Response]:
 def _retry_after(settings: Settings) -> int:
     # Spread the retries of refused clients over a few retry periods.
     return max(1, round(settings.retry_ms / 1000 * random.uniform(1, 3)))
+
+
+def refuse_when_full(state: State) -> None:
+    """Take no new stream on a worker that is shutting down or holds its maximum (SPEC §5.4).
+
+    :raises Unavailable: 503, with a ``Retry-After`` that spreads the retries.
+    """
+    if state.hub.stopping:
+        # A jittered retry lands on a live worker.
+        counters.stream_refused("shutdown")
+        raise Unavailable("this worker is shutting down; retry", retry_after=random.randint(1, 5))
+    if state.hub.slots.open >= state.settings.max_streams_per_worker:
+        counters.stream_refused("worker_limit")
+        raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(state.settings))
 
 
 class Admitted(t.NamedTuple):
@@ -153,7 +167,7 @@ def _admit(state: State, kind: str, exec_id: str, cursor: int, user: t.Any, read
 
 
 @bp.get("/executions/<kind>/<exec_id>/stream")
-@_counts_outages
+@counts_outages
 def stream(kind: str, exec_id: str) -> Response:
     connected_at = time.monotonic()
     kind_name = kind_of(kind)
@@ -162,14 +176,7 @@ def stream(kind: str, exec_id: str) -> Response:
     user_id = str(user.get_id())
     state = current_state()
     settings = state.settings
-    slots = state.hub.slots
-    if state.hub.stopping:
-        # SPEC §5.4: a worker shutting down takes no new stream; the jittered retry lands on a live one.
-        counters.stream_refused("shutdown")
-        raise Unavailable("this worker is shutting down; retry", retry_after=random.randint(1, 5))
-    if slots.open >= settings.max_streams_per_worker:
-        counters.stream_refused("worker_limit")
-        raise Unavailable("this worker holds its maximum of open streams", retry_after=_retry_after(settings))
+    refuse_when_full(state)
     reader = stream_reader(user)
     admitted = _admit_followed(state, kind_name, exec_id, cursor, reader) or _admit(
         state, kind_name, exec_id, cursor, user, reader

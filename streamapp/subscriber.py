@@ -183,6 +183,11 @@ class Subscriber:
     def take(self) -> tuple[list[Item], bool]:
         """Queued items and whether the stream must re-read the table instead."""
         self.wakeup.clear()
+        return self.drain()
+
+    def drain(self) -> tuple[list[Item], bool]:
+        """:meth:`take`, leaving the wakeup set: a multiplexed stream shares one among its
+        executions' subscribers, and clears it once before it drains them all (SPEC §5.6)."""
         items, overflowed = list(self.items), self.overflowed
         self.items.clear()
         self.queued_bytes = self.queued_chunks = 0

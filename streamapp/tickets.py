@@ -6,6 +6,11 @@ and a long-lived token must never travel in a URL, so it asks for a ticket
 execution (kind and id), one user and, when it was asked for with an API
 token, that token's prefix, so revoking the token also ends its tickets.
 
+A ticket for a multiplexed stream (``POST /stream-tickets``, SPEC §5.6) is
+the same, with the kind :data:`LIST_KIND` and, for the execution id, a
+digest of the canonical list it names (``cursor.list_digest``): it admits
+that list and no other, and never a single stream.
+
 Tickets are itsdangerous ``URLSafeTimedSerializer`` strings with a salt of
 their own (a session cookie or another signed value can never pass as one).
 They are signed, not encrypted: the execution id, kind, user id and token
@@ -37,6 +42,8 @@ from itsdangerous import TimestampSigner
 from itsdangerous import URLSafeTimedSerializer
 
 SALT = "streamapp.stream-ticket"
+#: The kind a multiplexed stream's ticket names: no execution's kind.
+LIST_KIND = "streams"
 #: A ticket signed this far in the future (clock skew between hosts) is still accepted.
 MAX_CLOCK_SKEW_S = 5.0
 
@@ -113,7 +120,7 @@ class Tickets:
     def verify(self, ticket: str, *, kind: str, exec_id: str) -> Claims:
         """Check a ticket for the stream of ``kind``/``exec_id``, now.
 
-        :raises TicketInvalid: not signed by us, malformed, or for another execution.
+        :raises TicketInvalid: not signed by us, malformed, or for another execution or list.
         :raises TicketExpired: past its ``expires_at``.
         """
         try:
@@ -123,7 +130,8 @@ class Tickets:
             raise TicketInvalid("the stream ticket is not valid") from None
         claims = _claims(payload, issued_at, issued_at + self.ttl)
         if (claims.kind, claims.exec_id) != (kind, exec_id):
-            raise TicketInvalid("the stream ticket is for another execution")
+            what = "list of executions" if kind == LIST_KIND else "execution"
+            raise TicketInvalid(f"the stream ticket is for another {what}")
         now = self._now()
         if now >= claims.expires_at:
             raise TicketExpired("the stream ticket has expired")

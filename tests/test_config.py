@@ -56,6 +56,7 @@ VALID = [
     ("STREAMAPP_MAX_STREAMS_PER_WORKER", "1", "max_streams_per_worker", 1),
     ("STREAMAPP_MAX_STREAMS_PER_USER", "5", "max_streams_per_user", 5),
     ("STREAMAPP_TICKET_TTL_S", "3600", "ticket_ttl_s", 3600),
+    ("STREAMAPP_MAX_IDS_PER_STREAM", "1", "max_ids_per_stream", 1),
     (
         "STREAMAPP_CORS_ORIGINS",
         " https://a.example.com/ , http://localhost:3000,",
@@ -156,6 +157,8 @@ ORIGINS_RULE = "must be comma-separated origins like https://app.example.com"
         ("STREAMAPP_MAX_STREAMS_PER_WORKER", "0", "must be at least 1"),
         ("STREAMAPP_MAX_STREAMS_PER_USER", "many", "must be an integer"),
         ("STREAMAPP_TICKET_TTL_S", "0", "must be between 1 and 3600"),
+        ("STREAMAPP_MAX_IDS_PER_STREAM", "0", "must be between 1 and 100"),
+        ("STREAMAPP_MAX_IDS_PER_STREAM", "101", "must be between 1 and 100"),
         ("STREAMAPP_TICKET_TTL_S", "3601", "must be between 1 and 3600"),
         ("STREAMAPP_CORS_ORIGINS", "*", ORIGINS_RULE),
         ("STREAMAPP_CORS_ORIGINS", "https://a.example.com/app", ORIGINS_RULE),

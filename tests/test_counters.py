@@ -49,8 +49,8 @@ def test_spec_metrics_exist_with_their_types():
 @pytest.mark.parametrize(
     ("metric", "label", "values"),
     [
-        ("streamapp_open_streams", "kind", catalog.KINDS),
-        ("streamapp_streams_opened_total", "kind", catalog.KINDS),
+        ("streamapp_open_streams", "kind", (*catalog.KINDS, "multiplex")),
+        ("streamapp_streams_opened_total", "kind", (*catalog.KINDS, "multiplex")),
         ("streamapp_streams_refused_total", "reason", ("user_limit", "worker_limit", "shutdown", "unavailable")),
         ("streamapp_events_sent_total", "type", (*catalog.CATALOG, "other")),
     ],

@@ -133,7 +133,7 @@ def test_never_durable_example_has_no_id(name):
     frame = _frames(SECTIONS[name])[0]
     envelope = json.loads(frame["data"])
     assert "id" not in frame
-    assert list(envelope) == ["type", "exec_id", "data"] and envelope["type"] == name
+    assert list(envelope) == ["type", "exec_id", "kind", "data"] and envelope["type"] == name
     assert set(envelope["data"]) == {f.name for f in CATALOG[name].fields}
 
 

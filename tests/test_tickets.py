@@ -11,6 +11,9 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 
 from streamapp import accounts
+from streamapp.cursor import canonical
+from streamapp.cursor import list_digest
+from streamapp.tickets import LIST_KIND
 from streamapp.tickets import MAX_CLOCK_SKEW_S
 from streamapp.tickets import Claims
 from streamapp.tickets import TicketExpired
@@ -100,6 +103,20 @@ def test_another_stream_is_invalid(issuer, kind, exec_id):
     ticket, _ = issuer.issue("workflow", "e-1", "7")
     with pytest.raises(TicketInvalid, match="another execution"):
         issuer.verify(ticket, kind=kind, exec_id=exec_id)
+
+
+def test_a_list_ticket_and_a_single_ticket_never_pass_for_each_other(issuer):
+    digest = list_digest(canonical(["workflows/e-1", "agents/e-2"]))
+    listed, _ = issuer.issue(LIST_KIND, digest, "7")
+    assert issuer.verify(listed, kind=LIST_KIND, exec_id=digest).user_id == "7"
+    single, _ = issuer.issue("workflow", "e-1", "7")
+    with pytest.raises(TicketInvalid, match="another list of executions"):
+        issuer.verify(single, kind=LIST_KIND, exec_id=digest)
+    with pytest.raises(TicketInvalid, match="another execution"):
+        issuer.verify(listed, kind="workflow", exec_id="e-1")
+    other = list_digest(canonical(["workflows/e-1"]))
+    with pytest.raises(TicketInvalid, match="another list of executions"):
+        issuer.verify(listed, kind=LIST_KIND, exec_id=other)
 
 
 def test_tampering_anywhere_is_invalid(issuer):

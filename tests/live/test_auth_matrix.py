@@ -67,6 +67,10 @@ KIND_EXPECTED: dict[str, tuple[int, ...]] = {
     # reused: B's token carrying A's ticket is refused (issue 6). Without credentials the server
     # cannot tell who holds a ticket, which is why tickets live 60 s and name one execution.
     "stream": (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 401),
+    # The same two for a multiplexed stream listing the cell's execution (SPEC §5.6): a ticket of
+    # one execution never admits a list.
+    "stream_tickets": (401, 201, 201, 201, 404, 201, 401, 401, 401, 401, 401, 404),
+    "streams": (401, 200, 200, 200, 404, 200, 401, 401, 401, 401, 401, 401),
 }
 #: endpoint of no kind -> expected status for each caller.
 EXPECTED: dict[str, tuple[int, ...]] = {
@@ -206,6 +210,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "stream_ticket": ("POST", "/executions/<segment>/<exec_id>/stream-ticket"),
     "cancel": ("POST", "/executions/<segment>/<exec_id>/cancel"),
     "stream": ("GET", "/executions/<kind>/<exec_id>/stream"),
+    "stream_tickets": ("POST", "/stream-tickets"),
+    "streams": ("GET", "/streams"),
     "catalog": ("GET", "/events/catalog"),
     "login": ("POST", "/auth/login"),
     "logout": ("POST", "/auth/logout"),
@@ -214,6 +220,10 @@ ROUTES: dict[str, tuple[str, str]] = {
     "tokens_delete": ("DELETE", "/auth/tokens/<prefix>"),
     "openapi": ("GET", "/openapi.json"),
 }
+
+
+#: The endpoints that take their executions as a list (SPEC §5.6), not in the path.
+LISTING = ("stream_tickets", "streams")
 
 
 def _body(world: World, endpoint: str) -> t.Any:
@@ -242,6 +252,10 @@ def _request(
     if "<prefix>" in path:
         # A fresh token of the owner's for every cell, so each revoke has something to revoke.
         path = path.replace("<prefix>", _fresh_prefix(world))
+    body = _body(world, endpoint)
+    if endpoint in LISTING:  # a multiplexed stream, or its ticket, of the cell's execution
+        body = {"ids": [f"{kind}s/{exec_id}"]} if method == "POST" else None
+        params = {**params, "ids": f"{kind}s/{exec_id}"} if method == "GET" else params
     send = session.request if session is not None else requests.request
     try:
         response = send(
@@ -249,11 +263,11 @@ def _request(
             world.server.api(path),
             headers=headers,
             params=params,
-            json=_body(world, endpoint),
+            json=body,
             timeout=10,
             stream=True,
         )
-        if response.status_code != 200 or endpoint != "stream":
+        if response.status_code != 200 or endpoint not in ("stream", "streams"):
             response.content  # noqa: B018 (a live stream is only opened, never read to its end)
         response.close()
     finally:
@@ -276,7 +290,8 @@ def _fresh_prefix(world: World) -> str:
 @pytest.mark.parametrize("endpoint, kind, caller, expected", CELLS)
 def test_matrix(world, endpoint, kind, caller, expected):
     response = _request(world, endpoint, caller, kind)
-    assert response.status_code == expected, response.text if endpoint != "stream" or expected != 200 else ""
+    streaming = endpoint in ("stream", "streams") and expected == 200
+    assert response.status_code == expected, "" if streaming else response.text
     if expected >= 400:
         body = response.json()
         assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
@@ -286,8 +301,8 @@ def test_matrix(world, endpoint, kind, caller, expected):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "endpoint, caller",
-    [(e, "other_user") for e in ("get", "append", "chunks", "stream_ticket", "stream", "cancel")]
-    + [(e, "reused_ticket") for e in ("get", "append", "chunks", "stream_ticket", "cancel")],
+    [(e, "other_user") for e in ("get", "append", "chunks", "stream_ticket", "stream", "cancel", *LISTING)]
+    + [(e, "reused_ticket") for e in ("get", "append", "chunks", "stream_ticket", "cancel", "stream_tickets")],
 )
 def test_not_yours_and_does_not_exist_are_byte_identical(world, endpoint, caller, kind):
     theirs = _request(world, endpoint, caller, kind)

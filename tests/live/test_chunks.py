@@ -79,7 +79,12 @@ def test_json_mode_frames_carry_the_chunk_envelope(server, account):
         _events(server, account, exec_id, ("structured_delta", {"content": {"answer": "par"}, "sequence": 1}))
         chunk, delta = stream.next_frame(), stream.next_frame()
     assert (chunk.event, chunk.id) == ("llm_chunk", None)
-    assert json.loads(chunk.data) == {"type": "llm_chunk", "exec_id": exec_id, "data": {"content": "par\ntial"}}
+    assert json.loads(chunk.data) == {
+        "type": "llm_chunk",
+        "exec_id": exec_id,
+        "kind": "agent",
+        "data": {"content": "par\ntial"},
+    }
     assert (delta.event, delta.id) == ("structured_delta", "2")
     assert delta.json["data"] == {"content": {"answer": "par"}, "sequence": 1}
 

@@ -8,6 +8,7 @@ distribution (see tests/live/nginx.py).
 from __future__ import annotations
 
 import re
+import secrets
 
 import pytest
 import requests
@@ -88,3 +89,19 @@ def test_same_origin_cookie_login_through_nginx(nginx, account):
         timeout=10,
     )
     assert r.status_code == 403
+
+
+def test_a_multiplexed_stream_of_a_hundred_long_ids_passes_unbuffered(nginx, account, producer):
+    """SPEC §5.6: 100 ids of 64 characters and a ticket fit the request line nginx and gunicorn accept."""
+    owner = account.user.get_id()
+    exec_ids = [
+        producer.create_execution("workflow", "m", owner, exec_id=secrets.token_hex(32))["exec_id"] for _ in range(100)
+    ]
+    entries = [f"workflows/{exec_id}" for exec_id in exec_ids]
+    asked = requests.post(f"{nginx}/api/v0/stream-tickets", json={"ids": entries}, headers=account.headers, timeout=10)
+    params = {"ids": ",".join(entries), "ticket": asked.json()["ticket"]}
+    with Stream(f"{nginx}/api/v0/streams", params=params) as stream:
+        assert stream.next_item().retry is not None and stream.next_item() == "connected"
+        producer.append_events(exec_ids[42], [{"type": "workflow_status", "data": {"status": "RUNNING"}}])
+        frame = stream.next_frame()
+    assert frame.json["exec_id"] == exec_ids[42] and len(frame.id) <= 1024

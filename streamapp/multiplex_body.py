@@ -1,0 +1,305 @@
+"""A multiplexed stream's body: its executions' replays, then their live frames (SPEC §5.6).
+
+On one connection, every durable frame's ``id:`` is a cursor token of them all.
+
+Each listed execution is a :class:`Lane` with a subscriber of its own in the
+worker's hub, as a single stream has; the lanes share one wakeup, so the body
+waits on one event. Frames are the single stream's frames with the id
+rewritten, and text chunks are JSON envelopes (the hub frames them so for a
+subscriber without text mode). The hub never writes to this stream's socket:
+its frames are not a single stream's, so every frame goes through the body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import typing as t
+from collections.abc import Generator
+from collections.abc import Sequence
+
+import gevent.event
+
+from . import counters
+from . import framing
+from . import logs
+from . import storage
+from .errors import DatabaseUnavailable
+from .event_filter import Item
+from .event_filter import Selected
+from .event_filter import select
+from .generator import REPLAY_PAGE
+from .generator import StreamBody
+from .generator import reset_of
+from .generator import shutdown_end
+
+if t.TYPE_CHECKING:
+    from .cursor import Cursors
+    from .direct_writes import ClientSocket
+    from .state import State
+    from .storage import Facts
+    from .subscriber import Subscriber
+
+log = logging.getLogger("streamapp.stream")
+
+#: The ``kind`` a multiplexed stream is counted and logged under (SPEC §9).
+KIND = "multiplex"
+
+
+@dataclasses.dataclass(slots=True)
+class Lane:
+    """One listed execution of a multiplexed stream, and how far the stream has sent it."""
+
+    index: int  # its place in the canonical list, and in the token
+    exec_id: str
+    facts: Facts
+    newest: int  # its newest id when the stream was admitted
+    terminal_id: int | None
+    sub: Subscriber | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MultiPlan:
+    """Everything a multiplexed stream's body needs, as plain values."""
+
+    entries: tuple[str, ...]  # the canonical list, ``segment/exec_id``
+    positions: tuple[int, ...]  # the client's cursor per entry
+    lanes: tuple[Lane, ...]  # the entries whose terminal event the client has not had yet
+    cursors: Cursors
+    types: frozenset[str] | None
+    poll_ms: int
+    heartbeat_s: float
+    lifetime_s: float
+    retry_ms: int
+    user_id: str
+    token_prefix: str | None
+    connected_at: float
+    client: ClientSocket | None = None
+
+
+class _Stream:
+    """The running state of one multiplexed stream: positions, open lanes, frames sent."""
+
+    def __init__(self, state: State, plan: MultiPlan) -> None:
+        self.state = state
+        self.plan = plan
+        self.positions = list(plan.positions)
+        self.open = list(plan.lanes)
+        self.wakeup = gevent.event.Event()
+        self.sent = 0
+        self.first_sent = False
+        self.reason = "client_gone"  # the body never ran: the client left before the first byte
+
+    def token(self) -> bytes:
+        return self.plan.cursors.token(self.plan.entries, self.positions).encode()
+
+    def frames(self, lane: Lane, selected: Selected) -> bytes:
+        """The selected frames of ``lane``, each durable one's id the token after it; counted as sent."""
+        out = []
+        for frame in selected.frames:
+            if frame.startswith(b"id: "):
+                self.positions[lane.index] = int(frame[4 : frame.index(b"\n")])
+                frame = framing.with_token(frame, self.token())
+            out.append(frame)
+        self.positions[lane.index] = max(self.positions[lane.index], selected.last)
+        if selected.ended:
+            lane.terminal_id = selected.last
+        if out:
+            counters.events_sent(selected.types)
+            self.sent += selected.count
+            if not self.first_sent:
+                self.first_sent = True
+                counters.first_event(self.plan.connected_at)
+        return b"".join(out)
+
+    def reset(self, lane: Lane, data: dict[str, t.Any], cursor: int) -> bytes:
+        """A ``stream_reset`` frame for ``lane``: its data names the execution (SPEC §5.6)."""
+        self.positions[lane.index] = cursor
+        data = {**data, "exec_id": lane.exec_id, "kind": lane.facts.kind}
+        return framing.with_token(framing.event_frame(None, "stream_reset", json.dumps(data)), self.token())
+
+    def subscribe(self) -> None:
+        plan = self.plan
+        for lane in self.open:
+            lane.sub = self.state.hub.subscribe(
+                lane.exec_id,
+                plan.poll_ms,
+                user_id=plan.user_id,
+                token_prefix=plan.token_prefix,
+                text_mode=False,  # chunks as JSON envelopes, whatever the execution's mode
+                facts=lane.facts,
+                types=plan.types,
+            )
+            lane.sub.wakeup = self.wakeup
+
+    def unsubscribe(self, lane: Lane) -> None:
+        if lane.sub is not None:
+            self.state.hub.unsubscribe(lane.sub)
+            lane.sub = None
+
+    def close_all(self, reason: str) -> None:
+        for lane in self.open:
+            if lane.sub is not None:
+                lane.sub.close(reason)
+
+    def closing(self) -> Subscriber | None:
+        return next((lane.sub for lane in self.open if lane.sub is not None and lane.sub.closing), None)
+
+    def finish(self, lane: Lane) -> None:
+        """``lane``'s terminal event is sent: the stream follows it no more."""
+        self.unsubscribe(lane)
+        self.open.remove(lane)
+
+    def replay(self, lane: Lane) -> Generator[bytes, None, Sequence[Item]]:
+        """Send ``lane`` from its position on, from the hub's memory or the table; the last page read."""
+        sub = t.cast("Subscriber", lane.sub)
+        position = self.positions[lane.index]
+        ahead = position > lane.newest
+        if lane.terminal_id is None and not ahead:
+            items = self.state.hub.recent(sub, position)
+            if items is not None:
+                yield self.frames(lane, select(items, position, self.plan.types))
+                counters.replayed("memory")
+                if lane.newest > self.positions[lane.index]:
+                    self.state.hub.wake(lane.exec_id, lane.newest)
+                return ()
+        if ahead:
+            with self.state.db.autocommit() as cur:
+                oldest = storage.oldest_event_id(cur, lane.exec_id)
+            data, cursor = reset_of(position, lane.newest, oldest)
+            yield self.reset(lane, t.cast(dict[str, t.Any], data), cursor)
+        counters.replayed("table")
+        return (yield from self.read_table(lane, check_newest=not ahead and position != lane.newest))
+
+    def read_table(self, lane: Lane, *, check_newest: bool = False) -> Generator[bytes, None, Sequence[Item]]:
+        """Send ``lane``'s table from its position on, page by page; the last page read.
+
+        With ``check_newest``, the first page also tells whether retention removed
+        events after the position: a ``stream_reset`` naming the execution goes first.
+        """
+        while True:
+            last = self.positions[lane.index]
+            with self.state.hub.replays, self.state.db.autocommit() as cur:
+                items, more = storage.frames_after(cur, lane.exec_id, last, REPLAY_PAGE)
+            if check_newest:
+                check_newest = False
+                data, last = reset_of(last, lane.newest, items[0][0] if items else None)
+                if data is not None:
+                    yield self.reset(lane, data, last)
+            selected = select(items, last, self.plan.types)
+            data_bytes = self.frames(lane, selected)
+            if data_bytes:
+                yield data_bytes
+            if selected.ended or not more or self.closing():
+                return items
+
+    def done(self, lane: Lane) -> bool:
+        return lane.terminal_id is not None and self.positions[lane.index] >= lane.terminal_id
+
+
+def open_multiplex(state: State, plan: MultiPlan) -> StreamBody:
+    """Count the stream open; its body, which ends it when closed. The caller holds its one slot."""
+    counters.stream_opened(KIND)
+    stream = _Stream(state, plan)
+    done = False
+
+    def end() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            _end(state, stream)
+
+    return StreamBody(_body(stream, end), end)
+
+
+def _end(state: State, stream: _Stream) -> None:
+    """Give the stream's slot back, then log its end: once, whichever way it ended (SPEC §9)."""
+    plan, reason = stream.plan, stream.reason
+    counters.stream_closed(KIND, time.monotonic() - plan.connected_at)
+    state.hub.slots.give_back(plan.user_id, at_once=reason == "shutdown")
+    logs.structured(
+        log,
+        logging.INFO,
+        "stream ended",
+        kind=KIND,
+        executions=len(plan.entries),
+        user_id=plan.user_id,
+        duration_s=round(time.monotonic() - plan.connected_at, 3),
+        events_sent=stream.sent,
+        reason=reason,
+    )
+
+
+def _body(stream: _Stream, end: t.Callable[[], None]) -> Generator[bytes, None, None]:
+    plan = stream.plan
+    stream.reason = "error"  # unless one of the ways out below says otherwise
+    try:
+        yield framing.prelude(plan.retry_ms)
+        stream.subscribe()
+        for lane in list(stream.open):
+            page = yield from stream.replay(lane)
+            if stream.done(lane):
+                stream.finish(lane)
+            elif lane.sub is not None:
+                stream.state.hub.caught_up(lane.sub, stream.positions[lane.index], page)
+        watch = plan.client.watch_hangup(lambda: stream.close_all("client_gone")) if plan.client else None
+        with watch or contextlib.nullcontext():
+            stream.reason = yield from _live(stream)
+    except DatabaseUnavailable:
+        stream.reason = "unavailable"  # the client resumes with its token and gets the 503 (SPEC §2)
+    except GeneratorExit:
+        # gunicorn closes us when a write fails: a client that hung up, or one that stopped reading.
+        stream.reason = "client_gone"
+        if plan.client is not None and plan.client.stalled():
+            counters.SLOW_CLIENT_DISCONNECTS.inc()
+            stream.reason = "slow_client"
+        raise
+    finally:
+        for lane in stream.open:
+            stream.unsubscribe(lane)
+        end()
+
+
+def _live(stream: _Stream) -> Generator[bytes, None, str]:
+    """Every open lane's live events until the stream ends; why it ended (SPEC §9)."""
+    plan = stream.plan
+    started = time.monotonic()
+    next_ping = started + plan.heartbeat_s
+    end = started + plan.lifetime_s
+    while stream.open:
+        closing = stream.closing()
+        if closing is not None:
+            if closing.reason == "shutdown":
+                yield shutdown_end(plan.client, plan.retry_ms)
+            return closing.reason
+        now = time.monotonic()
+        if now >= end:
+            return "lifetime"
+        if now >= next_ping:
+            yield framing.PING
+            next_ping = now + plan.heartbeat_s
+        stream.wakeup.wait(timeout=min(next_ping, end) - now)
+        stream.wakeup.clear()  # before the lanes are drained: nothing pushed meanwhile is missed
+        for lane in list(stream.open):
+            yield from _lane_news(stream, lane)
+    return "terminal"
+
+
+def _lane_news(stream: _Stream, lane: Lane) -> Generator[bytes, None, None]:
+    """What ``lane``'s subscriber holds: its frames, or a re-read of its table after an overflow."""
+    sub = t.cast("Subscriber", lane.sub)
+    items, overflowed = sub.drain()
+    dropped = sub.take_dropped()
+    if dropped:
+        yield framing.comment(f"dropped {dropped} text chunks of {lane.exec_id}")
+    if overflowed:
+        yield from stream.read_table(lane)
+    else:
+        data = stream.frames(lane, select(items, stream.positions[lane.index], stream.plan.types))
+        if data:
+            yield data
+    if stream.done(lane):
+        stream.finish(lane)
