@@ -1,5 +1,10 @@
 """Follow one execution's stream from Python: ``follow(url, …)`` yields its events (SPEC §6).
 
+A ``…/streams?ids=…`` URL follows every listed execution on one connection
+(SPEC §5.6): events are de-duplicated per execution, the cursor is the
+server's opaque token (a ``str``), and ``follow`` returns once every listed
+execution has sent its terminal event.
+
 ``follow`` reconnects with ``Last-Event-ID`` after connection errors, 5xx, 429/503
 and a server-side end without a terminal event (lifetime, shutdown: SPEC §5.4),
 honours ``retry:`` and ``Retry-After`` with capped exponential back-off and
@@ -79,6 +84,7 @@ __all__ = [
 TERMINAL = frozenset({"complete", "error"})
 _TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # SPEC §2: the event type pattern
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,1024}")  # SPEC §5.6: a multiplexed stream's cursor token
 _CHUNK = 65536
 _DEFAULT_RETRY_S = 1.0  # until the server's `retry:` arrives
 _MIN_BACKOFF_S = 0.1  # a `retry: 0` must not turn failures into a busy loop
@@ -98,10 +104,19 @@ class Event:
     id: int | None  # None for text chunks: they are not durable (SPEC §5.2)
     data: t.Any
     envelope: dict[str, t.Any] | None = None
+    #: On a multiplexed stream, the frame's cursor token: ``last_event_id`` resumes after it.
+    token: str | None = None
 
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL
+
+    @property
+    def exec_id(self) -> str | None:
+        """The execution the event belongs to, as its envelope (or a multiplexed reset) names it."""
+        named = self.envelope if self.envelope is not None else self.data
+        value = named.get("exec_id") if isinstance(named, dict) else None
+        return value if isinstance(value, str) else None
 
     @property
     def text(self) -> str | None:
@@ -117,7 +132,7 @@ class Status:
     """The connection's state, reported to ``on_status``: connecting, open, reconnecting, closed."""
 
     state: str
-    last_id: int | None
+    last_id: int | str | None  # a cursor token (str) on a multiplexed stream
     reason: str | None = None  # why it is reconnecting
     delay: float | None = None  # seconds until the next attempt
     retry_after: float | None = None  # what the server's Retry-After asked for, if it sent one
@@ -127,7 +142,7 @@ def follow(
     url: str,
     *,
     token: str | None = None,
-    last_event_id: int | None = None,
+    last_event_id: int | str | None = None,
     events: Iterable[str] | str | None = None,
     connect_timeout: float = 10.0,
     read_timeout: float = 45.0,
@@ -144,7 +159,8 @@ def follow(
     ``max_delay`` caps the back-off before jitter. ``on_status`` gets a ``Status``
     at each change of connection state. The generator closes its connection when it
     ends or is closed. A ``204`` (the execution ended at or before the cursor) ends
-    it with no event.
+    it with no event. On a multiplexed stream ``last_event_id`` is a cursor token (``Status.last_id``,
+    ``FollowError.last_id``) and ``follow`` ends once every listed execution has ended.
 
     :raises ValueError: at once, for a bad argument.
     :raises StatusError: 400, 401, 403, 404 and other refusals; never retried.
@@ -154,7 +170,10 @@ def follow(
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    if last_event_id is not None and not (0 <= last_event_id < 2**63):
+    listed = _listed(parts)
+    if isinstance(last_event_id, str) and (not listed or not _TOKEN.fullmatch(last_event_id)):
+        raise ValueError("last_event_id: a cursor token only resumes a multiplexed stream (…/streams?ids=…)")
+    if isinstance(last_event_id, int) and not (0 <= last_event_id < 2**63):
         raise ValueError("last_event_id must be a non-negative integer below 2**63")
     if token is not None and (not token or any(c in token for c in "\r\n\0")):
         raise ValueError("token must be a non-empty string without CR, LF or NUL")
@@ -167,7 +186,16 @@ def follow(
             raise ValueError(f"events: not event type names: {bad or names}")
         url = _with_query(parts, "events", ",".join(names))
     follower = _Follower(url, token, last_event_id, (connect_timeout, read_timeout), max_wait, max_delay, on_status)
+    follower.listed = listed
     return follower.run()
+
+
+def _listed(parts: urllib.parse.SplitResult) -> int:
+    """How many executions a multiplexed stream's URL lists (SPEC §5.6); 0 for one execution's stream."""
+    if not parts.path.endswith("/streams"):
+        return 0
+    ids = dict(urllib.parse.parse_qsl(parts.query)).get("ids", "")
+    return len(ids.split(",")) if ids else 0
 
 
 def _with_query(parts: urllib.parse.SplitResult, name: str, value: str) -> str:
@@ -183,7 +211,7 @@ class _Follower:
         self,
         url: str,
         token: str | None,
-        cursor: int | None,
+        cursor: int | str | None,
         timeouts: tuple[float, float],
         max_wait: float | None,
         max_delay: float,
@@ -191,6 +219,11 @@ class _Follower:
     ) -> None:
         self.url, self.token, self.cursor, self.timeouts = url, token, cursor, timeouts
         self.max_wait, self.max_delay, self.on_status = max_wait, max_delay, on_status
+        #: On a multiplexed stream: how many executions it lists, the newest id yielded of each,
+        #: and those whose terminal event was yielded.
+        self.listed = 0
+        self.newest: dict[str, int] = {}
+        self.ended: set[str] = set()
         self.retry_s = _DEFAULT_RETRY_S
         self.failures = 0
         self.failing_since: float | None = None
@@ -239,26 +272,58 @@ class _Follower:
                         self.retry_s = item.ms / 1000
                     elif isinstance(item, sse.Message):
                         event = self._accept(item)
-                        if event is not None and event.terminal:
+                        if event is not None and self._over(event):
                             response.close()  # SPEC §5.4: no round trip for the 204
                             yield event
                             return True
                         if event is not None:
                             yield event
 
+    def _over(self, event: Event) -> bool:
+        """Whether nothing more will come after ``event``: its terminal event, or every listed one's."""
+        return len(self.ended) >= self.listed if self.listed else event.terminal
+
     def _accept(self, message: sse.Message) -> Event | None:
         """The event to yield, or None for a durable event already yielded."""
         if message.id is None:
             # Text chunks carry no `id:`; the id they inherit is not theirs to de-duplicate by.
             return _event(message, None)
+        if self.listed:
+            return self._accept_listed(message)
         if not _DIGITS.fullmatch(message.id):
             raise ProtocolError(f"event id {message.id[:40]!r} is not an execution's event id", self.cursor)
         event_id = int(message.id)
-        if message.type != "stream_reset" and self.cursor is not None and event_id <= self.cursor:
+        if message.type != "stream_reset" and isinstance(self.cursor, int) and event_id <= self.cursor:
             return None
         # SPEC §5.5: a reset moves the cursor back to its id; replay follows from there.
         self.cursor = event_id
         return _event(message, event_id)
+
+    def _accept_listed(self, message: sse.Message) -> Event | None:
+        """:meth:`_accept` on a multiplexed stream: the id is a cursor token, events count per execution."""
+        if not _TOKEN.fullmatch(t.cast(str, message.id)):
+            raise ProtocolError(f"event id {str(message.id)[:40]!r} is not a cursor token", self.cursor)
+        event = dataclasses.replace(_event(message, None), token=message.id)
+        exec_id = event.exec_id
+        if exec_id is None:
+            raise ProtocolError(f"a {message.type!r} frame that names no execution", self.cursor)
+        self.cursor = message.id
+        if message.type == "stream_reset":
+            # SPEC §5.5/§5.6: that execution restarts after the oldest event held, or at its newest.
+            oldest, newest = event.data.get("oldest_id", 0), event.data.get("newest_id", 0)
+            self.newest[exec_id] = oldest - 1 if oldest > 0 else newest
+            if event.data.get("reason") == "cursor_expired" and oldest == 0:
+                self.ended.add(exec_id)  # pruned to its terminal event: nothing more will come
+            return event
+        event_id = event.envelope.get("id") if event.envelope is not None else None
+        if not isinstance(event_id, int):
+            raise ProtocolError(f"a {message.type!r} frame that is no event envelope", self.cursor)
+        if event_id <= self.newest.get(exec_id, 0):
+            return None
+        self.newest[exec_id] = event_id
+        if event.terminal:
+            self.ended.add(exec_id)
+        return dataclasses.replace(event, id=event_id)
 
     def _after_failure(self, problem: Retryable) -> float:
         """The wait before the next attempt.

@@ -10,7 +10,7 @@ from __future__ import annotations
 class FollowError(Exception):
     """Base of everything ``follow`` raises; ``last_id`` is the cursor to resume from."""
 
-    def __init__(self, message: str, last_id: int | None = None) -> None:
+    def __init__(self, message: str, last_id: int | str | None = None) -> None:
         super().__init__(message)
         self.last_id = last_id
 
@@ -18,7 +18,7 @@ class FollowError(Exception):
 class StatusError(FollowError):
     """The server refused the stream with ``status``; retrying would get the same answer."""
 
-    def __init__(self, status: int, code: str, message: str, last_id: int | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, last_id: int | str | None = None) -> None:
         super().__init__(f"HTTP {status} {code}: {message}", last_id)
         self.status, self.code, self.message = status, code, message
 
@@ -42,7 +42,7 @@ class NotFoundError(StatusError):
 class UnavailableError(FollowError):
     """No stream for ``max_wait`` seconds of continuous failure; ``reason`` is the last one."""
 
-    def __init__(self, reason: str, waited: float, last_id: int | None = None) -> None:
+    def __init__(self, reason: str, waited: float, last_id: int | str | None = None) -> None:
         super().__init__(f"no stream for {waited:.1f} s: {reason}", last_id)
         self.reason, self.waited = reason, waited
 

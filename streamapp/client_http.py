@@ -37,7 +37,7 @@ class Retryable(Exception):
 
 @contextlib.contextmanager
 def open_stream(
-    url: str, headers: dict[str, str], timeouts: tuple[float, float], cursor: int | None
+    url: str, headers: dict[str, str], timeouts: tuple[float, float], cursor: int | str | None
 ) -> Iterator[http.client.HTTPResponse]:
     """A 200 event stream or a 204, following redirects; the connection is closed on exit.
 
@@ -81,7 +81,7 @@ def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str | None, int | Non
     return parts.scheme, parts.hostname, parts.port or default
 
 
-def _redirect(url: str, response: http.client.HTTPResponse, cursor: int | None) -> str:
+def _redirect(url: str, response: http.client.HTTPResponse, cursor: int | str | None) -> str:
     location = response.getheader("Location")
     target = urllib.parse.urljoin(url, location or "")
     if not location or urllib.parse.urlsplit(target).scheme not in ("http", "https"):
@@ -89,7 +89,7 @@ def _redirect(url: str, response: http.client.HTTPResponse, cursor: int | None) 
     return target
 
 
-def _refusal(response: http.client.HTTPResponse, cursor: int | None) -> Exception:
+def _refusal(response: http.client.HTTPResponse, cursor: int | str | None) -> Exception:
     """The exception for a status that is not 200, 204 or a redirect."""
     status = response.status
     try:

@@ -55,6 +55,9 @@ def test_unreachable_server_gives_up_after_max_wait():
         ({"last_event_id": -1}, "http://host/s"),
         ({"token": "a\r\nX-Injected: 1"}, "http://host/s"),
         ({"read_timeout": 0}, "http://host/s"),
+        # A cursor token resumes a multiplexed stream only, and is URL-safe characters only.
+        ({"last_event_id": "AQI.sig"}, "http://host/api/v0/executions/workflows/x/stream"),
+        ({"last_event_id": "bad token\r\n"}, "http://host/api/v0/streams?ids=workflows/x"),
     ],
 )
 def test_bad_arguments_raise_before_any_io(kwargs, url):

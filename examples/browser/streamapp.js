@@ -1,15 +1,17 @@
 /*
- * streamapp.js: follow one streamapp execution's stream from a browser (SPEC §5, §6).
+ * streamapp.js: follow one streamapp execution's stream, or many on one connection, from a
+ * browser (SPEC §5, §5.6, §6).
  *
  * A classic script with no dependencies: <script src="/static/streamapp.js"></script>
  * defines window.streamapp.follow(url, options), which returns {close()}.
  *
- *   options.onEvent(envelope)        every durable event once, in order: {id, type, ts, exec_id, kind, data}
+ *   options.onEvent(envelope)        every durable event once, in order per execution:
+ *                                    {id, type, ts, exec_id, kind, data}
  *   options.onText(text, envelope)   text chunks (llm_chunk): envelope is null in text mode
  *   options.onStatus(status, lastId) 'connecting', 'open', 'reconnecting', 'closed'
  *   options.ticket                   a function returning a stream ticket or a Promise of one,
  *                                    called for every new connection (cross-origin pages)
- *   options.lastEventId              resume after this id
+ *   options.lastEventId              resume after this id (a cursor token on /streams)
  *   options.events                   ['task_status', ...]: only these types (the stream's events=
  *                                    filter); custom types named here are listened for too
  *   options.types                    ['my_event', ...]: custom event types to listen for, unfiltered
@@ -18,6 +20,12 @@
  * Why a wrapper around EventSource: the catalog's `error` event and a failed connection
  * both arrive as "error"; after `complete` a bare EventSource reconnects only to get 204;
  * and on any status but 200 (an expired ticket's 401, 429, 503) it gives up for good.
+ *
+ * A URL of /api/v0/streams?ids=workflows/a,agents/b follows every listed execution on one
+ * connection (SPEC §5.6): events are de-duplicated per execution, lastId is the cursor token,
+ * and the follower closes once every listed execution has sent its terminal event. Resumed
+ * from a saved token, it does not know which executions had ended before it: the server ends
+ * the stream once the others have, and the follower gives up after maxAttempts.
  */
 (function (global) {
   'use strict';
@@ -53,8 +61,19 @@
     return cursor !== null && /^\d+$/.test(cursor) ? Number(cursor) : cursor;
   }
 
+  // How many executions a multiplexed stream's URL lists (SPEC §5.6); 0 for one execution's stream.
+  function listed(url) {
+    var target = new URL(url, global.location.href);
+    var ids = target.searchParams.get('ids');
+    return /\/streams$/.test(target.pathname) && ids ? ids.split(',').length : 0;
+  }
+
   function follow(url, options) {
     var opts = options || {};
+    var many = listed(url); // a multiplexed stream: ids and terminal events count per execution
+    var seenBy = {}; // exec_id -> newest envelope id delivered, when many
+    var ended = {}; // exec_id -> true once its terminal event is delivered, when many
+    var endedCount = 0;
     var cursor = opts.lastEventId == null ? null : String(opts.lastEventId); // last durable SSE id
     var seen = typeof asId(cursor) === 'number' ? asId(cursor) : null; // newest envelope id delivered
     var source = null;
@@ -113,6 +132,7 @@
       if (event.type === 'stream_reset') {
         // The server restarts from its `id:` (SPEC §5 point 5): events after it are new to us.
         cursor = event.lastEventId;
+        if (many) return onManyReset(parsed);
         seen = typeof asId(cursor) === 'number' ? asId(cursor) : seen;
         // Retention pruned an ended execution to its terminal id (SPEC §9): nothing follows,
         // and a reconnect would only be told 204.
@@ -120,6 +140,7 @@
         deliver({ id: asId(cursor), type: 'stream_reset', data: parsed }, pruned);
         return;
       }
+      if (many) return onManyFrame(event, parsed);
       var envelope = isEnvelope(parsed, event.type) ? parsed
         : { id: null, type: event.type, data: parsed === undefined ? event.data : parsed };
       if (typeof envelope.id === 'number') {
@@ -128,6 +149,42 @@
         cursor = event.lastEventId || String(envelope.id);
       }
       deliver(envelope, TERMINAL[event.type] === true);
+    }
+
+    // A multiplexed stream's frame: de-duplicated per execution; the stream is over once every
+    // listed execution has sent its terminal event.
+    function onManyFrame(event, parsed) {
+      if (!isEnvelope(parsed, event.type) || typeof parsed.exec_id !== 'string') {
+        return deliver({ id: null, type: event.type, data: parsed === undefined ? event.data : parsed }, false);
+      }
+      if (typeof parsed.id === 'number') {
+        var newest = seenBy[parsed.exec_id];
+        if (newest !== undefined && parsed.id <= newest) return; // delivered already
+        seenBy[parsed.exec_id] = parsed.id;
+        cursor = event.lastEventId || cursor;
+      }
+      deliver(parsed, TERMINAL[event.type] === true && end(parsed.exec_id));
+    }
+
+    // A multiplexed stream's reset names its execution (SPEC §5.6); its position restarts at
+    // the id before the oldest event held, or at the newest when none is held.
+    function onManyReset(data) {
+      var execId = data && data.exec_id;
+      if (typeof execId !== 'string') return;
+      seenBy[execId] = data.oldest_id > 0 ? data.oldest_id - 1 : data.newest_id;
+      // Retention pruned an ended execution to its terminal id: it has nothing more to send.
+      var pruned = data.reason === 'cursor_expired' && data.oldest_id === 0;
+      deliver({ id: asId(cursor), type: 'stream_reset', exec_id: execId, kind: data.kind, data: data },
+        pruned && end(execId));
+    }
+
+    // Record that execution's end; whether every listed execution has ended now.
+    function end(execId) {
+      if (!ended[execId]) {
+        ended[execId] = true;
+        endedCount += 1;
+      }
+      return endedCount >= many;
     }
 
     // Text chunks have no `id:` and are never de-duplicated: event.lastEventId there is

@@ -304,6 +304,63 @@ def test_a_stream_reset_to_the_end_of_a_pruned_execution_closes_it(page, short_s
     assert seen["statuses"][-1] == ["closed", 2]
 
 
+def test_many_executions_on_one_connection_each_event_once_across_cut_streams(page, short_server, account, producer):
+    """SPEC §5.6 in a real browser: the stream is cut every second and resumed by the browser
+    itself with the cursor token; streamapp.js closes once every listed execution has ended."""
+    owner = account.user.get_id()
+    workflow = producer.create_execution("workflow", "w", owner)["exec_id"]
+    agent = producer.create_execution("agent", "a", owner)["exec_id"]
+    page.route(
+        short_server.url + "/harness",
+        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
+    )
+    login = page.request.post(
+        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
+    )
+    assert login.status == 200
+    recorder = Recorder(page)
+    resumed: list[str] = []
+    page.on(
+        "request", lambda r: resumed.append(r.all_headers().get("last-event-id", "")) if "/streams?" in r.url else None
+    )
+    page.goto(short_server.url + "/harness")
+    page.evaluate("url => start(url, false)", f"/api/v0/streams?ids=workflows/{workflow},agents/{agent}")
+
+    _append(producer, workflow, ("workflow_start", {"workflow_id": "w"}), _step(2))
+    _append(producer, agent, ("agent_status", {"status": "RUNNING"}))
+    _wait(page, "seen.events.length === 3")
+    _wait(page, "seen.statuses.some(s => s[0] === 'reconnecting')")
+    _append(producer, agent, ("warning", {"code": "slow", "message": "slow"}))
+    _append(producer, workflow, _step(3))
+    _wait(page, "seen.events.length === 5")
+    _append(producer, workflow, ("complete", {"status": "SUCCESS"}))
+    _wait(page, "seen.events.length === 6")
+    page.wait_for_timeout(1500)  # past a cut: the stream goes on after one execution ended
+    assert _seen(page)["statuses"][-1][0] != "closed"
+    _append(producer, agent, ("complete", {"status": "SUCCESS"}))
+    _wait(page, "seen.statuses.length > 0 && seen.statuses[seen.statuses.length - 1][0] === 'closed'")
+    _quiet_after_close(page, recorder)
+
+    seen = _seen(page)
+    by_execution: dict[str, list[int]] = {}
+    for event in seen["events"]:
+        by_execution.setdefault(event["exec_id"], []).append(event["id"])
+    assert by_execution == {workflow: [1, 2, 3, 4], agent: [1, 2, 3]}
+    last_id = seen["statuses"][-1][1]
+    assert isinstance(last_id, str) and re.fullmatch(r"[A-Za-z0-9._~-]+", last_id)
+    # The browser resumed each cut stream itself, with the token: the server sent each event once
+    # over all the connections, not again from the start (its end records count what each sent).
+    records = [line for line in short_server.log_text().splitlines() if "kind=multiplex" in line]
+    sent = [
+        int(m.group(1))
+        for line in records
+        if f"user_id={owner} " in line
+        for m in [re.search(r"events_sent=(\d+)", line)]
+        if m
+    ]
+    assert len(sent) >= 2 and sum(sent) == 7, records
+
+
 # -- the example pages, as printed -------------------------------------------------------------------
 
 

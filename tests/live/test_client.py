@@ -214,3 +214,54 @@ def test_retry_after_on_429_is_honoured(database, tmp_path, auth, producer):
     assert refused[0].reason is not None and refused[0].reason.startswith("HTTP 429")
     assert refused[0].retry_after is not None and refused[0].retry_after >= 1
     assert refused[0].delay is not None and refused[0].delay >= refused[0].retry_after
+
+
+def test_many_executions_across_server_side_cuts_each_event_once(database, tmp_path, auth, producer):
+    """SPEC §5.6 from Python: cut every second, resumed with the cursor token; over once all have ended."""
+    env = {"STREAMAPP_STREAM_LIFETIME_S": "1", "STREAMAPP_HEARTBEAT_S": "0.5", "STREAMAPP_RETRY_MS": "100"}
+    account = auth.user()
+    owner = account.user.get_id()
+    exec_ids = [producer.create_execution("workflow", "wf", owner)["exec_id"] for _ in range(3)]
+    total = 12
+
+    def produce() -> None:
+        for _ in range(total - 1):
+            for exec_id in exec_ids:
+                _append(producer, exec_id, _status("RUNNING"))
+            time.sleep(0.15)
+        for exec_id in exec_ids:
+            _append(producer, exec_id, COMPLETE)
+            time.sleep(0.5)  # one ended, the others still running: the stream goes on
+
+    with live_server(database, tmp_path, env) as live:
+        url = live.api("/streams?ids=" + ",".join(f"workflows/{exec_id}" for exec_id in exec_ids))
+        statuses: list[client.Status] = []
+        stream = follow(url, token=account.token, max_wait=20, on_status=statuses.append)
+        threading.Thread(target=produce, daemon=True).start()
+        events = _run(lambda: list(stream), deadline_s=60)
+    for exec_id in exec_ids:
+        assert [e.id for e in events if e.exec_id == exec_id] == list(range(1, total + 1))
+    assert [e.exec_id for e in events if e.terminal] == exec_ids
+    assert events[-1].terminal and statuses[-1].state == "closed"
+    assert isinstance(statuses[-1].last_id, str)
+    assert any(s.reason == "the server ended the stream" for s in statuses if s.state == "reconnecting")
+
+
+def test_many_executions_resume_from_a_token(server, account, producer):
+    owner = account.user.get_id()
+    exec_ids = [producer.create_execution("workflow", "wf", owner)["exec_id"] for _ in range(2)]
+    url = server.api("/streams?ids=" + ",".join(f"workflows/{exec_id}" for exec_id in exec_ids))
+    for exec_id in exec_ids:
+        _append(producer, exec_id, _status("RUNNING"), _status("PAUSED"))
+    statuses: list[client.Status] = []
+    stream = follow(url, token=account.token, on_status=statuses.append)
+    first = _run(lambda: [next(stream) for _ in range(4)])
+    stream.close()
+    token = first[-1].token
+    assert isinstance(token, str) and sorted(e.id for e in first) == [1, 1, 2, 2]
+    for exec_id in exec_ids:
+        _append(producer, exec_id, COMPLETE)
+    rest = _run(lambda: list(follow(url, token=account.token, last_event_id=token)))
+    assert sorted((e.exec_id, e.id) for e in rest) == sorted((exec_id, 3) for exec_id in exec_ids)
+    # Resumed once more from the end: 204, and no event.
+    assert _run(lambda: list(follow(url, token=account.token, last_event_id=rest[-1].token))) == []
