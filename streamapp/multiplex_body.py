@@ -224,11 +224,15 @@ def _end(state: State, stream: _Stream) -> None:
         log,
         logging.INFO,
         "stream ended",
+        # Every listed execution, and the last id sent of each in the same order: an operator
+        # finds the stream by any of its executions, as a single stream's by its exec_id.
+        exec_id=",".join(entry.partition("/")[2] for entry in plan.entries),
         kind=KIND,
         executions=len(plan.entries),
         user_id=plan.user_id,
         duration_s=round(time.monotonic() - plan.connected_at, 3),
         events_sent=stream.sent,
+        last_id=",".join(map(str, stream.positions)),
         reason=reason,
     )
 

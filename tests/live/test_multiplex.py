@@ -279,4 +279,5 @@ def test_a_revoked_token_ends_the_stream_within_a_heartbeat(server, auth, produc
             accounts.revoke_token(cur, accounts.token_prefix(token))
         s.ends_within(3)  # one heartbeat (1 s) and the request in flight
     ended = [line for line in server.log_text().splitlines() if "kind=multiplex" in line and "reason=revoked" in line]
-    assert ended and "executions=3" in ended[-1]
+    assert ended and "executions=3" in ended[-1] and "last_id=0,0,0" in ended[-1]
+    assert f"exec_id={','.join(sorted(entry.split('/')[1] for entry in mine))} " in ended[-1]
