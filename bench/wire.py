@@ -156,7 +156,7 @@ def read_stream(
                 dechunker.chunked = parsed[1]
                 data = parsed[2]
             items += decoder.feed(dechunker.feed(data))
-            if event_ids(items):
+            if any(isinstance(m, sse.Message) and m.id is not None for m in items):  # a token id too
                 reset(sock)
                 return Reading(200, last - started, items)
         else:

@@ -41,7 +41,7 @@ from .stream import refuse_when_full
 from .tickets import LIST_KIND
 
 if t.TYPE_CHECKING:
-    from .cursor import Cursors
+    from .cursor import ListCursor
     from .slots import Reader
     from .state import State
 
@@ -62,14 +62,14 @@ def _query(max_ids: int) -> t.Mapping[str, t.Any]:
     return query
 
 
-def _positions(cursors: Cursors, entries: tuple[str, ...], query: t.Mapping[str, t.Any]) -> list[int]:
+def _positions(cursor: ListCursor, query: t.Mapping[str, t.Any]) -> list[int]:
     """Every entry's cursor from ``Last-Event-ID`` (which wins) or ``last_event_id``: ``0`` or none
     starts them all from the beginning (SPEC §5.6)."""
     token = request.headers.get("Last-Event-ID", query["last_event_id"])
     if token is None or token == "0":
-        return [0] * len(entries)
+        return [0] * len(cursor.entries)
     try:
-        return cursors.positions(token, entries)
+        return cursor.positions(token)
     except CursorInvalid as exc:
         raise BadRequest(f"Last-Event-ID: {exc}; a cursor token holds for the ids list it was sent on") from None
 
@@ -106,7 +106,8 @@ def streams() -> Response:
     cursors = state.cursors
     if cursors is None:
         raise Unavailable("multiplexed streams need SECRET_KEY, and this server has none", retry_after=3600)
-    positions = _positions(cursors, entries, query)
+    cursor = cursors.for_list(entries)
+    positions = _positions(cursor, query)
     renew = url_for("streamapp_api.stream_tickets") + " with these ids"
     user = stream_user(LIST_KIND, list_digest(entries), query["ticket"], renew=renew)
     refuse_when_full(state)
@@ -118,7 +119,7 @@ def streams() -> Response:
         entries=entries,
         positions=tuple(positions),
         lanes=tuple(lanes),
-        cursors=cursors,
+        cursor=cursor,
         types=query["events"],
         poll_ms=query["poll_ms"] or settings.poll_ms,
         heartbeat_s=settings.heartbeat_s,

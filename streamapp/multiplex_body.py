@@ -26,7 +26,9 @@ import gevent.event
 from . import counters
 from . import framing
 from . import logs
+from . import replay
 from . import storage
+from .cursor import Positions
 from .errors import DatabaseUnavailable
 from .event_filter import Item
 from .event_filter import Selected
@@ -37,7 +39,7 @@ from .generator import reset_of
 from .generator import shutdown_end
 
 if t.TYPE_CHECKING:
-    from .cursor import Cursors
+    from .cursor import ListCursor
     from .direct_writes import ClientSocket
     from .state import State
     from .storage import Facts
@@ -68,7 +70,7 @@ class MultiPlan:
     entries: tuple[str, ...]  # the canonical list, ``segment/exec_id``
     positions: tuple[int, ...]  # the client's cursor per entry
     lanes: tuple[Lane, ...]  # the entries whose terminal event the client has not had yet
-    cursors: Cursors
+    cursor: ListCursor  # makes the tokens of this list
     types: frozenset[str] | None
     poll_ms: int
     heartbeat_s: float
@@ -86,25 +88,22 @@ class _Stream:
     def __init__(self, state: State, plan: MultiPlan) -> None:
         self.state = state
         self.plan = plan
-        self.positions = list(plan.positions)
+        self.positions = Positions(plan.cursor, plan.positions)
         self.open = list(plan.lanes)
         self.wakeup = gevent.event.Event()
         self.sent = 0
         self.first_sent = False
         self.reason = "client_gone"  # the body never ran: the client left before the first byte
 
-    def token(self) -> bytes:
-        return self.plan.cursors.token(self.plan.entries, self.positions).encode()
-
     def frames(self, lane: Lane, selected: Selected) -> bytes:
         """The selected frames of ``lane``, each durable one's id the token after it; counted as sent."""
         out = []
         for frame in selected.frames:
             if frame.startswith(b"id: "):
-                self.positions[lane.index] = int(frame[4 : frame.index(b"\n")])
-                frame = framing.with_token(frame, self.token())
+                self.positions.move(lane.index, int(frame[4 : frame.index(b"\n")]))
+                frame = framing.with_token(frame, self.positions.token())
             out.append(frame)
-        self.positions[lane.index] = max(self.positions[lane.index], selected.last)
+        self.positions.move(lane.index, max(self.positions[lane.index], selected.last))
         if selected.ended:
             lane.terminal_id = selected.last
         if out:
@@ -117,9 +116,10 @@ class _Stream:
 
     def reset(self, lane: Lane, data: dict[str, t.Any], cursor: int) -> bytes:
         """A ``stream_reset`` frame for ``lane``: its data names the execution (SPEC §5.6)."""
-        self.positions[lane.index] = cursor
+        self.positions.move(lane.index, cursor)
         data = {**data, "exec_id": lane.exec_id, "kind": lane.facts.kind}
-        return framing.with_token(framing.event_frame(None, "stream_reset", json.dumps(data)), self.token())
+        frame = framing.event_frame(None, "stream_reset", json.dumps(data))
+        return framing.with_token(frame, self.positions.token())
 
     def subscribe(self) -> None:
         plan = self.plan
@@ -153,37 +153,79 @@ class _Stream:
         self.unsubscribe(lane)
         self.open.remove(lane)
 
-    def replay(self, lane: Lane) -> Generator[bytes, None, Sequence[Item]]:
-        """Send ``lane`` from its position on, from the hub's memory or the table; the last page read."""
-        sub = t.cast("Subscriber", lane.sub)
-        position = self.positions[lane.index]
-        ahead = position > lane.newest
-        if lane.terminal_id is None and not ahead:
-            items = self.state.hub.recent(sub, position)
-            if items is not None:
-                yield self.frames(lane, select(items, position, self.plan.types))
-                counters.replayed("memory")
-                if lane.newest > self.positions[lane.index]:
-                    self.state.hub.wake(lane.exec_id, lane.newest)
-                return ()
-        if ahead:
-            with self.state.db.autocommit() as cur:
-                oldest = storage.oldest_event_id(cur, lane.exec_id)
-            data, cursor = reset_of(position, lane.newest, oldest)
-            yield self.reset(lane, t.cast(dict[str, t.Any], data), cursor)
-        counters.replayed("table")
-        return (yield from self.read_table(lane, check_newest=not ahead and position != lane.newest))
+    def replay(self) -> Generator[bytes, None, None]:
+        """Every open lane from its position on, then each one's cursor handed to the hub.
 
-    def read_table(self, lane: Lane, *, check_newest: bool = False) -> Generator[bytes, None, Sequence[Item]]:
-        """Send ``lane``'s table from its position on, page by page; the last page read.
+        From the hub's memory where it holds a lane's frames; the first table page of all the
+        others in one round trip (a dashboard of a hundred executions is not a hundred reads),
+        then page by page for those with more.
+        """
+        from_table = []
+        for lane in list(self.open):
+            served = yield from self.from_memory(lane)
+            if served:
+                self.caught_up(lane, ())
+            else:
+                from_table.append(lane)
+        checked = {lane.index: self.positions[lane.index] != lane.newest for lane in from_table}
+        for lane in from_table:
+            if self.positions[lane.index] > lane.newest:  # rare: the reset asks for the oldest id held
+                checked[lane.index] = False
+                with self.state.db.autocommit() as cur:
+                    oldest = storage.oldest_event_id(cur, lane.exec_id)
+                data, cursor = reset_of(self.positions[lane.index], lane.newest, oldest)
+                yield self.reset(lane, t.cast(dict[str, t.Any], data), cursor)
+        if not from_table:
+            return
+        wanted = [(lane.exec_id, self.positions[lane.index]) for lane in from_table]
+        with self.state.hub.replays, self.state.db.autocommit() as cur:
+            pages = replay.first_pages(cur, wanted, REPLAY_PAGE)
+        for lane, first in zip(from_table, pages, strict=True):
+            counters.replayed("table")
+            page = yield from self.read_table(lane, check_newest=checked[lane.index], first=first)
+            self.caught_up(lane, page)
+
+    def from_memory(self, lane: Lane) -> Generator[bytes, None, bool]:
+        """Send ``lane`` from the hub's recent frames, when they hold everything after its position
+        (an execution that has not ended, the position not ahead); whether they did."""
+        position = self.positions[lane.index]
+        if lane.terminal_id is not None or position > lane.newest:
+            return False
+        items = self.state.hub.recent(t.cast("Subscriber", lane.sub), position)
+        if items is None:
+            return False
+        data = self.frames(lane, select(items, position, self.plan.types))
+        if data:
+            yield data
+        counters.replayed("memory")
+        if lane.newest > self.positions[lane.index]:
+            self.state.hub.wake(lane.exec_id, lane.newest)  # committed when the view looked
+        return True
+
+    def caught_up(self, lane: Lane, page: Sequence[Item]) -> None:
+        """``lane`` is replayed: it ends here, or the hub takes it on from its position."""
+        if self.done(lane):
+            self.finish(lane)
+        elif lane.sub is not None:
+            self.state.hub.caught_up(lane.sub, self.positions[lane.index], page)
+
+    def read_table(
+        self, lane: Lane, *, check_newest: bool = False, first: tuple[Sequence[Item], bool] | None = None
+    ) -> Generator[bytes, None, Sequence[Item]]:
+        """Send ``lane``'s table from its position on, page by page (``first`` read already); the
+        last page read.
 
         With ``check_newest``, the first page also tells whether retention removed
         events after the position: a ``stream_reset`` naming the execution goes first.
         """
         while True:
             last = self.positions[lane.index]
-            with self.state.hub.replays, self.state.db.autocommit() as cur:
-                items, more = storage.frames_after(cur, lane.exec_id, last, REPLAY_PAGE)
+            items: Sequence[Item]
+            if first is not None:
+                (items, more), first = first, None
+            else:
+                with self.state.hub.replays, self.state.db.autocommit() as cur:
+                    items, more = storage.frames_after(cur, lane.exec_id, last, REPLAY_PAGE)
             if check_newest:
                 check_newest = False
                 data, last = reset_of(last, lane.newest, items[0][0] if items else None)
@@ -243,12 +285,7 @@ def _body(stream: _Stream, end: t.Callable[[], None]) -> Generator[bytes, None, 
     try:
         yield framing.prelude(plan.retry_ms)
         stream.subscribe()
-        for lane in list(stream.open):
-            page = yield from stream.replay(lane)
-            if stream.done(lane):
-                stream.finish(lane)
-            elif lane.sub is not None:
-                stream.state.hub.caught_up(lane.sub, stream.positions[lane.index], page)
+        yield from stream.replay()
         watch = plan.client.watch_hangup(lambda: stream.close_all("client_gone")) if plan.client else None
         with watch or contextlib.nullcontext():
             stream.reason = yield from _live(stream)

@@ -22,6 +22,8 @@ import typing as t
 import psycopg2.extensions
 
 if t.TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from psycopg2.extensions import cursor as Cursor
 
 #: A page holds at most this many bytes of frames, unless it is one event larger than that.
@@ -74,6 +76,16 @@ WHERE upto <= %(max_bytes)s
 ORDER BY id
 """
 
+# The first page of several executions at once, each as streamapp_frames_after reads it, in
+# order: a multiplexed stream's replay in one round trip (SPEC §5.6).
+_SELECT_PAGES = """
+SELECT c.n, f.id, f.type, f.frame
+FROM unnest(%(exec_ids)s::text[], %(afters)s::bigint[]) WITH ORDINALITY AS c(exec_id, after, n)
+CROSS JOIN LATERAL streamapp_frames_after(c.exec_id, c.after, %(limit)s, %(max_bytes)s, %(overhead)s)
+    WITH ORDINALITY AS f(id, type, frame, k)
+ORDER BY c.n, f.k
+"""
+
 #: varchar columns as bytes, as PostgreSQL sent them; text columns stay str.
 _VARCHAR_AS_BYTES = psycopg2.extensions.new_type((1043,), "STREAMAPP_FRAME", psycopg2.extensions.BYTES)
 
@@ -100,6 +112,30 @@ def frames_after(cur: Cursor, exec_id: str, after: int, limit: int) -> tuple[lis
     rows.extend((event_id, type_name, frame) for event_id, type_name, frame, _ in counted)
     more = len(rows) == limit or not counted or counted[-1][3] is not None
     return rows, more
+
+
+def first_pages(cur: Cursor, cursors: Sequence[tuple[str, int]], limit: int) -> list[tuple[list[Frame], bool]]:
+    """The first page after each ``(exec_id, after)`` as :func:`frames_after` reads it, and whether
+    more follow, in one round trip. The pages share one page's bounds (``limit`` events,
+    :data:`PAGE_BYTES`), evenly: a caller reads on with :func:`frames_after` where more follow."""
+    share = len(cursors)
+    params = {
+        "exec_ids": [exec_id for exec_id, _ in cursors],
+        "afters": [after for _, after in cursors],
+        "limit": max(1, limit // share),
+        "max_bytes": max(1, PAGE_BYTES // share),
+        "overhead": FRAME_OVERHEAD,
+    }
+    psycopg2.extensions.register_type(_VARCHAR_AS_BYTES, cur)
+    cur.execute(_SELECT_PAGES, params)
+    pages: list[tuple[list[Frame], bool]] = [([], False) for _ in cursors]
+    for n, event_id, type_name, frame in cur.fetchall():
+        rows = pages[n - 1][0]
+        if type_name is None:  # the page's size: as many rows as that means more may follow
+            pages[n - 1] = (rows, len(rows) == event_id)
+        else:
+            rows.append((event_id, type_name, frame))
+    return pages
 
 
 def _page_size(rows: list[t.Any]) -> int:

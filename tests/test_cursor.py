@@ -10,6 +10,7 @@ import pytest
 from streamapp.cursor import MAX_TOKEN
 from streamapp.cursor import CursorInvalid
 from streamapp.cursor import Cursors
+from streamapp.cursor import Positions
 from streamapp.cursor import canonical
 from streamapp.cursor import list_digest
 
@@ -74,14 +75,23 @@ def test_malformed_tokens_are_refused(cursors, token):
 
 def test_a_signed_body_that_is_no_token_is_refused(cursors):
     # Correctly signed bytes that are not positions: the version, the count and the varints are checked.
-    signer = cursors._signer
+    listed = cursors.for_list(ENTRIES)
     for body in (b"", b"AQ", b"Ag", b"AYA", b"AQAB", b"AYCAgICAgICAgIAB"):
-        signed = b"\n".join(e.encode() for e in ENTRIES) + b"\0" + body
-        token = (body + b"." + signer.get_signature(signed)).decode()
+        token = (body + b"." + listed._signature(body)).decode()
         with pytest.raises(CursorInvalid):
-            cursors.positions(token, ENTRIES)
+            listed.positions(token)
 
 
 def test_a_server_without_a_secret_key_makes_no_tokens():
     with pytest.raises(ValueError, match="secret key"):
         Cursors("")
+
+
+def test_a_streams_positions_make_the_token_of_their_values_after_every_move(cursors):
+    listed = cursors.for_list(ENTRIES)
+    positions = Positions(listed, [0, 5, 2**31])
+    for index, position in ((0, 1), (1, 200), (2, 3), (0, 2**40), (1, 200)):
+        positions.move(index, position)
+        assert positions.token().decode() == listed.token(list(positions))
+        assert listed.positions(positions.token().decode()) == list(positions)
+    assert list(positions) == [2**40, 200, 3] and positions[1] == 200

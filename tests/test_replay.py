@@ -205,3 +205,31 @@ def test_every_append_path_keeps_the_largest_envelope_up_to_date(db, producer, a
     # It knows the execution now: the one-round-trip path.
     fresh.append_events(exec_id, [{"type": "progress", "data": {"pad": "x" * n}} for n in (20_000, 10)])
     assert _largest(db, exec_id)[1] == _largest(db, exec_id)[0] > 20_000
+
+
+def test_first_pages_of_several_executions_in_one_read_are_what_each_reads_alone(db, producer, account):
+    """A multiplexed stream's replay (SPEC §5.6): one round trip, every page as frames_after reads it."""
+    small = _stored_workflow(producer, account, [{"type": "warning", "data": {"code": "c", "message": "m"}}] * 3)
+    many = _stored_workflow(producer, account, [{"type": "progress", "data": {"n": n}} for n in range(30)])
+    broken = _stored_workflow(producer, account, [{"type": "progress", "data": {}}] * 2)
+    with db.transaction() as cur:  # a raw line break, as no producer writes one
+        cur.execute("UPDATE events SET envelope = %s WHERE exec_id = %s AND id = 1", ('{"a":\n1}', broken))
+    wanted = [(small, 1), (many, 0), ("no-such-execution", 0), (broken, 0), (small, 3)]
+    with db.autocommit() as cur:
+        pages = replay.first_pages(cur, wanted, 40)  # 8 events a page each: `many` has more
+        alone = [replay.frames_after(cur, exec_id, after, 8) for exec_id, after in wanted]
+    assert pages == alone
+    assert [len(rows) for rows, _ in pages] == [2, 8, 0, 2, 0]
+    assert [more for _, more in pages] == [False, True, False, False, False]
+    assert pages[3][0][0][2] == framing.event_frame(1, "progress", '{"a":\n1}')
+
+
+def test_first_pages_share_one_pages_byte_budget(db, producer, account, monkeypatch):
+    monkeypatch.setattr(replay, "PAGE_BYTES", 6000)
+    ids = [
+        _stored_workflow(producer, account, [{"type": "progress", "data": {"pad": "x" * 1000}}] * 5) for _ in range(3)
+    ]
+    with db.autocommit() as cur:
+        pages = replay.first_pages(cur, [(exec_id, 0) for exec_id in ids], 5000)
+    assert sum(len(frame) for rows, _ in pages for _, _, frame in rows) <= 6000
+    assert all(rows and more for rows, more in pages)

@@ -281,3 +281,19 @@ def test_a_revoked_token_ends_the_stream_within_a_heartbeat(server, auth, produc
     ended = [line for line in server.log_text().splitlines() if "kind=multiplex" in line and "reason=revoked" in line]
     assert ended and "executions=3" in ended[-1] and "last_id=0,0,0" in ended[-1]
     assert f"exec_id={','.join(sorted(entry.split('/')[1] for entry in mine))} " in ended[-1]
+
+
+def test_a_long_history_beside_short_ones_replays_whole_past_its_share_of_the_first_read(
+    server, account, producer, three
+):
+    # The first read gives each execution a third of a page (1,666 events): the rest comes page by page.
+    workflow, agent, task = map(_exec, three)
+    for _ in range(2):
+        producer.append_events(workflow, [{"type": "progress", "data": {"n": n}} for n in range(900)])
+    append(producer, agent, "warning")
+    with Stream(_url(server), account.headers, _ids(*three)) as s:
+        frames = [s.next_frame() for _ in range(1801)]
+        append(producer, task, "warning")
+        live = s.next_frame()
+    assert _by_execution(frames) == {workflow: list(range(1, 1801)), agent: [1]}
+    assert (live.json["exec_id"], live.json["id"]) == (task, 1)
