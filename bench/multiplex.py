@@ -12,6 +12,11 @@ of them three ways, on new connections, and times it to the last byte:
 Prints p50 / p95 of each, the multiplexed stream's time to its first event, the worker's CPU
 per dashboard, and checks that every way delivered every event once.
 
+Then, live: ``--dashboards`` multiplexed streams listing the same ``--execs`` running
+executions, while ``--rate`` events/s are appended over them round-robin through the Python
+producer API for ``--seconds``: append → frame received p50 / p99 (each event carries its
+``time.time_ns()``), every event once and in order per execution, and the worker's CPU.
+
     PYTHONPATH=. .venv/bin/python -m bench.multiplex
     PYTHONPATH=. .venv/bin/python -m bench.multiplex --execs 20 --events 50
     PYTHONPATH=. .venv/bin/python -m bench.multiplex --profile
@@ -23,12 +28,15 @@ import argparse
 import collections
 import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from streamapp import sse
+from streamapp.producer import Producer
 
 from . import harness
 from . import spy
@@ -113,7 +121,86 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
     ]
     title = f"{args.execs} ended executions of {args.events} events each, read whole ({args.rounds} rounds)"
     text = harness.table([title, "p50 ms", "p95 ms", "worker CPU ms"], rows)
-    return text if not args.profile else f"{text}\n\n{top}"
+    if args.profile:
+        text += f"\n\n{top}"
+    if args.dashboards:
+        text += "\n\n" + _live(args, pg, server, owner, token)
+    return text
+
+
+class _Dashboard(threading.Thread):
+    """One multiplexed stream read on a thread: each event's delay from its ``t_ns`` to its arrival."""
+
+    def __init__(self, port: int, path: str, token: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection((wire.HOST, port), timeout=30)
+        self.sock.sendall(wire.stream_request(path, token, None))
+        self.delays_ms: list[float] = []
+        self.ids: dict[str, list[int]] = collections.defaultdict(list)
+        self.open = threading.Event()
+
+    def run(self) -> None:
+        decoder, dechunker, head = sse.Decoder(), wire.Dechunker(True), b""
+        with contextlib.suppress(OSError):
+            while data := self.sock.recv(1 << 16):
+                now = time.time_ns()
+                if not self.open.is_set():
+                    head += data
+                    parsed = wire.split_head(head)
+                    if parsed is None:
+                        continue
+                    self.open.set()
+                    data = parsed[2]
+                for item in decoder.feed(dechunker.feed(data)):
+                    if isinstance(item, sse.Message) and item.id is not None:
+                        envelope = json.loads(item.data)
+                        self.ids[envelope["exec_id"]].append(envelope["id"])
+                        self.delays_ms.append((now - envelope["data"]["t_ns"]) / 1e6)
+
+
+def _live(args: argparse.Namespace, pg: harness.Postgres, server: harness.Server, owner: str, token: str) -> str:
+    """``--dashboards`` streams listing the same ``--execs`` running executions while ``--rate``
+    events/s are appended over them, round-robin, through the Python producer API."""
+    exec_ids = pg.executions(owner, args.execs, 0)
+    path = "/api/v0/streams?ids=" + ",".join(f"workflows/{exec_id}" for exec_id in exec_ids)
+    dashboards = [_Dashboard(server.port, path, token) for _ in range(args.dashboards)]
+    for dashboard in dashboards:
+        dashboard.start()
+        dashboard.open.wait(30)
+    time.sleep(1)
+    producer = Producer(pg.db)
+    count = int(args.rate * args.seconds)
+    before = sum(server.worker.cpu_times()[:2])
+    started = time.monotonic()
+    for n in range(count):
+        time.sleep(max(0.0, started + n / args.rate - time.monotonic()))
+        producer.append_events(exec_ids[n % len(exec_ids)], [{"type": "progress", "data": {"t_ns": time.time_ns()}}])
+    time.sleep(2)
+    cpu = sum(server.worker.cpu_times()[:2]) - before
+    for dashboard in dashboards:
+        wire.reset(dashboard.sock)
+    per_exec = {
+        exec_id: list(range(1, count // len(exec_ids) + (i < count % len(exec_ids)) + 1))
+        for i, exec_id in enumerate(exec_ids)
+    }
+    correct = sum(dict(dashboard.ids) == {k: v for k, v in per_exec.items() if v} for dashboard in dashboards)
+    delays = [delay for dashboard in dashboards for delay in dashboard.delays_ms]
+    title = (
+        f"{args.dashboards} multiplexed streams of the same {args.execs} executions, "
+        f"{args.rate:g} events/s for {args.seconds:g} s"
+    )
+    return harness.table(
+        [title, "value"],
+        [
+            [
+                "append → frame received, p50 / p99 ms",
+                f"{harness.percentile(delays, 50):.2f} / {harness.percentile(delays, 99):.2f}",
+            ],
+            ["frames received", f"{len(delays):,} of {count * args.dashboards:,}"],
+            ["streams with every event once, in order", f"{correct} of {args.dashboards}"],
+            ["worker CPU s, and per 1,000 frames", f"{cpu:.2f} / {cpu / max(1, len(delays)) * 1000:.3f}"],
+        ],
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--execs", type=int, default=100, help="executions on the dashboard (100, the most a stream lists)")
     p.add_argument("--events", type=int, default=10, help="stored events of each (10)")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds of each way (20)")
+    p.add_argument("--dashboards", type=int, default=20, help="live phase: streams of the same list (20; 0: none)")
+    p.add_argument("--rate", type=float, default=200.0, help="live phase: events/s over the list (200)")
+    p.add_argument("--seconds", type=float, default=5.0, help="live phase: seconds of appends (5)")
     p.add_argument(
         "--profile",
         nargs="?",

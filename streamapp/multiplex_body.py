@@ -91,6 +91,8 @@ class _Stream:
         self.positions = Positions(plan.cursor, plan.positions)
         self.open = list(plan.lanes)
         self.wakeup = gevent.event.Event()
+        #: The lanes whose subscriber has news since the body last looked, by index.
+        self.ready: dict[int, Lane] = {}
         self.sent = 0
         self.first_sent = False
         self.reason = "client_gone"  # the body never ran: the client left before the first byte
@@ -133,7 +135,7 @@ class _Stream:
                 facts=lane.facts,
                 types=plan.types,
             )
-            lane.sub.wakeup = self.wakeup
+            lane.sub.wakeup = t.cast(gevent.event.Event, _LaneWakeup(self, lane))
 
     def unsubscribe(self, lane: Lane) -> None:
         if lane.sub is not None:
@@ -242,6 +244,23 @@ class _Stream:
         return lane.terminal_id is not None and self.positions[lane.index] >= lane.terminal_id
 
 
+class _LaneWakeup:
+    """A lane subscriber's wakeup: the hub's ``set`` marks the lane ready and wakes the stream, so
+    the body drains the lanes with news, not every lane it lists, at each event."""
+
+    __slots__ = ("_stream", "_lane")
+
+    def __init__(self, stream: _Stream, lane: Lane) -> None:
+        self._stream, self._lane = stream, lane
+
+    def set(self) -> None:
+        self._stream.ready[self._lane.index] = self._lane
+        self._stream.wakeup.set()
+
+    def clear(self) -> None:
+        """Never called: only a single stream's generator takes or parks (``Subscriber``)."""
+
+
 def open_multiplex(state: State, plan: MultiPlan) -> StreamBody:
     """Count the stream open; its body, which ends it when closed. The caller holds its one slot."""
     counters.stream_opened(KIND)
@@ -310,8 +329,9 @@ def _live(stream: _Stream) -> Generator[bytes, None, str]:
     started = time.monotonic()
     next_ping = started + plan.heartbeat_s
     end = started + plan.lifetime_s
+    # Every lane once: one closed before its wakeup was the stream's (a shutdown under way).
+    closing = stream.closing()
     while stream.open:
-        closing = stream.closing()
         if closing is not None:
             if closing.reason == "shutdown":
                 yield shutdown_end(plan.client, plan.retry_ms)
@@ -324,7 +344,13 @@ def _live(stream: _Stream) -> Generator[bytes, None, str]:
             next_ping = now + plan.heartbeat_s
         stream.wakeup.wait(timeout=min(next_ping, end) - now)
         stream.wakeup.clear()  # before the lanes are drained: nothing pushed meanwhile is missed
-        for lane in list(stream.open):
+        ready, stream.ready = stream.ready, {}
+        for lane in ready.values():
+            if lane.sub is None:
+                continue  # finished meanwhile
+            if lane.sub.closing:
+                closing = lane.sub
+                break
             yield from _lane_news(stream, lane)
     return "terminal"
 
