@@ -365,8 +365,12 @@ def _lane_news(stream: _Stream, lane: Lane) -> Generator[bytes, None, None]:
     if overflowed:
         yield from stream.read_table(lane)
     else:
-        data = stream.frames(lane, select(items, stream.positions[lane.index], stream.plan.types))
+        selected = select(items, stream.positions[lane.index], stream.plan.types)
+        data = stream.frames(lane, selected)
         if data:
             yield data
+        oldest = next((frame for frame in selected.frames if frame.startswith(b"id:")), None)
+        if oldest is not None:  # text chunks have no commit
+            counters.commit_to_send(oldest)
     if stream.done(lane):
         stream.finish(lane)

@@ -12,6 +12,7 @@ from streamapp import accounts
 from streamapp.cursor import Cursors
 from streamapp.cursor import canonical
 from tests.conftest import SECRET
+from tests.live.test_metrics import Metrics
 from tests.sse import Stream
 from tests.wire import append
 
@@ -297,3 +298,25 @@ def test_a_long_history_beside_short_ones_replays_whole_past_its_share_of_the_fi
         live = s.next_frame()
     assert _by_execution(frames) == {workflow: list(range(1, 1801)), agent: [1]}
     assert (live.json["exec_id"], live.json["id"]) == (task, 1)
+
+
+def test_metrics_count_the_stream_as_multiplex_and_its_live_frames_commit_to_send(server, account, producer, three):
+    before = Metrics(server.url)
+    with Stream(_url(server), account.headers, _ids(*three)) as s:
+        assert s.next_item().retry is not None and s.next_item() == "connected"
+        during = Metrics(server.url)
+        append(producer, _exec(three[0]), "warning")
+        s.next_frame()
+        for exec_id in map(_exec, three):
+            producer.append_events(exec_id, [COMPLETE])
+        s.rest()
+    after = Metrics(server.url)
+    opened = "streamapp_streams_opened_total"
+    assert during(opened, kind="multiplex") == before(opened, kind="multiplex") + 1
+    assert during("streamapp_open_streams", kind="multiplex") == before("streamapp_open_streams", kind="multiplex") + 1
+    assert after("streamapp_open_streams", kind="multiplex") == before("streamapp_open_streams", kind="multiplex")
+    assert during(opened, kind="workflow") == before(opened, kind="workflow")  # not one per execution
+    sent = "streamapp_events_sent_total"
+    assert after(sent, type="complete") - before(sent, type="complete") == 3
+    committed = "streamapp_commit_to_send_seconds_count"
+    assert after(committed) >= before(committed) + 2
