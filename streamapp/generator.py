@@ -267,18 +267,23 @@ def _body(state: State, plan: Plan, ending: _Ending, end: Callable[[], None]) ->
         ending.reason = "unavailable"
         return
     except GeneratorExit:
-        # gunicorn closes us when a write fails: a client that hung up, or one that stopped
-        # reading until the send timeout (its socket still full) — issue 4's slow client.
-        ending.reason = "client_gone"
-        if plan.client is not None and plan.client.stalled():
-            counters.SLOW_CLIENT_DISCONNECTS.inc()
-            ending.reason = "slow_client"
+        ending.reason = gone_reason(plan.client)
         raise
     finally:
         hub.unsubscribe(sub)
         ending.sent, ending.last = sub.sent, max(ending.last, sub.last)
         # Before the response's last byte: the end record is written, the slot on its way back.
         end()
+
+
+def gone_reason(client: ClientSocket | None) -> str:
+    """Why gunicorn closed a stream's body (it does when a write fails): a client that hung up,
+    or one that stopped reading until the send timeout, its socket still full (issue 4's slow
+    client, counted)."""
+    if client is not None and client.stalled():
+        counters.SLOW_CLIENT_DISCONNECTS.inc()
+        return "slow_client"
+    return "client_gone"
 
 
 def _replay_table(

@@ -35,6 +35,7 @@ from .event_filter import Selected
 from .event_filter import select
 from .generator import REPLAY_PAGE
 from .generator import StreamBody
+from .generator import gone_reason
 from .generator import reset_of
 from .generator import shutdown_end
 
@@ -311,11 +312,7 @@ def _body(stream: _Stream, end: t.Callable[[], None]) -> Generator[bytes, None, 
     except DatabaseUnavailable:
         stream.reason = "unavailable"  # the client resumes with its token and gets the 503 (SPEC §2)
     except GeneratorExit:
-        # gunicorn closes us when a write fails: a client that hung up, or one that stopped reading.
-        stream.reason = "client_gone"
-        if plan.client is not None and plan.client.stalled():
-            counters.SLOW_CLIENT_DISCONNECTS.inc()
-            stream.reason = "slow_client"
+        stream.reason = gone_reason(plan.client)
         raise
     finally:
         for lane in stream.open:

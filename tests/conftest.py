@@ -29,6 +29,7 @@ import psycopg2.extensions
 import pytest
 import requests
 
+from streamapp import StreamApp
 from streamapp import accounts
 from streamapp import create_app
 from streamapp import migrate
@@ -363,3 +364,17 @@ def host_app() -> flask.Flask:
     manager = flask_login.LoginManager(app)
     manager.request_loader(lambda req: HostUser(req.headers["X-User"]) if "X-User" in req.headers else None)
     return app
+
+
+@pytest.fixture
+def public_host(settings: Settings) -> t.Iterator[flask.Flask]:
+    """A host app whose hook lets anyone read executions named public-* (a rule the database cannot
+    know), one stream per user, under /p."""
+    app = host_app()
+
+    def authorize(user: t.Any, execution: t.Any) -> bool:
+        return bool(execution["owner_id"] == user.get_id() or execution["name"].startswith("public-"))
+
+    StreamApp(settings=settings.replace(max_streams_per_user=1), url_prefix="/p", authorize=authorize).init_app(app)
+    yield app
+    app.extensions["streamapp"].close()

@@ -4,13 +4,10 @@ the whole list, given back at the end, and a host's ``authorize`` hook asked for
 from __future__ import annotations
 
 import gevent
-import pytest
 
-from streamapp import StreamApp
 from streamapp.cursor import Cursors
 from streamapp.cursor import canonical
 from tests.conftest import SECRET
-from tests.conftest import host_app
 from tests.test_stream import _counted
 from tests.test_stream import _given_back_by_now
 from tests.test_stream import _slots
@@ -83,23 +80,10 @@ def test_past_the_limit_429_but_404_and_204_first(make_client, db, auth, produce
     assert client.get(_url(*mine), headers=user.headers).status_code == 200
 
 
-@pytest.fixture
-def host(settings):
-    """A host app whose hook lets anyone read executions named public-*."""
-    app = host_app()
-
-    def authorize(user, execution) -> bool:
-        return execution["owner_id"] == user.get_id() or execution["name"].startswith("public-")
-
-    StreamApp(settings=settings.replace(max_streams_per_user=1), url_prefix="/p", authorize=authorize).init_app(app)
-    yield app
-    app.extensions["streamapp"].close()
-
-
-def test_a_hosts_hook_is_asked_for_every_listed_execution(host, db, producer):
+def test_a_hosts_hook_is_asked_for_every_listed_execution(public_host, db, producer):
     public = f"workflows/{producer.create_execution('workflow', 'public-job', 'alice')['exec_id']}"
     private = f"workflows/{producer.create_execution('workflow', 'private-job', 'alice')['exec_id']}"
-    client, bob = host.test_client(), {"X-User": "bob"}
+    client, bob = public_host.test_client(), {"X-User": "bob"}
     assert client.get(_url(public, private, prefix="/p"), headers=bob).status_code == 404
     assert _counted(db, "bob") == 0
     first = client.get(_url(public, prefix="/p"), headers=bob)
@@ -107,7 +91,7 @@ def test_a_hosts_hook_is_asked_for_every_listed_execution(host, db, producer):
     assert client.get(_url(public, prefix="/p"), headers=bob).status_code == 429
     first.close()
     _given_back_by_now()
-    assert _counted(db, "bob") == 0 and _slots(host).held == {}
+    assert _counted(db, "bob") == 0 and _slots(public_host).held == {}
 
 
 def test_a_server_without_a_secret_key_answers_503(make_client, account, producer):

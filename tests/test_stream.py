@@ -9,7 +9,6 @@ import typing as t
 
 import gevent
 import gevent.lock
-import pytest
 
 from streamapp import StreamApp
 from streamapp import slots
@@ -109,23 +108,10 @@ def test_past_the_limit_429_but_404_first(make_client, db, auth, producer):
     assert client.get(_url(mine), headers=user.headers).status_code == 200
 
 
-@pytest.fixture
-def host(settings):
-    """A host app whose hook lets anyone read executions named public-*: a rule the database cannot know."""
-    app = host_app()
-
-    def authorize(user, execution) -> bool:
-        return execution["owner_id"] == user.get_id() or execution["name"].startswith("public-")
-
-    StreamApp(settings=settings.replace(max_streams_per_user=1), url_prefix="/p", authorize=authorize).init_app(app)
-    yield app
-    app.extensions["streamapp"].close()
-
-
-def test_a_hosts_hook_decides_before_the_slot_is_taken(host, db, producer):
+def test_a_hosts_hook_decides_before_the_slot_is_taken(public_host, db, producer):
     public = producer.create_execution("workflow", "public-job", "alice")["exec_id"]
     private = producer.create_execution("workflow", "private-job", "alice")["exec_id"]
-    client, bob = host.test_client(), {"X-User": "bob"}
+    client, bob = public_host.test_client(), {"X-User": "bob"}
     assert client.get(_url(private, "/p"), headers=bob).status_code == 404
     assert _counted(db, "bob") == 0
     first = client.get(_url(public, "/p"), headers=bob)
@@ -133,7 +119,7 @@ def test_a_hosts_hook_decides_before_the_slot_is_taken(host, db, producer):
     assert client.get(_url(public, "/p"), headers=bob).status_code == 429
     first.close()
     _given_back_by_now()
-    assert _counted(db, "bob") == 0 and _slots(host).held == {}
+    assert _counted(db, "bob") == 0 and _slots(public_host).held == {}
 
 
 STATUS = {"type": "workflow_status", "data": {"status": "RUNNING"}}

@@ -170,6 +170,21 @@ def _quiet_after_close(page: t.Any, recorder: Recorder) -> None:
     assert recorder.requests[count:] == []
 
 
+def _follow_same_origin(page: t.Any, server: t.Any, account: t.Any, url: str) -> Recorder:
+    """The harness page on the server's own origin, signed in with the session cookie (no ticket),
+    following ``url``; the recorder of its stream requests."""
+    page.route(
+        server.url + "/harness",
+        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
+    )
+    login = page.request.post(server.api("/auth/login"), data={"email": account.email, "password": account.password})
+    assert login.status == 200
+    recorder = Recorder(page)
+    page.goto(server.url + "/harness")
+    page.evaluate("url => start(url, false)", url)
+    return recorder
+
+
 def _append(producer: t.Any, exec_id: str, *events: tuple[str, dict[str, t.Any]]) -> None:
     producer.append_events(exec_id, [{"type": type_name, "data": data} for type_name, data in events])
 
@@ -235,17 +250,7 @@ def test_a_catalog_error_event_ends_the_stream_and_a_dropped_connection_does_not
 ):
     # Same origin, with the session cookie: no ticket function; an agent in text mode.
     exec_id = producer.create_execution("agent", "a", account.user.get_id())["exec_id"]
-    page.route(
-        short_server.url + "/harness",
-        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
-    )
-    login = page.request.post(
-        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
-    )
-    assert login.status == 200
-    recorder = Recorder(page)
-    page.goto(short_server.url + "/harness")
-    page.evaluate("url => start(url, false)", f"/api/v0/executions/agents/{exec_id}/stream")
+    recorder = _follow_same_origin(page, short_server, account, f"/api/v0/executions/agents/{exec_id}/stream")
 
     _append(producer, exec_id, ("agent_status", {"status": "RUNNING"}))
     _wait(page, "seen.events.length === 1")
@@ -283,17 +288,9 @@ def test_a_stream_reset_to_the_end_of_a_pruned_execution_closes_it(page, short_s
             (exec_id,),
         )
     retention.prune(db, 7 * 86400)
-    page.route(
-        short_server.url + "/harness",
-        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
+    recorder = _follow_same_origin(
+        page, short_server, account, f"/api/v0/executions/workflows/{exec_id}/stream?last_event_id=0"
     )
-    login = page.request.post(
-        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
-    )
-    assert login.status == 200
-    recorder = Recorder(page)
-    page.goto(short_server.url + "/harness")
-    page.evaluate("url => start(url, false)", f"/api/v0/executions/workflows/{exec_id}/stream?last_event_id=0")
     _wait(page, "seen.statuses.length > 0 && seen.statuses[seen.statuses.length - 1][0] === 'closed'")
     _quiet_after_close(page, recorder)
 
@@ -310,21 +307,9 @@ def test_many_executions_on_one_connection_each_event_once_across_cut_streams(pa
     owner = account.user.get_id()
     workflow = producer.create_execution("workflow", "w", owner)["exec_id"]
     agent = producer.create_execution("agent", "a", owner)["exec_id"]
-    page.route(
-        short_server.url + "/harness",
-        lambda route: route.fulfill(content_type="text/html", body=HARNESS.replace("SERVER", "")),
+    recorder = _follow_same_origin(
+        page, short_server, account, f"/api/v0/streams?ids=workflows/{workflow},agents/{agent}"
     )
-    login = page.request.post(
-        short_server.api("/auth/login"), data={"email": account.email, "password": account.password}
-    )
-    assert login.status == 200
-    recorder = Recorder(page)
-    resumed: list[str] = []
-    page.on(
-        "request", lambda r: resumed.append(r.all_headers().get("last-event-id", "")) if "/streams?" in r.url else None
-    )
-    page.goto(short_server.url + "/harness")
-    page.evaluate("url => start(url, false)", f"/api/v0/streams?ids=workflows/{workflow},agents/{agent}")
 
     _append(producer, workflow, ("workflow_start", {"workflow_id": "w"}), _step(2))
     _append(producer, agent, ("agent_status", {"status": "RUNNING"}))
