@@ -99,3 +99,18 @@ def test_a_server_without_a_secret_key_answers_503(make_client, account, produce
     entries = _workflows(producer, account.user.get_id(), 1)
     response = client.get(_url(*entries), headers=account.headers)
     assert response.status_code == 503 and "SECRET_KEY" in response.json["error"]["message"]
+
+
+def test_a_shutdown_ends_the_stream_with_a_jittered_retry_and_its_slot_back(make_client, db, account, producer):
+    client = make_client()
+    entries = _workflows(producer, account.user.get_id(), 3)
+    response = client.get(_url(*entries), headers=account.headers)
+    body = iter(response.response)
+    assert next(body).startswith(b"retry:")
+    assert _counted(db, account.user.get_id()) == 1
+    client.application.extensions["streamapp"].hub.stop()
+    rest = gevent.spawn(b"".join, body).get()
+    assert rest.startswith(b"retry:")  # SPEC §5.4: spread reconnects
+    assert _counted(db, account.user.get_id()) == 0
+    refused = client.get(_url(*entries), headers=account.headers)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
