@@ -320,3 +320,35 @@ def test_metrics_count_the_stream_as_multiplex_and_its_live_frames_commit_to_sen
     assert after(sent, type="complete") - before(sent, type="complete") == 3
     committed = "streamapp_commit_to_send_seconds_count"
     assert after(committed) >= before(committed) + 2
+
+
+def test_an_expired_cursor_resets_its_execution_and_a_pruned_ended_one_is_done(server, account, producer, db, three):
+    workflow, agent, task = map(_exec, three)
+    append(producer, workflow, "warning", "warning", "warning", "warning")
+    append(producer, agent, "warning")
+    producer.append_events(agent, [COMPLETE])
+    with db.transaction() as cur:  # what retention does: the oldest of one, all of an ended one
+        cur.execute("DELETE FROM events WHERE exec_id = %s AND id <= 2", (workflow,))
+        cur.execute("DELETE FROM events WHERE exec_id = %s", (agent,))
+    entries = canonical(three)
+    token = Cursors(SECRET).token(entries, [1 if e in (three[0], three[1]) else 0 for e in entries])
+    with Stream(_url(server), {**account.headers, "Last-Event-ID": token}, _ids(*three)) as s:
+        frames = [s.next_frame() for _ in range(4)]
+        append(producer, task, "warning")
+        live = s.next_frame()
+    resets = {f.json["exec_id"]: f.json for f in frames if f.event == "stream_reset"}
+    assert resets == {
+        agent: {"reason": "cursor_expired", "newest_id": 2, "oldest_id": 0, "exec_id": agent, "kind": "agent"},
+        workflow: {"reason": "cursor_expired", "newest_id": 4, "oldest_id": 3, "exec_id": workflow, "kind": "workflow"},
+    }
+    assert _by_execution(frames) == {workflow: [3, 4]}
+    assert (live.json["exec_id"], live.json["id"]) == (task, 1)
+    # The agent's reset moved its position to its terminal id: a reconnect after it lists it as done.
+    positions = Cursors(SECRET).positions(live.id, entries)
+    assert positions[entries.index(three[1])] == 2
+
+
+def test_a_quiet_stream_sends_heartbeats(server, account, three):
+    with Stream(_url(server), account.headers, _ids(*three)) as s:
+        items = [s.next_item(3) for _ in range(3)]  # retry, connected, then a ping within a heartbeat (1 s)
+    assert items[1:] == ["connected", "ping"]
