@@ -179,14 +179,7 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.connect", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=7.0, help="length of each timed loop (7)")
-    p.add_argument(
-        "--profile",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="FILE",
-        help="py-spy the worker during the stream loop; raw samples kept in FILE when given",
-    )
+    harness.profile_option(p, "during the stream loop")
     return p
 
 

@@ -329,6 +329,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 Measure = Callable[[argparse.Namespace, Postgres, Path, contextlib.ExitStack], str]
 
 
+def profile_option(parser: argparse.ArgumentParser, during: str) -> None:
+    """``--profile [FILE]``: py-spy the worker ``during`` a phase; its raw samples kept in FILE when given."""
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="FILE",
+        help=f"py-spy the worker {during}; raw samples kept in FILE when given",
+    )
+
+
 def run(module: str, parser: argparse.ArgumentParser, measure: Measure, argv: Sequence[str] | None = None) -> int:
     """Parse, measure with a fresh database and a temporary directory, print the table and its command.
 

@@ -211,14 +211,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboards", type=int, default=20, help="live phase: streams of the same list (20; 0: none)")
     p.add_argument("--rate", type=float, default=200.0, help="live phase: events/s over the list (200)")
     p.add_argument("--seconds", type=float, default=5.0, help="live phase: seconds of appends (5)")
-    p.add_argument(
-        "--profile",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="FILE",
-        help="py-spy the worker through 5 s of multiplexed connects; raw samples kept in FILE when given",
-    )
+    harness.profile_option(p, "through 5 s of multiplexed connects")
     return p
 
 
