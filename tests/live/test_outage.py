@@ -60,6 +60,12 @@ def _requests(live: LiveServer, account: Account, exec_id: str) -> dict[str, t.C
         "chunks": lambda: requests.post(api(f"{base}/chunks"), json={"text": "hi"}, headers=headers, timeout=10),
         "stream-ticket": lambda: requests.post(api(f"{base}/stream-ticket"), headers=headers, timeout=10),
         "stream": lambda: requests.get(api(f"{base}/stream"), headers=headers, timeout=10, stream=True),
+        "stream-tickets": lambda: requests.post(
+            api("/stream-tickets"), json={"ids": [f"workflows/{exec_id}"]}, headers=headers, timeout=10
+        ),
+        "streams": lambda: requests.get(
+            api("/streams"), params={"ids": f"workflows/{exec_id}"}, headers=headers, timeout=10, stream=True
+        ),
     }
 
 
@@ -106,7 +112,7 @@ def test_an_outage_is_503_everywhere_logged_once_and_ends_by_itself(tmp_path, ow
 
             pg.start()
             assert until_served(calls["list"]).status_code == 200
-            for name in ("login", "create", "get", "events", "stream-ticket"):
+            for name in ("login", "create", "get", "events", "stream-ticket", "stream-tickets"):
                 answer = calls[name]()
                 assert answer.status_code in (200, 201), (name, answer.text)
             # The listener reconnects with a backoff of at most 5 s.
