@@ -12,10 +12,11 @@ of them three ways, on new connections, and times it to the last byte:
 Prints p50 / p95 of each, the multiplexed stream's time to its first event, the worker's CPU
 per dashboard, and checks that every way delivered every event once.
 
-Then, live: ``--dashboards`` multiplexed streams listing the same ``--execs`` running
-executions, while ``--rate`` events/s are appended over them round-robin through the Python
-producer API for ``--seconds``: append → frame received p50 / p99 (each event carries its
-``time.time_ns()``), every event once and in order per execution, and the worker's CPU.
+Then, live: ``--dashboards`` dashboards of the same ``--execs`` running executions, each one
+multiplexed stream, then (on new executions) each one stream per execution, while ``--rate``
+events/s are appended over them round-robin through the Python producer API for ``--seconds``:
+append → frame received p50 / p99 (each event carries its ``time.time_ns()``), every event once
+and in order per execution, and the worker's CPU, side by side.
 
     PYTHONPATH=. .venv/bin/python -m bench.multiplex
     PYTHONPATH=. .venv/bin/python -m bench.multiplex --execs 20 --events 50
@@ -28,9 +29,11 @@ import argparse
 import collections
 import contextlib
 import json
+import selectors
 import socket
 import threading
 import time
+import typing as t
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,49 +127,80 @@ def measure(args: argparse.Namespace, pg: harness.Postgres, tmp: Path, stack: co
     if args.profile:
         text += f"\n\n{top}"
     if args.dashboards:
-        text += "\n\n" + _live(args, pg, server, owner, token)
+        text += "\n\n" + _live_table(args, pg, server, owner, token)
     return text
 
 
-class _Dashboard(threading.Thread):
-    """One multiplexed stream read on a thread: each event's delay from its ``t_ns`` to its arrival."""
+class _Readers(threading.Thread):
+    """Streams read on one thread (selectors): each event's delay from its ``t_ns`` to its arrival,
+    and the ids each dashboard got, per execution, whether it reads one stream or many."""
 
-    def __init__(self, port: int, path: str, token: str) -> None:
+    def __init__(self, port: int, token: str) -> None:
         super().__init__(daemon=True)
-        self.sock = socket.create_connection((wire.HOST, port), timeout=30)
-        self.sock.sendall(wire.stream_request(path, token, None))
+        self.port, self.token = port, token
+        self.selector = selectors.DefaultSelector()
         self.delays_ms: list[float] = []
-        self.ids: dict[str, list[int]] = collections.defaultdict(list)
-        self.open = threading.Event()
+        self.ids: dict[int, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+        self.heads = 0
+        self.socks: list[socket.socket] = []
+
+    def open(self, dashboard: int, path: str) -> None:
+        sock = socket.create_connection((wire.HOST, self.port), timeout=30)
+        sock.sendall(wire.stream_request(path, self.token, None))
+        sock.setblocking(False)
+        self.socks.append(sock)
+        self.selector.register(sock, selectors.EVENT_READ, [dashboard, sse.Decoder(), wire.Dechunker(True), b""])
 
     def run(self) -> None:
-        decoder, dechunker, head = sse.Decoder(), wire.Dechunker(True), b""
-        with contextlib.suppress(OSError):
-            while data := self.sock.recv(1 << 16):
-                now = time.time_ns()
-                if not self.open.is_set():
-                    head += data
-                    parsed = wire.split_head(head)
-                    if parsed is None:
-                        continue
-                    self.open.set()
-                    data = parsed[2]
-                for item in decoder.feed(dechunker.feed(data)):
-                    if isinstance(item, sse.Message) and item.id is not None:
-                        envelope = json.loads(item.data)
-                        self.ids[envelope["exec_id"]].append(envelope["id"])
-                        self.delays_ms.append((now - envelope["data"]["t_ns"]) / 1e6)
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                for key, _ in self.selector.select(timeout=1):
+                    self._read(key)
+
+    def _read(self, key: selectors.SelectorKey) -> None:
+        data = t.cast(socket.socket, key.fileobj).recv(1 << 16)
+        now = time.time_ns()
+        state = key.data
+        if not data:
+            self.selector.unregister(key.fileobj)
+            return
+        if state[3] is not None:  # the response head is still coming
+            state[3] += data
+            parsed = wire.split_head(state[3])
+            if parsed is None:
+                return
+            state[3], data = None, parsed[2]
+            self.heads += 1
+        for item in state[1].feed(state[2].feed(data)):
+            if isinstance(item, sse.Message) and item.id is not None:
+                envelope = json.loads(item.data)
+                self.ids[state[0]][envelope["exec_id"]].append(envelope["id"])
+                self.delays_ms.append((now - envelope["data"]["t_ns"]) / 1e6)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            wire.reset(sock)
 
 
-def _live(args: argparse.Namespace, pg: harness.Postgres, server: harness.Server, owner: str, token: str) -> str:
-    """``--dashboards`` streams listing the same ``--execs`` running executions while ``--rate``
-    events/s are appended over them, round-robin, through the Python producer API."""
+def _live(
+    args: argparse.Namespace, pg: harness.Postgres, server: harness.Server, owner: str, token: str, many: bool
+) -> list[str]:
+    """``--dashboards`` dashboards of the same ``--execs`` running executions, each one multiplexed
+    stream (``many``) or one stream per execution, while ``--rate`` events/s are appended over them,
+    round-robin, through the Python producer API; the figures of one column."""
     exec_ids = pg.executions(owner, args.execs, 0)
-    path = "/api/v0/streams?ids=" + ",".join(f"workflows/{exec_id}" for exec_id in exec_ids)
-    dashboards = [_Dashboard(server.port, path, token) for _ in range(args.dashboards)]
-    for dashboard in dashboards:
-        dashboard.start()
-        dashboard.open.wait(30)
+    readers = _Readers(server.port, token)
+    for dashboard in range(args.dashboards):
+        if many:
+            readers.open(dashboard, "/api/v0/streams?ids=" + ",".join(f"workflows/{e}" for e in exec_ids))
+        else:
+            for exec_id in exec_ids:
+                readers.open(dashboard, wire.stream_path(exec_id))
+    streams = len(readers.socks)
+    readers.start()
+    end = time.monotonic() + 60
+    while readers.heads < streams and time.monotonic() < end:
+        time.sleep(0.05)
     time.sleep(1)
     producer = Producer(pg.db)
     count = int(args.rate * args.seconds)
@@ -177,30 +211,37 @@ def _live(args: argparse.Namespace, pg: harness.Postgres, server: harness.Server
         producer.append_events(exec_ids[n % len(exec_ids)], [{"type": "progress", "data": {"t_ns": time.time_ns()}}])
     time.sleep(2)
     cpu = sum(server.worker.cpu_times()[:2]) - before
-    for dashboard in dashboards:
-        wire.reset(dashboard.sock)
+    readers.close()
     per_exec = {
-        exec_id: list(range(1, count // len(exec_ids) + (i < count % len(exec_ids)) + 1))
-        for i, exec_id in enumerate(exec_ids)
+        e: list(range(1, count // len(exec_ids) + (i < count % len(exec_ids)) + 1)) for i, e in enumerate(exec_ids)
     }
-    correct = sum(dict(dashboard.ids) == {k: v for k, v in per_exec.items() if v} for dashboard in dashboards)
-    delays = [delay for dashboard in dashboards for delay in dashboard.delays_ms]
+    expected = {k: v for k, v in per_exec.items() if v}
+    correct = sum(dict(readers.ids[dashboard]) == expected for dashboard in range(args.dashboards))
+    delays = readers.delays_ms
+    return [
+        f"{streams:,}",
+        f"{harness.percentile(delays, 50):.2f} / {harness.percentile(delays, 99):.2f}",
+        f"{len(delays):,} of {count * args.dashboards:,}",
+        f"{correct} of {args.dashboards}",
+        f"{cpu:.2f} ({cpu / max(1, len(delays)) * 1e6:.0f})",
+    ]
+
+
+def _live_table(args: argparse.Namespace, pg: harness.Postgres, server: harness.Server, owner: str, token: str) -> str:
+    columns = [_live(args, pg, server, owner, token, many) for many in (True, False)]
+    labels = [
+        "streams open",
+        "append → frame received, p50 / p99 ms",
+        "frames received",
+        "dashboards with every event once, in order",
+        "worker CPU s (µs per frame)",
+    ]
     title = (
-        f"{args.dashboards} multiplexed streams of the same {args.execs} executions, "
+        f"{args.dashboards} dashboards of the same {args.execs} executions, "
         f"{args.rate:g} events/s for {args.seconds:g} s"
     )
-    return harness.table(
-        [title, "value"],
-        [
-            [
-                "append → frame received, p50 / p99 ms",
-                f"{harness.percentile(delays, 50):.2f} / {harness.percentile(delays, 99):.2f}",
-            ],
-            ["frames received", f"{len(delays):,} of {count * args.dashboards:,}"],
-            ["streams with every event once, in order", f"{correct} of {args.dashboards}"],
-            ["worker CPU s, and per 1,000 frames", f"{cpu:.2f} / {cpu / max(1, len(delays)) * 1000:.3f}"],
-        ],
-    )
+    header = [title, "one multiplexed stream each", f"{args.execs} streams each"]
+    return harness.table(header, [[label, *(column[n] for column in columns)] for n, label in enumerate(labels)])
 
 
 def parser() -> argparse.ArgumentParser:

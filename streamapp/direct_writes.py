@@ -67,14 +67,23 @@ class ClientSocket:
         """
         if not rendered.data:
             return True
+        if not self.write_body(rendered.data, chunked=False):
+            return False
+        rendered.writes += 1
+        return True
+
+    def write_body(self, data: bytes, *, chunked: bool | None = None) -> bool:
+        """:meth:`write` for body bytes of the caller's own making, framed as a chunk where the
+        response is chunked (``chunked=False``: they are framed already)."""
+        if chunked if chunked is not None else self.chunked:
+            data = b"%X\r\n%s\r\n" % (len(data), data)
         try:
-            written = os.write(self.fd, rendered.data)
+            written = os.write(self.fd, data)
         except BlockingIOError:
             written = 0
         except OSError:
             return False
-        self.pending = rendered.data[written:]
-        rendered.writes += 1
+        self.pending = data[written:]
         return True
 
     def flush(self) -> str | None:

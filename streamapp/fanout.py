@@ -139,14 +139,22 @@ class Topics:
     def subscribers(self) -> list[Subscriber]:
         return [sub for topic in self._topics.values() for sub in topic.subscribers]
 
-    def subscribe(self, exec_id: str, poll_ms: int, facts: Facts | None = None, **stream: t.Any) -> Subscriber:
-        """Register a stream of ``exec_id``; ``stream`` holds the :class:`Subscriber`'s keyword arguments."""
+    def subscribe(
+        self,
+        exec_id: str,
+        poll_ms: int,
+        facts: Facts | None = None,
+        subscriber: type[Subscriber] = Subscriber,
+        **stream: t.Any,
+    ) -> Subscriber:
+        """Register a stream of ``exec_id``; ``stream`` holds the ``subscriber`` class's keyword arguments
+        (a multiplexed stream's lanes bring a class of their own)."""
         topic = self._topics.get(exec_id)
         if topic is None:
             topic = self._topics[exec_id] = _Topic(exec_id)
             topic.facts = facts
         self._loop = gevent.get_hub()
-        sub = Subscriber(exec_id, self.queue_limit, poll_ms, **stream)
+        sub = subscriber(exec_id, self.queue_limit, poll_ms, **stream)
         topic.subscribers.add(sub)
         return sub
 

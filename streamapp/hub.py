@@ -144,8 +144,8 @@ class Hub:
     # -- streams ----------------------------------------------------------
 
     def subscribe(self, exec_id: str, poll_ms: int | None = None, **stream: t.Any) -> Subscriber:
-        """Register a stream; ``stream`` holds ``facts`` (the execution's :class:`~storage.Facts`) and
-        the :class:`Subscriber`'s keyword arguments (``user_id``, ``token_prefix``, ``text_mode``,
+        """Register a stream; ``stream`` holds ``facts`` (the execution's :class:`~storage.Facts`), maybe
+        a ``subscriber`` class, and its keyword arguments (``user_id``, ``token_prefix``, ``text_mode``,
         ``types``, ``connected_at``, ``socket``)."""
         self.start()
         sub = self.topics.subscribe(exec_id, poll_ms or self.default_poll_ms, **stream)

@@ -12,6 +12,8 @@ from streamapp import accounts
 from streamapp.cursor import Cursors
 from streamapp.cursor import canonical
 from tests.conftest import SECRET
+from tests.conftest import SHARED_SERVER_ENV
+from tests.conftest import live_server
 from tests.live.test_metrics import Metrics
 from tests.sse import Stream
 from tests.wire import append
@@ -20,6 +22,16 @@ pytestmark = pytest.mark.live
 
 TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,1024}")
 COMPLETE = {"type": "complete", "data": {"status": "SUCCESS"}}
+
+
+@pytest.fixture(scope="module", params=["direct", "generator"])
+def server(request, database, tmp_path_factory):
+    """Both delivery paths: lanes' frames written by the hub straight to the parked stream's socket,
+    and the plain generator."""
+    env = {**SHARED_SERVER_ENV, "STREAMAPP_DIRECT_WRITES": str(request.param == "direct").lower()}
+    with live_server(database, tmp_path_factory.mktemp(request.param), env) as live:
+        live.direct = request.param == "direct"
+        yield live
 
 
 def _url(server) -> str:
@@ -320,6 +332,9 @@ def test_metrics_count_the_stream_as_multiplex_and_its_live_frames_commit_to_sen
     assert after(sent, type="complete") - before(sent, type="complete") == 3
     committed = "streamapp_commit_to_send_seconds_count"
     assert after(committed) >= before(committed) + 2
+    # The hub wrote the live frames to the waiting stream's socket itself, where it may.
+    direct = after("streamapp_direct_writes_total") - before("streamapp_direct_writes_total")
+    assert direct >= 1 if server.direct else direct == 0
 
 
 def test_an_expired_cursor_resets_its_execution_and_a_pruned_ended_one_is_done(server, account, producer, db, three):
