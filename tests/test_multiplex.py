@@ -3,11 +3,15 @@ the whole list, given back at the end, and a host's ``authorize`` hook asked for
 
 from __future__ import annotations
 
+import json
+
 import gevent
+from prometheus_client import REGISTRY
 
 from streamapp.cursor import Cursors
 from streamapp.cursor import canonical
 from tests.conftest import SECRET
+from tests.conftest import until
 from tests.test_stream import _counted
 from tests.test_stream import _given_back_by_now
 from tests.test_stream import _slots
@@ -114,3 +118,30 @@ def test_a_shutdown_ends_the_stream_with_a_jittered_retry_and_its_slot_back(make
     assert _counted(db, account.user.get_id()) == 0
     refused = client.get(_url(*entries), headers=account.headers)
     assert refused.status_code == 503 and "Retry-After" in refused.headers
+
+
+def test_a_lane_that_falls_behind_rereads_its_table_with_nothing_lost(make_client, account, producer):
+    client = make_client()
+    entries = _workflows(producer, account.user.get_id(), 2)
+    busy, quiet = (entry.split("/")[1] for entry in entries)
+    response = client.get(_url(*entries), headers=account.headers)
+    chunks: list[bytes] = []
+    reader = gevent.spawn(chunks.extend, response.response)  # the body on a greenlet, as gunicorn runs it
+    hub = client.application.extensions["streamapp"].hub
+    until(lambda: all(hub.topics._topics.get(e) for e in (busy, quiet)), what="both lanes subscribed")
+    for sub in hub.topics._topics[busy].subscribers:
+        sub.limit = 1  # the lane's queue holds one event: a batch of five overflows it
+    overflows = REGISTRY.get_sample_value("streamapp_stream_overflows_total") or 0
+    producer.append_events(busy, [{"type": "progress", "data": {"n": n}} for n in range(5)])
+    producer.append_events(busy, [COMPLETE])
+    producer.append_events(quiet, [COMPLETE])
+    reader.join(timeout=20)
+    body = b"".join(chunks)
+    ids = [
+        int(json.loads(line[6:])["id"])
+        for line in body.split(b"\n")
+        if line.startswith(b"data: {") and busy.encode() in line
+    ]
+    assert ids == [1, 2, 3, 4, 5, 6]
+    assert body.count(b"event: complete") == 2
+    assert (REGISTRY.get_sample_value("streamapp_stream_overflows_total") or 0) > overflows  # it did overflow
